@@ -1,0 +1,561 @@
+//! Config v1: the `cordon run` configuration file.
+//!
+//! Every key has a default except `source.brokers`; unknown keys are errors that name the key.
+//! Any key can be overridden from the environment: `CORDON_SOURCE__BROKERS=host:9092` sets
+//! `source.brokers` (sections separated by `__`; the value is read as a YAML scalar).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A bad configuration: names the key and says what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML does not fit Config v1.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// File and position, or the environment variable.
+        origin: String,
+        /// serde's message, which names the key.
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("config key `{key}`: {message}")]
+    Value {
+        /// Dotted key path.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn default_topic() -> String {
+    "requests".into()
+}
+fn default_group() -> String {
+    "cordon".into()
+}
+fn default_alerts_topic() -> String {
+    "cordon-alerts".into()
+}
+fn default_dlq_topic() -> String {
+    "cordon-dlq".into()
+}
+fn default_max_message_bytes() -> usize {
+    1 << 20
+}
+fn default_rule_paths() -> Vec<PathBuf> {
+    vec![PathBuf::from("rules/packs/extraction")]
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/cordon")
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_keys() -> u64 {
+    10_000_000
+}
+fn default_allowed_lateness() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_future_skew() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_listen() -> String {
+    "0.0.0.0:9464".into()
+}
+fn default_max_batch_messages() -> usize {
+    5000
+}
+fn default_max_batch_wait() -> Duration {
+    Duration::from_millis(20)
+}
+
+mod duration {
+    use serde::{Deserialize, Deserializer, de::Error};
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            D::Error::custom(format!(
+                "`{s}` is not a duration ({e}); write e.g. 30s, 5m, 1h"
+            ))
+        })
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where events come from.
+    pub source: SourceConfig,
+    /// Where alerts go.
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// Where malformed and late events go.
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    /// Which rules run.
+    #[serde(default)]
+    pub rules: RulesConfig,
+    /// Window state and checkpoints.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Event-time handling.
+    #[serde(default)]
+    pub time: TimeConfig,
+    /// The HTTP port (metrics, health).
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// The Kafka input.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// The requests topic.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// The consumer group; replicas share it.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// librdkafka properties passed to every Kafka client (consumer, producers), e.g.
+    /// `security.protocol: SASL_SSL`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Messages larger than this go to the dead-letter topic as `too_large`.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Most messages in one micro-batch.
+    #[serde(default = "default_max_batch_messages")]
+    pub max_batch_messages: usize,
+    /// Longest a micro-batch waits to fill.
+    #[serde(default = "default_max_batch_wait", with = "duration")]
+    pub max_batch_wait: Duration,
+}
+
+/// Alert output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkFormat {
+    /// Alert schema v1.
+    #[default]
+    Native,
+    /// OCSF Detection Finding.
+    Ocsf,
+}
+
+/// The Kafka output for alerts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// The alerts topic.
+    #[serde(default = "default_alerts_topic")]
+    pub topic: String,
+    /// `native` or `ocsf`.
+    #[serde(default)]
+    pub format: SinkFormat,
+    /// librdkafka properties for the producer only, applied after `source.properties`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            topic: default_alerts_topic(),
+            format: SinkFormat::Native,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// The dead-letter topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Topic name.
+    #[serde(default = "default_dlq_topic")]
+    pub topic: String,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        Self {
+            topic: default_dlq_topic(),
+        }
+    }
+}
+
+/// Rule files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Files or directories of `*.yaml` rules.
+    #[serde(default = "default_rule_paths")]
+    pub paths: Vec<PathBuf>,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self {
+            paths: default_rule_paths(),
+        }
+    }
+}
+
+/// Window state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory for checkpoints.
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+    /// How often state is checkpointed.
+    #[serde(default = "default_checkpoint_interval", with = "duration")]
+    pub checkpoint_interval: Duration,
+    /// Most keys held across all state tables.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+            checkpoint_interval: default_checkpoint_interval(),
+            max_keys: default_max_keys(),
+        }
+    }
+}
+
+/// Event time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeConfig {
+    /// Events older than the partition's watermark minus this go to the dead-letter topic.
+    #[serde(default = "default_allowed_lateness", with = "duration")]
+    pub allowed_lateness: Duration,
+    /// Events stamped further than this ahead of the wall clock are rejected.
+    #[serde(default = "default_max_future_skew", with = "duration")]
+    pub max_future_skew: Duration,
+}
+
+impl Default for TimeConfig {
+    fn default() -> Self {
+        Self {
+            allowed_lateness: default_allowed_lateness(),
+            max_future_skew: default_max_future_skew(),
+        }
+    }
+}
+
+/// HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address of `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// Librdkafka properties Cordon manages itself; setting them would break its guarantees.
+pub const MANAGED_PROPERTIES: &[(&str, &str)] = &[
+    (
+        "enable.auto.commit",
+        "Cordon commits offsets itself, after alerts are written",
+    ),
+    ("enable.auto.offset.store", "Cordon stores offsets itself"),
+    ("group.id", "set source.group_id instead"),
+    ("bootstrap.servers", "set source.brokers instead"),
+    (
+        "enable.idempotence",
+        "the alert producer is always idempotent",
+    ),
+];
+
+impl Config {
+    /// Reads a config file and applies `CORDON_*` environment overrides.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// Parses config text; `vars` are the environment variables to apply.
+    pub fn from_yaml(
+        text: &str,
+        origin: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let invalid = |origin: String, e: serde_saphyr::Error| {
+            let loc = e
+                .location()
+                .map(|l| format!(":{}:{}", l.line(), l.column()))
+                .unwrap_or_default();
+            let message = e.to_string();
+            let message = message.lines().next().unwrap_or_default().to_owned();
+            ConfigError::Invalid {
+                origin: format!("{origin}{loc}"),
+                message,
+            }
+        };
+        let overrides: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("CORDON_") && k.contains("__"))
+            .collect();
+        let config: Config = if overrides.is_empty() {
+            serde_saphyr::from_str(text).map_err(|e| invalid(origin.to_owned(), e))?
+        } else {
+            // Apply overrides on a JSON tree, then deserialize that.
+            let mut tree: serde_json::Value =
+                serde_saphyr::from_str(text).map_err(|e| invalid(origin.to_owned(), e))?;
+            if tree.is_null() {
+                tree = serde_json::Value::Object(Default::default());
+            }
+            for (var, value) in &overrides {
+                let mut path: Vec<String> = var["CORDON_".len()..]
+                    .split("__")
+                    .map(|s| s.to_ascii_lowercase())
+                    .collect();
+                // librdkafka property names use dots, which environment names cannot hold:
+                // CORDON_SOURCE__PROPERTIES__SASL_PASSWORD sets `sasl.password`.
+                if path.len() == 3 && path[1] == "properties" {
+                    path[2] = path[2].replace('_', ".");
+                }
+                let parsed: serde_json::Value = serde_saphyr::from_str(value)
+                    .unwrap_or_else(|_| serde_json::Value::String(value.clone()));
+                // Every leaf of Config v1 that takes a scalar is read as a string or a number.
+                let parsed = match parsed {
+                    serde_json::Value::Null => serde_json::Value::String(String::new()),
+                    serde_json::Value::Bool(b) if path.first().is_some_and(|p| p == "source") => {
+                        serde_json::Value::String(b.to_string())
+                    }
+                    v => v,
+                };
+                set_path(&mut tree, &path, parsed).map_err(|message| ConfigError::Invalid {
+                    origin: format!("environment variable {var}"),
+                    message,
+                })?;
+            }
+            let json = serde_json::to_string(&tree).map_err(|e| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                message: e.to_string(),
+            })?;
+            serde_saphyr::from_str(&json)
+                .map_err(|e| invalid(format!("{origin} with CORDON_* overrides"), e))?
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let value = |key: &str, message: String| {
+            Err(ConfigError::Value {
+                key: key.into(),
+                message,
+            })
+        };
+        if self.source.brokers.trim().is_empty() {
+            return value(
+                "source.brokers",
+                "must list at least one broker (host:port)".into(),
+            );
+        }
+        for (key, topic) in [
+            ("source.topic", &self.source.topic),
+            ("sink.topic", &self.sink.topic),
+            ("dead_letter.topic", &self.dead_letter.topic),
+        ] {
+            if topic.is_empty() {
+                return value(key, "must not be empty".into());
+            }
+        }
+        if self.sink.topic == self.source.topic || self.dead_letter.topic == self.source.topic {
+            return value(
+                "sink.topic",
+                "alerts and dead letters cannot go to the input topic".into(),
+            );
+        }
+        if self.source.group_id.is_empty() {
+            return value("source.group_id", "must not be empty".into());
+        }
+        for (section, props) in [
+            ("source.properties", &self.source.properties),
+            ("sink.properties", &self.sink.properties),
+        ] {
+            for (k, why) in MANAGED_PROPERTIES {
+                if props.contains_key(*k) {
+                    return value(&format!("{section}.{k}"), format!("cannot be set: {why}"));
+                }
+            }
+        }
+        if self.source.max_message_bytes == 0 {
+            return value("source.max_message_bytes", "must be positive".into());
+        }
+        if self.source.max_batch_messages == 0 {
+            return value("source.max_batch_messages", "must be positive".into());
+        }
+        if self.rules.paths.is_empty() {
+            return value(
+                "rules.paths",
+                "must name at least one file or directory".into(),
+            );
+        }
+        if self.state.max_keys == 0 {
+            return value("state.max_keys", "must be positive".into());
+        }
+        if self.state.checkpoint_interval.is_zero() {
+            return value(
+                "state.checkpoint_interval",
+                "must be longer than zero".into(),
+            );
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return value(
+                "http.listen",
+                format!("`{}` is not an address like 0.0.0.0:9464", self.http.listen),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn set_path(
+    tree: &mut serde_json::Value,
+    path: &[String],
+    value: serde_json::Value,
+) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("empty key".into());
+    };
+    let mut node = tree;
+    for p in parents {
+        let serde_json::Value::Object(map) = node else {
+            return Err(format!("`{p}` is not a section"));
+        };
+        node = map
+            .entry(p.clone())
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    }
+    let serde_json::Value::Object(map) = node else {
+        return Err(format!("`{last}` is not in a section"));
+    };
+    map.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(text, "cordon.yaml", Vec::new())
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("source:\n  brokers: 127.0.0.1:9092\n").expect("valid");
+        assert_eq!(c.source.topic, "requests");
+        assert_eq!(c.sink.topic, "cordon-alerts");
+        assert_eq!(c.dead_letter.topic, "cordon-dlq");
+        assert_eq!(c.state.checkpoint_interval, Duration::from_secs(30));
+        assert_eq!(c.time.allowed_lateness, Duration::from_secs(300));
+        assert_eq!(c.state.max_keys, 10_000_000);
+        assert_eq!(c.http.listen, "0.0.0.0:9464");
+    }
+
+    #[test]
+    fn every_documented_key_is_accepted() {
+        let text = "source:\n  brokers: b:9092\n  topic: t\n  group_id: g\n  properties: {security.protocol: SASL_SSL}\n\
+sink:\n  topic: a\n  format: ocsf\ndead_letter:\n  topic: d\nrules:\n  paths: [x]\nstate:\n  dir: /tmp/s\n  \
+checkpoint_interval: 10s\n  max_keys: 5\ntime:\n  allowed_lateness: 1m\n  max_future_skew: 30s\nhttp:\n  listen: 127.0.0.1:1\n";
+        let c = parse(text).expect("valid");
+        assert_eq!(c.sink.format, SinkFormat::Ocsf);
+        assert_eq!(c.source.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(c.time.max_future_skew, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("source:\n  brokers: b:1\n  topik: x\n").expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.contains("topik"), "{msg}");
+        assert!(msg.contains("cordon.yaml:3"), "{msg}");
+    }
+
+    #[test]
+    fn missing_brokers_is_named() {
+        let msg = parse("sink:\n  topic: a\n")
+            .expect_err("no source")
+            .to_string();
+        assert!(msg.contains("source"), "{msg}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let msg = parse("source: {brokers: b:1}\ntime:\n  allowed_lateness: soon\n")
+            .expect_err("bad")
+            .to_string();
+        assert!(
+            msg.contains("soon") && msg.contains("cordon.yaml:3"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn managed_property_is_refused() {
+        let msg = parse("source:\n  brokers: b:1\n  properties: {enable.auto.commit: 'true'}\n")
+            .expect_err("managed")
+            .to_string();
+        assert!(
+            msg.contains("source.properties.enable.auto.commit"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_apply_and_are_checked() {
+        let vars = vec![("CORDON_SOURCE__BROKERS".to_string(), "k:9093".to_string())];
+        let c = Config::from_yaml("source: {brokers: b:1}\n", "f", vars).expect("valid");
+        assert_eq!(c.source.brokers, "k:9093");
+        let vars = vec![("CORDON_STATE__MAX_KEYS".to_string(), "12".to_string())];
+        let c = Config::from_yaml("source: {brokers: b:1}\n", "f", vars).expect("valid");
+        assert_eq!(c.state.max_keys, 12);
+        let vars = vec![("CORDON_SOURCE__BROKRS".to_string(), "x".to_string())];
+        let msg = Config::from_yaml("source: {brokers: b:1}\n", "f", vars)
+            .expect_err("bad")
+            .to_string();
+        assert!(msg.contains("brokrs"), "{msg}");
+        let vars = vec![(
+            "CORDON_SOURCE__PROPERTIES__SASL_PASSWORD".to_string(),
+            "s3cret".to_string(),
+        )];
+        let c = Config::from_yaml("source: {brokers: b:1}\n", "f", vars).expect("valid");
+        assert_eq!(c.source.properties["sasl.password"], "s3cret");
+    }
+}

@@ -1,0 +1,851 @@
+//! Event decoding: Kafka message bytes to Arrow record batches of event schema v1.
+//!
+//! Each message is parsed once with serde into a borrowed struct, checked, and appended to
+//! column builders; a message that fails any check becomes a [`DeadLetter`] with a reason from a
+//! bounded set and never stops the batch. Raw prompt text is turned into fingerprints here and
+//! goes no further: it is not stored, logged or emitted, and it is redacted from dead letters.
+
+use crate::fingerprint::fingerprints;
+use cordon_rules::schema::{INT_FIELDS, STRING_FIELDS, event_schema};
+use datafusion::arrow::array::{
+    ArrayRef, Int64Builder, ListBuilder, MapBuilder, MapFieldNames, RecordBatch, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use std::borrow::Cow;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Why an event was refused. The set is bounded: it labels metrics and dead-letter headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Not valid JSON.
+    InvalidJson,
+    /// Valid JSON but not an object.
+    NotObject,
+    /// A required field is absent or null.
+    MissingField,
+    /// A field has the wrong JSON type.
+    WrongType,
+    /// `ts` or `account_created` is not a usable timestamp.
+    BadTimestamp,
+    /// `ip` is not an IPv4 or IPv6 address.
+    BadIp,
+    /// A field has the right type but an invalid value.
+    BadValue,
+    /// Larger than `source.max_message_bytes`.
+    TooLarge,
+    /// Older than the partition's watermark minus `time.allowed_lateness`.
+    Late,
+    /// Stamped further than `time.max_future_skew` ahead of the wall clock.
+    Future,
+}
+
+impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 10] = [
+        Reason::InvalidJson,
+        Reason::NotObject,
+        Reason::MissingField,
+        Reason::WrongType,
+        Reason::BadTimestamp,
+        Reason::BadIp,
+        Reason::BadValue,
+        Reason::TooLarge,
+        Reason::Late,
+        Reason::Future,
+    ];
+
+    /// The code used in headers and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidJson => "invalid_json",
+            Reason::NotObject => "not_object",
+            Reason::MissingField => "missing_field",
+            Reason::WrongType => "wrong_type",
+            Reason::BadTimestamp => "bad_timestamp",
+            Reason::BadIp => "bad_ip",
+            Reason::BadValue => "bad_value",
+            Reason::TooLarge => "too_large",
+            Reason::Late => "late",
+            Reason::Future => "future",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused event: its reason, a human detail, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Why.
+    pub reason: Reason,
+    /// What exactly (never prompt text).
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        let mut detail: String = detail.into();
+        if detail.len() > 300 {
+            let mut cut = 300;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+            detail.push('…');
+        }
+        Self { reason, detail }
+    }
+}
+
+/// A timestamp as JSON carries it: RFC 3339 text or epoch milliseconds.
+enum Ts<'a> {
+    Millis(i64),
+    Text(Cow<'a, str>),
+    Float(f64),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Ts<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Ts<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an RFC 3339 string or integer epoch milliseconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ts<'de>, E> {
+                Ok(Ts::Millis(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Ts<'de>, E> {
+                Ok(i64::try_from(v).map_or(Ts::Float(v as f64), Ts::Millis))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Ts<'de>, E> {
+                Ok(Ts::Float(v))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Ts<'de>, E> {
+                Ok(Ts::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ts<'de>, E> {
+                Ok(Ts::Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An `attrs` value: string, number or bool, kept as text.
+struct AttrValue(Option<String>);
+
+impl<'de> Deserialize<'de> for AttrValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AttrValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<AttrValue, E> {
+                Ok(AttrValue(Some(v.to_string())))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<AttrValue, E> {
+                Ok(AttrValue(Some(v.to_string())))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<AttrValue, E> {
+                Ok(AttrValue(Some(v.to_string())))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<AttrValue, E> {
+                Ok(AttrValue(Some(v.to_string())))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AttrValue, E> {
+                Ok(AttrValue(Some(v.to_owned())))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<AttrValue, E> {
+                Ok(AttrValue(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct Attrs<'a>(Vec<(Cow<'a, str>, String)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Attrs<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Attrs<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of string, number or boolean values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Attrs<'de>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                    let AttrValue(v) = map.next_value()?;
+                    if let Some(v) = v {
+                        out.push((k, v));
+                    }
+                }
+                Ok(Attrs(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The wire form of an event. Every field is optional here so that a missing required field is
+/// reported as `missing_field`, not as a serde error. Unknown fields are ignored.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow)]
+    ts: Option<Ts<'a>>,
+    #[serde(borrow)]
+    account_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    ip: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    request_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    org_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    api_key_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user_agent: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    client_fp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    endpoint: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    prompt_fp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    template_fp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    prompt_simhash: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    payment_fp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    country: Option<Cow<'a, str>>,
+    status: Option<i64>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    reasoning_tokens: Option<i64>,
+    max_tokens: Option<i64>,
+    latency_ms: Option<i64>,
+    asn: Option<i64>,
+    #[serde(borrow)]
+    labels: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow)]
+    account_created: Option<Ts<'a>>,
+    #[serde(borrow)]
+    attrs: Option<Attrs<'a>>,
+    #[serde(borrow)]
+    prompt: Option<Cow<'a, str>>,
+}
+
+/// Earliest accepted event time: 2001-09-09 (epoch ms 1e12). Smaller values are almost always
+/// epoch seconds sent by mistake.
+pub const MIN_TS_MS: i64 = 1_000_000_000_000;
+/// Latest representable event time we accept: 2100-01-01.
+pub const MAX_TS_MS: i64 = 4_102_444_800_000;
+
+fn parse_ts(field: &str, ts: &Ts<'_>) -> Result<i64, Rejection> {
+    let ms = match ts {
+        Ts::Millis(ms) => *ms,
+        Ts::Float(f) if f.fract() == 0.0 && f.is_finite() && f.abs() < 9.0e15 => *f as i64,
+        Ts::Float(f) => {
+            return Err(Rejection::new(
+                Reason::BadTimestamp,
+                format!("`{field}` {f} is not whole epoch milliseconds"),
+            ));
+        }
+        Ts::Text(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map_err(|e| {
+                Rejection::new(
+                    Reason::BadTimestamp,
+                    format!("`{field}` `{s}` is not RFC 3339: {e}"),
+                )
+            })?
+            .timestamp_millis(),
+    };
+    if ms < MIN_TS_MS {
+        let hint = if ms > 1_000_000_000 {
+            " (epoch seconds? ts is in milliseconds)"
+        } else {
+            ""
+        };
+        return Err(Rejection::new(
+            Reason::BadTimestamp,
+            format!("`{field}` {ms} is before 2001{hint}"),
+        ));
+    }
+    if ms > MAX_TS_MS {
+        return Err(Rejection::new(
+            Reason::BadTimestamp,
+            format!("`{field}` {ms} is after 2100"),
+        ));
+    }
+    Ok(ms)
+}
+
+/// What the decoder checks event times against; one per input partition.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeCheck {
+    /// Highest event time accepted so far on the partition (`i64::MIN` before any).
+    pub watermark: i64,
+    /// `time.allowed_lateness` in ms.
+    pub allowed_lateness_ms: i64,
+    /// Events stamped after this (wall clock plus `time.max_future_skew`) are refused.
+    pub max_ts: i64,
+}
+
+/// Builds one record batch of event schema v1 from messages.
+pub struct EventBatchBuilder {
+    ts: TimestampMillisecondBuilder,
+    account_id: StringBuilder,
+    ip: StringBuilder,
+    strings: Vec<StringBuilder>,
+    ints: Vec<Int64Builder>,
+    labels: ListBuilder<StringBuilder>,
+    account_created: TimestampMillisecondBuilder,
+    attrs: MapBuilder<StringBuilder, StringBuilder>,
+    /// Event time of each row, in ms.
+    pub times: Vec<i64>,
+    max_message_bytes: usize,
+}
+
+impl fmt::Debug for EventBatchBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventBatchBuilder")
+            .field("rows", &self.times.len())
+            .finish()
+    }
+}
+
+impl EventBatchBuilder {
+    /// A builder refusing messages over `max_message_bytes`.
+    pub fn new(max_message_bytes: usize) -> Self {
+        let tz = cordon_rules::schema::TZ;
+        Self {
+            ts: TimestampMillisecondBuilder::new().with_timezone(tz),
+            account_id: StringBuilder::new(),
+            ip: StringBuilder::new(),
+            strings: STRING_FIELDS.iter().map(|_| StringBuilder::new()).collect(),
+            ints: INT_FIELDS.iter().map(|_| Int64Builder::new()).collect(),
+            labels: ListBuilder::new(StringBuilder::new()),
+            account_created: TimestampMillisecondBuilder::new().with_timezone(tz),
+            attrs: MapBuilder::new(
+                Some(MapFieldNames {
+                    entry: "entries".into(),
+                    key: "keys".into(),
+                    value: "values".into(),
+                }),
+                StringBuilder::new(),
+                StringBuilder::new(),
+            ),
+            times: Vec::new(),
+            max_message_bytes,
+        }
+    }
+
+    /// Rows appended since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Whether no row is pending.
+    pub fn is_empty(&self) -> bool {
+        self.times.is_empty()
+    }
+
+    /// Decodes one message and appends it as a row, or says why it was refused. On success the
+    /// partition's watermark moves forward.
+    pub fn push(&mut self, payload: &[u8], time: &mut TimeCheck) -> Result<(), Rejection> {
+        if payload.len() > self.max_message_bytes {
+            return Err(Rejection::new(
+                Reason::TooLarge,
+                format!(
+                    "{} bytes, more than source.max_message_bytes = {}",
+                    payload.len(),
+                    self.max_message_bytes
+                ),
+            ));
+        }
+        let wire: Wire<'_> = match serde_json::from_slice(payload) {
+            Ok(w) => w,
+            Err(e) => return Err(classify(payload, &e)),
+        };
+        let ts = match &wire.ts {
+            Some(ts) => parse_ts("ts", ts)?,
+            None => {
+                return Err(Rejection::new(
+                    Reason::MissingField,
+                    "missing required field `ts`",
+                ));
+            }
+        };
+        let account_id = match wire.account_id.as_deref() {
+            Some(a) if !a.is_empty() => a,
+            Some(_) => return Err(Rejection::new(Reason::BadValue, "`account_id` is empty")),
+            None => {
+                return Err(Rejection::new(
+                    Reason::MissingField,
+                    "missing required field `account_id`",
+                ));
+            }
+        };
+        let ip = match wire.ip.as_deref() {
+            Some(ip) => ip.trim().parse::<IpAddr>().map_err(|_| {
+                Rejection::new(
+                    Reason::BadIp,
+                    format!("`ip` `{ip}` is not an IPv4 or IPv6 address"),
+                )
+            })?,
+            None => {
+                return Err(Rejection::new(
+                    Reason::MissingField,
+                    "missing required field `ip`",
+                ));
+            }
+        };
+        if let Some(h) = wire.prompt_simhash.as_deref() {
+            if h.len() != 16 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Rejection::new(
+                    Reason::BadValue,
+                    "`prompt_simhash` must be 16 hex digits",
+                ));
+            }
+        }
+        let account_created = match &wire.account_created {
+            Some(t) => Some(parse_ts("account_created", t)?),
+            None => None,
+        };
+        if ts > time.max_ts {
+            return Err(Rejection::new(
+                Reason::Future,
+                format!(
+                    "`ts` is {} ms ahead of the wall clock plus time.max_future_skew",
+                    ts - time.max_ts
+                ),
+            ));
+        }
+        if time.watermark != i64::MIN
+            && ts < time.watermark.saturating_sub(time.allowed_lateness_ms)
+        {
+            return Err(Rejection::new(
+                Reason::Late,
+                format!(
+                    "`ts` is {} ms behind the partition's watermark; time.allowed_lateness is {} ms",
+                    time.watermark - ts,
+                    time.allowed_lateness_ms
+                ),
+            ));
+        }
+        time.watermark = time.watermark.max(ts);
+
+        // Every check passed: append the row.
+        let fps = wire.prompt.as_deref().map(fingerprints);
+        self.ts.append_value(ts);
+        self.account_id.append_value(account_id);
+        self.ip.append_value(ip.to_string());
+        let strings = [
+            wire.request_id.as_deref(),
+            wire.org_id.as_deref(),
+            wire.api_key_id.as_deref(),
+            wire.user_agent.as_deref(),
+            wire.client_fp.as_deref(),
+            wire.model.as_deref(),
+            wire.endpoint.as_deref(),
+            wire.prompt_fp
+                .as_deref()
+                .or(fps.as_ref().map(|f| f.prompt_fp.as_str())),
+            wire.template_fp
+                .as_deref()
+                .or(fps.as_ref().map(|f| f.template_fp.as_str())),
+            wire.prompt_simhash
+                .as_deref()
+                .or(fps.as_ref().map(|f| f.prompt_simhash.as_str())),
+            wire.payment_fp.as_deref(),
+            wire.country.as_deref(),
+        ];
+        for (b, v) in self.strings.iter_mut().zip(strings) {
+            b.append_option(v);
+        }
+        let ints = [
+            wire.status,
+            wire.input_tokens,
+            wire.output_tokens,
+            wire.reasoning_tokens,
+            wire.max_tokens,
+            wire.latency_ms,
+            wire.asn,
+        ];
+        for (b, v) in self.ints.iter_mut().zip(ints) {
+            b.append_option(v);
+        }
+        match &wire.labels {
+            Some(labels) => {
+                for l in labels {
+                    self.labels.values().append_value(l);
+                }
+                self.labels.append(true);
+            }
+            None => self.labels.append(false),
+        }
+        self.account_created.append_option(account_created);
+        match &wire.attrs {
+            Some(Attrs(attrs)) => {
+                for (k, v) in attrs {
+                    self.attrs.keys().append_value(k);
+                    self.attrs.values().append_value(v);
+                }
+                self.attrs
+                    .append(true)
+                    .map_err(|e| Rejection::new(Reason::BadValue, e.to_string()))?;
+            }
+            None => self
+                .attrs
+                .append(false)
+                .map_err(|e| Rejection::new(Reason::BadValue, e.to_string()))?,
+        }
+        self.times.push(ts);
+        Ok(())
+    }
+
+    /// The rows appended so far as a record batch; the builder is empty afterwards.
+    pub fn finish(&mut self) -> (RecordBatch, Vec<i64>) {
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.ts.finish()),
+            Arc::new(self.account_id.finish()),
+            Arc::new(self.ip.finish()),
+        ];
+        columns.extend(
+            self.strings
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        columns.extend(
+            self.ints
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        columns.push(Arc::new(self.labels.finish()));
+        columns.push(Arc::new(self.account_created.finish()));
+        columns.push(Arc::new(self.attrs.finish()));
+        let times = std::mem::take(&mut self.times);
+        // The builders produce exactly the schema's types; a mismatch is a bug caught by tests.
+        #[allow(clippy::expect_used)]
+        let batch =
+            RecordBatch::try_new(event_schema(), columns).expect("decoder builds event schema v1");
+        (batch, times)
+    }
+}
+
+/// Sorts a serde error into a reason.
+fn classify(payload: &[u8], e: &serde_json::Error) -> Rejection {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            Rejection::new(Reason::InvalidJson, format!("invalid JSON: {e}"))
+        }
+        Category::Data => {
+            let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+            if first != Some(&b'{') {
+                Rejection::new(Reason::NotObject, "an event must be a JSON object")
+            } else if e.to_string().contains("expected an RFC 3339") {
+                Rejection::new(Reason::BadTimestamp, format!("{e}"))
+            } else {
+                Rejection::new(Reason::WrongType, format!("{e}"))
+            }
+        }
+    }
+}
+
+/// The payload to put on the dead-letter topic: the original bytes, except that a raw prompt
+/// is never emitted. A JSON object's `prompt` value is replaced by a marker; bytes that mention
+/// `"prompt"` but cannot be parsed are withheld entirely. Returns the payload and whether it was
+/// redacted.
+pub fn dead_letter_payload(payload: &[u8]) -> (Cow<'_, [u8]>, bool) {
+    if !payload.windows(8).any(|w| w == b"\"prompt\"") {
+        return (Cow::Borrowed(payload), false);
+    }
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            if let Some(p) = map.get_mut("prompt") {
+                let len = p.as_str().map_or(0, str::len);
+                *p = serde_json::Value::String(format!("[redacted: {len} bytes]"));
+            }
+            let bytes = serde_json::to_vec(&map).unwrap_or_default();
+            (Cow::Owned(bytes), true)
+        }
+        Ok(_) => (Cow::Borrowed(payload), false),
+        Err(_) => (Cow::Owned(Vec::new()), true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{Int64Type, TimestampMillisecondType};
+
+    const T0: i64 = 1_772_359_200_000; // 2026-03-01T10:00:00Z
+
+    fn open_time() -> TimeCheck {
+        TimeCheck {
+            watermark: i64::MIN,
+            allowed_lateness_ms: 300_000,
+            max_ts: MAX_TS_MS,
+        }
+    }
+
+    fn reject(payload: &str) -> Rejection {
+        let mut b = EventBatchBuilder::new(1024);
+        b.push(payload.as_bytes(), &mut open_time())
+            .expect_err("should be refused")
+    }
+
+    #[test]
+    fn full_event_decodes_every_field() {
+        let mut b = EventBatchBuilder::new(1 << 20);
+        let ev = r#"{"ts":"2026-03-01T10:00:00Z","account_id":"a1","ip":"203.0.113.7","request_id":"r1",
+            "org_id":"o","api_key_id":"k","user_agent":"ua","client_fp":"cf","model":"m","endpoint":"/v1",
+            "status":200,"input_tokens":10,"output_tokens":20,"reasoning_tokens":5,"max_tokens":100,
+            "latency_ms":42,"prompt_fp":"p","template_fp":"t","prompt_simhash":"00ff00ff00ff00ff",
+            "labels":["cot_elicitation","coding"],"payment_fp":"pay","country":"NZ","asn":64500,
+            "account_created":1772000000000,"attrs":{"tier":"pro","n":3,"b":true,"skip":null},"extra":{"x":1}}"#;
+        b.push(ev.as_bytes(), &mut open_time()).expect("valid");
+        b.push(
+            format!(
+                r#"{{"ts":{},"account_id":"a2","ip":"2001:db8::1"}}"#,
+                T0 + 1
+            )
+            .as_bytes(),
+            &mut open_time(),
+        )
+        .expect("valid");
+        let (batch, times) = b.finish();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(times, vec![T0, T0 + 1]);
+        let col = |n: &str| batch.column_by_name(n).expect(n).clone();
+        assert_eq!(
+            col("ts")
+                .as_primitive::<TimestampMillisecondType>()
+                .value(0),
+            T0
+        );
+        assert_eq!(col("account_id").as_string::<i32>().value(1), "a2");
+        assert_eq!(col("ip").as_string::<i32>().value(1), "2001:db8::1");
+        assert_eq!(col("payment_fp").as_string::<i32>().value(0), "pay");
+        assert!(col("payment_fp").is_null(1));
+        assert_eq!(col("asn").as_primitive::<Int64Type>().value(0), 64500);
+        assert_eq!(col("latency_ms").as_primitive::<Int64Type>().value(0), 42);
+        let labels = col("labels");
+        let labels = labels.as_list::<i32>();
+        assert_eq!(labels.value(0).as_string::<i32>().value(1), "coding");
+        assert!(labels.is_null(1));
+        let attrs = col("attrs");
+        let attrs = attrs.as_map();
+        assert_eq!(attrs.value(0).len(), 3, "null attrs are dropped");
+        assert_eq!(attrs.values().as_string::<i32>().value(1), "3");
+        assert_eq!(
+            col("account_created")
+                .as_primitive::<TimestampMillisecondType>()
+                .value(0),
+            1_772_000_000_000
+        );
+    }
+
+    #[test]
+    fn prompt_becomes_fingerprints() {
+        let mut b = EventBatchBuilder::new(1 << 20);
+        let ev = r#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1","prompt":"Think step by step: what is 2+2?"}"#;
+        b.push(ev.as_bytes(), &mut open_time()).expect("valid");
+        let (batch, _) = b.finish();
+        let fp = batch.column_by_name("prompt_fp").expect("col");
+        let expect = fingerprints("Think step by step: what is 2+2?");
+        assert_eq!(fp.as_string::<i32>().value(0), expect.prompt_fp);
+        let sim = batch.column_by_name("prompt_simhash").expect("col");
+        assert_eq!(sim.as_string::<i32>().value(0), expect.prompt_simhash);
+        assert!(
+            batch.schema().field_with_name("prompt").is_err(),
+            "no prompt column exists"
+        );
+    }
+
+    #[test]
+    fn every_malformed_kind_has_its_reason() {
+        let cases = [
+            ("{not json", Reason::InvalidJson),
+            ("", Reason::InvalidJson),
+            (
+                r#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1""#,
+                Reason::InvalidJson,
+            ),
+            ("[1,2,3]", Reason::NotObject),
+            ("\"just a string\"", Reason::NotObject),
+            ("42", Reason::NotObject),
+            (
+                r#"{"account_id":"a","ip":"10.0.0.1"}"#,
+                Reason::MissingField,
+            ),
+            (
+                r#"{"ts":1772359200000,"ip":"10.0.0.1"}"#,
+                Reason::MissingField,
+            ),
+            (
+                r#"{"ts":1772359200000,"account_id":null,"ip":"10.0.0.1"}"#,
+                Reason::MissingField,
+            ),
+            (
+                r#"{"ts":1772359200000,"account_id":"a"}"#,
+                Reason::MissingField,
+            ),
+            (
+                r#"{"ts":1772359200000,"account_id":7,"ip":"10.0.0.1"}"#,
+                Reason::WrongType,
+            ),
+            (
+                r#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1","status":"ok"}"#,
+                Reason::WrongType,
+            ),
+            (
+                r#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1","labels":"x"}"#,
+                Reason::WrongType,
+            ),
+            (
+                r#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1","attrs":{"x":{"y":1}}}"#,
+                Reason::WrongType,
+            ),
+            (
+                r#"{"ts":true,"account_id":"a","ip":"10.0.0.1"}"#,
+                Reason::BadTimestamp,
+            ),
+            (
+                r#"{"ts":"yesterday","account_id":"a","ip":"10.0.0.1"}"#,
+                Reason::BadTimestamp,
+            ),
+            (
+                r#"{"ts":1772359200,"account_id":"a","ip":"10.0.0.1"}"#,
+                Reason::BadTimestamp,
+            ),
+            (
+                r#"{"ts":1.5,"account_id":"a","ip":"10.0.0.1"}"#,
+                Reason::BadTimestamp,
+            ),
+            (
+                r#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1","account_created":"x"}"#,
+                Reason::BadTimestamp,
+            ),
+            (
+                r#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.300"}"#,
+                Reason::BadIp,
+            ),
+            (
+                r#"{"ts":1772359200000,"account_id":"a","ip":"example.com"}"#,
+                Reason::BadIp,
+            ),
+            (
+                r#"{"ts":1772359200000,"account_id":"","ip":"10.0.0.1"}"#,
+                Reason::BadValue,
+            ),
+            (
+                r#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1","prompt_simhash":"xyz"}"#,
+                Reason::BadValue,
+            ),
+        ];
+        for (payload, want) in cases {
+            assert_eq!(reject(payload).reason, want, "{payload}");
+        }
+    }
+
+    #[test]
+    fn too_large_is_refused_before_parsing() {
+        let mut b = EventBatchBuilder::new(64);
+        let big = format!(
+            r#"{{"ts":1772359200000,"account_id":"{}","ip":"10.0.0.1"}}"#,
+            "a".repeat(100)
+        );
+        let r = b
+            .push(big.as_bytes(), &mut open_time())
+            .expect_err("too big");
+        assert_eq!(r.reason, Reason::TooLarge);
+    }
+
+    #[test]
+    fn late_and_future_events_are_refused() {
+        let mut b = EventBatchBuilder::new(1024);
+        let mut time = TimeCheck {
+            watermark: i64::MIN,
+            allowed_lateness_ms: 60_000,
+            max_ts: T0 + 10_000,
+        };
+        let ev = |ts: i64| format!(r#"{{"ts":{ts},"account_id":"a","ip":"10.0.0.1"}}"#);
+        b.push(ev(T0).as_bytes(), &mut time).expect("first");
+        assert_eq!(time.watermark, T0);
+        b.push(ev(T0 - 60_000).as_bytes(), &mut time)
+            .expect("within lateness");
+        assert_eq!(
+            b.push(ev(T0 - 60_001).as_bytes(), &mut time)
+                .expect_err("late")
+                .reason,
+            Reason::Late
+        );
+        assert_eq!(
+            b.push(ev(T0 + 10_001).as_bytes(), &mut time)
+                .expect_err("future")
+                .reason,
+            Reason::Future
+        );
+        assert_eq!(
+            time.watermark, T0,
+            "refused events do not move the watermark"
+        );
+        assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn a_failed_row_leaves_the_batch_consistent() {
+        let mut b = EventBatchBuilder::new(1024);
+        let mut time = open_time();
+        b.push(
+            br#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1"}"#,
+            &mut time,
+        )
+        .expect("ok");
+        let _ = b.push(
+            br#"{"ts":1772359200000,"account_id":"a","ip":"bad"}"#,
+            &mut time,
+        );
+        b.push(
+            br#"{"ts":1772359200001,"account_id":"b","ip":"10.0.0.2","labels":[]}"#,
+            &mut time,
+        )
+        .expect("ok");
+        let (batch, _) = b.finish();
+        assert_eq!(batch.num_rows(), 2);
+    }
+
+    #[test]
+    fn dead_letters_never_carry_prompt_text() {
+        let (p, redacted) =
+            dead_letter_payload(br#"{"ts":"bad","prompt":"secret plan","account_id":"a"}"#);
+        assert!(redacted);
+        let text = String::from_utf8(p.into_owned()).expect("utf8");
+        assert!(!text.contains("secret plan"), "{text}");
+        assert!(text.contains("redacted: 11 bytes"), "{text}");
+        let (p, redacted) = dead_letter_payload(br#"{"prompt":"secret plan", oops"#);
+        assert!(redacted && p.is_empty());
+        let raw = br#"{"ts":"bad","account_id":"a"}"#;
+        let (p, redacted) = dead_letter_payload(raw);
+        assert!(!redacted);
+        assert_eq!(&*p, raw);
+    }
+}

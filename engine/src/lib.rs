@@ -1,0 +1,27 @@
+//! Cordon: streaming detection of model-extraction and distillation campaigns.
+//!
+//! An inference gateway writes one event per API request to Kafka. Cordon groups the events by
+//! entity (account, IP range, payment fingerprint, prompt template, ...), keeps sliding windows
+//! of aggregates per entity, evaluates YAML rules over them, and writes alerts to Kafka.
+//!
+//! # Layout
+//! The pure core does no I/O and is driven by tests with bytes in and alerts out:
+//! - [`decode`]: message bytes to Arrow batches of event schema v1, or dead letters.
+//! - [`fingerprint`]: raw prompt text to fingerprints (the text goes no further).
+//! - [`window`]: per-entity sliding windows of panes.
+//! - [`gate`]: suppression, deterministic alert ids, alert schema v1.
+//! - [`processor`]: the core loop over a micro-batch.
+//!
+//! Around it:
+//! - [`config`]: Config v1.
+//! - [`runtime`]: wires the core to Kafka, signals and the clock (`cordon run`).
+//! - [`demo`]: `cordon demo`, with an in-process Kafka cluster and a traffic generator.
+
+pub mod config;
+pub mod decode;
+pub mod demo;
+pub mod fingerprint;
+pub mod gate;
+pub mod processor;
+pub mod runtime;
+pub mod window;

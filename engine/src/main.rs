@@ -1,0 +1,105 @@
+//! The `cordon` command.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cordon_engine::config::Config;
+use cordon_engine::{demo, runtime};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Cordon: streaming detection of model-extraction and distillation campaigns.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine against Kafka.
+    Run {
+        /// Config v1 file (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run an in-process demo: Kafka, traffic with an extraction campaign, the shipped rules.
+    Demo {
+        /// Stop after this long (e.g. 60s); default: until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Seed of the traffic generator.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Work with rule files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Validate rule files and directories; prints every error, exits 1 on any.
+    Validate {
+        /// Files or directories of *.yaml rules.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => {
+            init_logging("info");
+            run(&config)
+        }
+        Command::Demo { duration, seed } => {
+            init_logging("warn");
+            runtime::shutdown_flag()
+                .and_then(|flag| demo::run(&demo::DemoOptions { duration, seed }, flag))
+                .map(|_| ())
+        }
+        Command::Rules {
+            command: RulesCommand::Validate { paths },
+        } => validate(&paths),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let rules = runtime::load_rules(&config).context("loading rules")?;
+    let shutdown = runtime::shutdown_flag()?;
+    runtime::run(&config, &rules, &shutdown)?;
+    Ok(())
+}
+
+fn validate(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let set = cordon_rules::load_paths(paths).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "{} rule(s) valid ({} enabled, {} disabled)",
+        set.len() + set.disabled.len(),
+        set.len(),
+        set.disabled.len()
+    );
+    Ok(())
+}
