@@ -415,13 +415,13 @@ impl EventBatchBuilder {
                 ));
             }
         };
-        if let Some(h) = wire.prompt_simhash.as_deref() {
-            if h.len() != 16 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(Rejection::new(
-                    Reason::BadValue,
-                    "`prompt_simhash` must be 16 hex digits",
-                ));
-            }
+        if let Some(h) = wire.prompt_simhash.as_deref()
+            && (h.len() != 16 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(Rejection::new(
+                Reason::BadValue,
+                "`prompt_simhash` must be 16 hex digits",
+            ));
         }
         let account_created = match &wire.account_created {
             Some(t) => Some(parse_ts("account_created", t)?),

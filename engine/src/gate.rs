@@ -89,17 +89,17 @@ impl Gate {
         end: i64,
         suppress_ms: i64,
     ) -> Decision {
-        if let Some(e) = self.entries.get_mut(entity) {
-            if end < e.until {
-                if end > e.last_end {
-                    e.last_end = end;
-                    return Decision::Emit {
-                        alert_id: e.alert_id.clone(),
-                        status: Status::Update,
-                    };
-                }
-                return Decision::Suppressed;
+        if let Some(e) = self.entries.get_mut(entity)
+            && end < e.until
+        {
+            if end > e.last_end {
+                e.last_end = end;
+                return Decision::Emit {
+                    alert_id: e.alert_id.clone(),
+                    status: Status::Update,
+                };
             }
+            return Decision::Suppressed;
         }
         let id = alert_id(rule_id, rule_version, entity_kind, entity, start, end);
         self.entries.insert(

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cordon_engine::config::Config;
 use cordon_engine::{demo, runtime};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &PathBuf) -> anyhow::Result<()> {
+fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let rules = runtime::load_rules(&config).context("loading rules")?;
     let shutdown = runtime::shutdown_flag()?;

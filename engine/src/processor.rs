@@ -428,11 +428,11 @@ fn run_rule(
         }
     }
     for key in touched {
-        if let Some(ks) = state.keys.get_mut(&key) {
-            if ks.is_dirty() {
-                let snap = ks.take_snapshot(&rule.spec, &rule.aggs);
-                candidates.push(Candidate { entity: key, snap });
-            }
+        if let Some(ks) = state.keys.get_mut(&key)
+            && ks.is_dirty()
+        {
+            let snap = ks.take_snapshot(&rule.spec, &rule.aggs);
+            candidates.push(Candidate { entity: key, snap });
         }
     }
     if candidates.is_empty() {

@@ -9,7 +9,7 @@
 //! ([`crate::udf`]). Aggregates belong in `features`, never in expressions.
 
 use crate::diag::{Diagnostic, did_you_mean};
-use crate::rule::{AggKind, ExprSrc, Rule, offset_pos};
+use crate::rule::{AggKind, ExprSrc, Rule};
 use crate::schema::event_schema;
 use crate::udf::cordon_functions;
 use crate::yaml::Pos;
@@ -164,33 +164,27 @@ impl Compiler {
         e: DataFusionError,
     ) -> (Pos, String, Option<String>) {
         let root = e.find_root();
-        if let DataFusionError::SchemaError(err, _) = root {
-            if let SchemaError::FieldNotFound { field, .. } = err.as_ref() {
-                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                let name = field.name();
-                let pos = src
-                    .text
-                    .find(name)
-                    .map_or(src.pos, |o| offset_pos(src.pos, &src.text, o));
-                let what = if schema.fields().len() == self.event_schema.fields().len() {
-                    "event field"
-                } else {
-                    "feature"
-                };
-                return (
-                    pos,
-                    format!("unknown {what} `{name}` in `{}`", src.text),
-                    did_you_mean(name, names),
-                );
-            }
+        if let DataFusionError::SchemaError(err, _) = root
+            && let SchemaError::FieldNotFound { field, .. } = err.as_ref()
+        {
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            let name = field.name();
+            let pos = src.text.find(name).map_or(src.pos, |o| src.pos_at(o));
+            let what = if schema.fields().len() == self.event_schema.fields().len() {
+                "event field"
+            } else {
+                "feature"
+            };
+            return (
+                pos,
+                format!("unknown {what} `{name}` in `{}`", src.text),
+                did_you_mean(name, names),
+            );
         }
         let msg = root.to_string();
         if let Some(rest) = msg.split("Invalid function '").nth(1) {
             let name = rest.split('\'').next().unwrap_or_default();
-            let pos = src
-                .text
-                .find(name)
-                .map_or(src.pos, |o| offset_pos(src.pos, &src.text, o));
+            let pos = src.text.find(name).map_or(src.pos, |o| src.pos_at(o));
             let mut text = format!("unknown function `{name}` in `{}`", src.text);
             if AggKind::NAMES.contains(&name.to_ascii_lowercase().as_str()) {
                 text.push_str(
@@ -212,7 +206,7 @@ impl Compiler {
                 .char_indices()
                 .nth(c.saturating_sub(1))
                 .map_or(src.text.len(), |(i, _)| line_start + i);
-            offset_pos(src.pos, &src.text, off)
+            src.pos_at(off)
         });
         let msg = msg
             .replace("SQL error: ParserError(\"", "")
@@ -238,14 +232,11 @@ impl Compiler {
             .expr(&rule.entity, events, "`entity`", Want::Scalar)
             .map_err(&mut push)
             .ok();
-        let filter = match &rule.filter {
-            Some(src) => Some(
-                self.expr(src, events, "`where`", Want::Bool)
-                    .map_err(&mut push)
-                    .ok(),
-            ),
-            None => None,
-        };
+        let filter = rule.filter.as_ref().map(|src| {
+            self.expr(src, events, "`where`", Want::Bool)
+                .map_err(&mut push)
+                .ok()
+        });
         let mut features = Vec::with_capacity(rule.features.len());
         for f in &rule.features {
             let arg = match (&f.arg, f.agg) {

@@ -142,8 +142,87 @@ impl AggKind {
 pub struct ExprSrc {
     /// SQL text.
     pub text: String,
-    /// Position of the text's first character (best effort for block scalars).
+    /// Position of the text's first character.
     pub pos: Pos,
+    /// For block scalars (`|`, `>`): where each source line of the text starts, as (byte offset
+    /// in `text`, position in the file). Empty for one-line scalars.
+    pub lines: Vec<(usize, Pos)>,
+}
+
+impl ExprSrc {
+    /// A one-line expression at `pos`.
+    pub fn new(text: impl Into<String>, pos: Pos) -> Self {
+        Self {
+            text: text.into(),
+            pos,
+            lines: Vec::new(),
+        }
+    }
+
+    /// The file position of byte `off` of the text.
+    pub fn pos_at(&self, off: usize) -> Pos {
+        match self.lines.iter().rev().find(|(start, _)| *start <= off) {
+            Some((start, pos)) => {
+                let end = off.min(self.text.len());
+                let chars = self.text.get(*start..end).map_or(0, |s| s.chars().count()) as u32;
+                Pos {
+                    line: pos.line,
+                    col: pos.col + chars,
+                }
+            }
+            None => offset_pos(self.pos, &self.text, off),
+        }
+    }
+}
+
+/// Whether `line` ends with a block scalar indicator (`key: |`, `key: >-`, `- |2`, ...).
+fn ends_with_block_indicator(line: &str) -> bool {
+    let last = line.split_whitespace().last().unwrap_or("");
+    let mut chars = last.chars();
+    matches!(chars.next(), Some('|' | '>')) && chars.all(|c| matches!(c, '-' | '+' | '0'..='9'))
+}
+
+/// If the scalar at `pos` is a block scalar: where each of its content lines starts, as (byte
+/// offset in the scalar's text, file position). The parser may place a block scalar either at
+/// its indicator or at its first content line; both are handled.
+fn block_lines(source: &str, pos: Pos) -> Option<Vec<(usize, Pos)>> {
+    let line_at = |n: u32| source.lines().nth(n.checked_sub(1)? as usize);
+    let here = line_at(pos.line)?;
+    let first_content = if matches!(
+        here.chars().nth(pos.col.saturating_sub(1) as usize),
+        Some('|' | '>')
+    ) {
+        pos.line + 1
+    } else if line_at(pos.line.checked_sub(1)?).is_some_and(ends_with_block_indicator)
+        && here.chars().take_while(|c| *c == ' ').count() + 1 == pos.col as usize
+    {
+        pos.line
+    } else {
+        return None;
+    };
+    let mut out = Vec::new();
+    let mut offset = 0;
+    let mut indent = None;
+    for (i, line) in source.lines().enumerate().skip(first_content as usize - 1) {
+        if line.trim().is_empty() {
+            offset += 1;
+            continue;
+        }
+        let lead = line.chars().take_while(|c| *c == ' ').count();
+        let block_indent = *indent.get_or_insert(lead);
+        if lead < block_indent {
+            break;
+        }
+        out.push((
+            offset,
+            Pos {
+                line: i as u32 + 1,
+                col: block_indent as u32 + 1,
+            },
+        ));
+        offset += line.len() - block_indent + 1;
+    }
+    Some(out)
 }
 
 /// One named feature: an aggregate over the window.
@@ -285,10 +364,13 @@ impl Ctx<'_> {
             self.err(node.pos, format!("`{key}` is empty"), None);
             return None;
         }
-        Some(ExprSrc {
-            pos: text_start(self.source, node.pos),
-            text,
-        })
+        match block_lines(self.source, node.pos) {
+            Some(lines) => {
+                let pos = lines.first().map_or(node.pos, |(_, p)| *p);
+                Some(ExprSrc { pos, text, lines })
+            }
+            None => Some(ExprSrc::new(text, text_start(self.source, node.pos))),
+        }
     }
 
     fn duration(&mut self, key: &str, node: &Node) -> Option<Duration> {
@@ -375,9 +457,12 @@ fn is_rule_id(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
+/// A call split by [`split_call`]: the name and each argument with its byte offset.
+pub type Call<'a> = (&'a str, Vec<(usize, &'a str)>);
+
 /// Splits `name(a, b)` into the name and its top-level arguments, with each argument's byte
 /// offset in `text`. Commas inside parentheses, brackets or quotes do not split.
-pub fn split_call(text: &str) -> Result<(&str, Vec<(usize, &str)>), String> {
+pub fn split_call(text: &str) -> Result<Call<'_>, String> {
     let open = text.find('(').ok_or_else(|| {
         format!(
             "`{}` is not an aggregate call; write e.g. `count()` or `sum(output_tokens)`",
@@ -464,10 +549,10 @@ pub fn validate_document(
     };
     // Find the id first so that every later error names its rule.
     for (k, v) in entries {
-        if k.as_str() == Some("id") {
-            if let Some(id) = v.as_str() {
-                cx.rule_id = Some(id.to_owned());
-            }
+        if k.as_str() == Some("id")
+            && let Some(id) = v.as_str()
+        {
+            cx.rule_id = Some(id.to_owned());
         }
     }
     let mut seen: Vec<(&str, Pos)> = Vec::new();
@@ -660,8 +745,9 @@ pub fn validate_document(
         }
     };
     let evidence = match get("evidence") {
-        Some(n) => cx.string_list("evidence", n).map(|names| {
-            if let Value::Seq(items) = &n.value {
+        Some(n) => cx.string_list("evidence", n).inspect(|names| {
+            // Names can only be checked against features that validated.
+            if let (Value::Seq(items), Some(_)) = (&n.value, &features) {
                 for (name, item) in names.iter().zip(items) {
                     if !feature_names.contains(name) {
                         cx.err(
@@ -674,7 +760,6 @@ pub fn validate_document(
                     }
                 }
             }
-            names
         }),
         None => Some(feature_names.clone()),
     };
@@ -782,10 +867,9 @@ fn validate_features(cx: &mut Ctx<'_>, node: &Node) -> Option<Vec<Feature>> {
             );
             continue;
         }
-        let arg = args.first().map(|(off, a)| ExprSrc {
-            text: (*a).to_owned(),
-            pos: offset_pos(start, &text, *off),
-        });
+        let arg = args
+            .first()
+            .map(|(off, a)| ExprSrc::new(*a, offset_pos(start, &text, *off)));
         out.push(Feature {
             name: name.to_owned(),
             agg,

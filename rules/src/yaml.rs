@@ -175,7 +175,10 @@ pub struct SyntaxError {
 
 /// Parses every document of a YAML stream. Empty documents are skipped.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
-    serde_saphyr::from_multiple::<Node>(text).map_err(|e| {
+    // YAML 1.2 booleans only: in YAML 1.1 a feature named `n` or `y` would be a boolean.
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    serde_saphyr::from_multiple_with_options::<Node>(text, options).map_err(|e| {
         let pos = e
             .location()
             .map(|l| Pos {
@@ -213,6 +216,18 @@ mod tests {
             panic!("not a map")
         };
         assert_eq!(entries[0].0.pos, Pos { line: 6, col: 1 });
+    }
+
+    #[test]
+    fn only_yaml_1_2_booleans_are_booleans() {
+        let docs = parse_documents("n: y\non: off\nt: true\n").expect("parses");
+        let Value::Map(entries) = &docs[0].value else {
+            panic!("not a map")
+        };
+        assert_eq!(entries[0].0.as_str(), Some("n"));
+        assert_eq!(entries[0].1.as_str(), Some("y"));
+        assert_eq!(entries[1].0.as_str(), Some("on"));
+        assert_eq!(entries[2].1.value, Value::Bool(true));
     }
 
     #[test]
