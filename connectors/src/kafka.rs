@@ -134,11 +134,44 @@ impl ConsumerContext for SourceContext {
     }
 }
 
+/// Logs a repeating error at most once per interval, with the number of repeats in between.
+#[derive(Debug)]
+struct RateLimitedLog {
+    what: &'static str,
+    interval: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RateLimitedLog {
+    fn new(what: &'static str, interval: Duration) -> Self {
+        Self {
+            what,
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    fn report(&self, e: &KafkaError) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let (last, repeats) = &mut *state;
+        if last.is_some_and(|t| t.elapsed() < self.interval) {
+            *repeats += 1;
+            return;
+        }
+        tracing::warn!(error = %e, repeats_since_last_log = *repeats, "{}", self.what);
+        *last = Some(Instant::now());
+        *repeats = 0;
+    }
+}
+
 /// The consumer-group source.
 pub struct KafkaSource {
     consumer: BaseConsumer<SourceContext>,
     topic: String,
     brokers: String,
+    errors: RateLimitedLog,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -175,6 +208,10 @@ impl KafkaSource {
             consumer,
             topic: topic.to_owned(),
             brokers: settings.brokers.clone(),
+            errors: RateLimitedLog::new(
+                "consumer error (librdkafka retries)",
+                Duration::from_secs(10),
+            ),
         })
     }
 
@@ -203,7 +240,7 @@ impl KafkaSource {
                     payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                 }),
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
+                    self.errors.report(&e);
                     if left.is_zero() {
                         break;
                     }

@@ -306,69 +306,78 @@ impl Config {
         Self::from_yaml(&text, &path.display().to_string(), std::env::vars())
     }
 
-    /// Parses config text; `vars` are the environment variables to apply.
+    /// Parses config text; `vars` are the environment variables to apply. Errors name the key
+    /// (`state.max_keys`), and the file position or the environment variable it came from.
     pub fn from_yaml(
         text: &str,
         origin: &str,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let invalid = |origin: String, e: serde_saphyr::Error| {
-            let loc = e
-                .location()
-                .map(|l| format!(":{}:{}", l.line(), l.column()))
-                .unwrap_or_default();
-            let message = e.to_string();
-            let message = message.lines().next().unwrap_or_default().to_owned();
-            ConfigError::Invalid {
-                origin: format!("{origin}{loc}"),
-                message,
-            }
+        let syntax = |e: serde_saphyr::Error| ConfigError::Invalid {
+            origin: format!("{origin}{}", location(&e)),
+            message: first_line(&e.to_string()),
         };
+        let mut tree: serde_json::Value = serde_saphyr::from_str(text).map_err(syntax)?;
+        if tree.is_null() {
+            tree = serde_json::Value::Object(Default::default());
+        }
         let overrides: Vec<(String, String)> = vars
             .into_iter()
             .filter(|(k, _)| k.starts_with("CORDON_") && k.contains("__"))
             .collect();
-        let config: Config = if overrides.is_empty() {
-            serde_saphyr::from_str(text).map_err(|e| invalid(origin.to_owned(), e))?
-        } else {
-            // Apply overrides on a JSON tree, then deserialize that.
-            let mut tree: serde_json::Value =
-                serde_saphyr::from_str(text).map_err(|e| invalid(origin.to_owned(), e))?;
-            if tree.is_null() {
-                tree = serde_json::Value::Object(Default::default());
+        let mut from_env: Vec<(String, String)> = Vec::new();
+        for (var, value) in &overrides {
+            let mut path: Vec<String> = var["CORDON_".len()..]
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect();
+            // librdkafka property names use dots, which environment names cannot hold:
+            // CORDON_SOURCE__PROPERTIES__SASL_PASSWORD sets `sasl.password`.
+            if path.len() == 3 && path[1] == "properties" {
+                path[2] = path[2].replace('_', ".");
             }
-            for (var, value) in &overrides {
-                let mut path: Vec<String> = var["CORDON_".len()..]
-                    .split("__")
-                    .map(|s| s.to_ascii_lowercase())
-                    .collect();
-                // librdkafka property names use dots, which environment names cannot hold:
-                // CORDON_SOURCE__PROPERTIES__SASL_PASSWORD sets `sasl.password`.
-                if path.len() == 3 && path[1] == "properties" {
-                    path[2] = path[2].replace('_', ".");
+            check_env_key(var, &path)?;
+            // The value is read as a YAML scalar (numbers stay numbers), except where the key
+            // takes text.
+            let parsed: serde_json::Value = serde_saphyr::from_str(value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.clone()));
+            let parsed = match parsed {
+                serde_json::Value::Null => serde_json::Value::String(String::new()),
+                serde_json::Value::Bool(_) | serde_json::Value::Number(_)
+                    if path.len() == 3 || path.last().is_some_and(|k| k == "brokers") =>
+                {
+                    serde_json::Value::String(value.clone())
                 }
-                let parsed: serde_json::Value = serde_saphyr::from_str(value)
-                    .unwrap_or_else(|_| serde_json::Value::String(value.clone()));
-                // Every leaf of Config v1 that takes a scalar is read as a string or a number.
-                let parsed = match parsed {
-                    serde_json::Value::Null => serde_json::Value::String(String::new()),
-                    serde_json::Value::Bool(b) if path.first().is_some_and(|p| p == "source") => {
-                        serde_json::Value::String(b.to_string())
-                    }
-                    v => v,
-                };
-                set_path(&mut tree, &path, parsed).map_err(|message| ConfigError::Invalid {
-                    origin: format!("environment variable {var}"),
-                    message,
-                })?;
-            }
-            let json = serde_json::to_string(&tree).map_err(|e| ConfigError::Invalid {
-                origin: origin.to_owned(),
-                message: e.to_string(),
+                v => v,
+            };
+            set_path(&mut tree, &path, parsed).map_err(|message| ConfigError::Invalid {
+                origin: format!("environment variable {var}"),
+                message,
             })?;
-            serde_saphyr::from_str(&json)
-                .map_err(|e| invalid(format!("{origin} with CORDON_* overrides"), e))?
-        };
+            from_env.push((path.join("."), var.clone()));
+        }
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().to_string();
+            let message = if key.is_empty() || key == "." {
+                message
+            } else {
+                format!("config key `{key}`: {message}")
+            };
+            // Name where the bad value came from: an environment variable, or the file (with
+            // the position the YAML parser reports for the same error).
+            let origin = match from_env
+                .iter()
+                .find(|(k, _)| k == &key || key.starts_with(&format!("{k}.")))
+            {
+                Some((_, var)) => format!("environment variable {var}"),
+                None => match serde_saphyr::from_str::<Config>(text) {
+                    Err(e) => format!("{origin}{}", location(&e)),
+                    Ok(_) => origin.to_owned(),
+                },
+            };
+            ConfigError::Invalid { origin, message }
+        })?;
         config.check()?;
         Ok(config)
     }
@@ -445,6 +454,73 @@ impl Config {
     }
 }
 
+/// Every key of Config v1, by section (`properties` holds librdkafka properties).
+pub const KEYS: &[(&str, &[&str])] = &[
+    (
+        "source",
+        &[
+            "brokers",
+            "topic",
+            "group_id",
+            "properties",
+            "max_message_bytes",
+            "max_batch_messages",
+            "max_batch_wait",
+        ],
+    ),
+    ("sink", &["topic", "format", "properties"]),
+    ("dead_letter", &["topic"]),
+    ("rules", &["paths"]),
+    ("state", &["dir", "checkpoint_interval", "max_keys"]),
+    ("time", &["allowed_lateness", "max_future_skew"]),
+    ("http", &["listen"]),
+];
+
+/// Checks that an override variable names a real key, suggesting the closest one if not.
+fn check_env_key(var: &str, path: &[String]) -> Result<(), ConfigError> {
+    let all: Vec<String> = KEYS
+        .iter()
+        .flat_map(|(s, keys)| keys.iter().map(move |k| format!("{s}.{k}")))
+        .collect();
+    let dotted = path.join(".");
+    let ok = match path {
+        [section, key] => KEYS
+            .iter()
+            .any(|(s, keys)| s == section && keys.contains(&key.as_str())),
+        [section, props, _] => props == "properties" && (section == "source" || section == "sink"),
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let close = all
+        .iter()
+        .map(|k| (strsim::levenshtein(k, &dotted), k))
+        .filter(|(d, _)| *d <= 3)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| {
+            format!(
+                " (did you mean CORDON_{}?)",
+                k.replace('.', "__").to_ascii_uppercase()
+            )
+        })
+        .unwrap_or_default();
+    Err(ConfigError::Invalid {
+        origin: format!("environment variable {var}"),
+        message: format!("unknown config key `{dotted}`{close}"),
+    })
+}
+
+fn location(e: &serde_saphyr::Error) -> String {
+    e.location()
+        .map(|l| format!(":{}:{}", l.line(), l.column()))
+        .unwrap_or_default()
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_owned()
+}
+
 fn set_path(
     tree: &mut serde_json::Value,
     path: &[String],
@@ -504,8 +580,11 @@ checkpoint_interval: 10s\n  max_keys: 5\ntime:\n  allowed_lateness: 1m\n  max_fu
     fn unknown_key_is_named() {
         let err = parse("source:\n  brokers: b:1\n  topik: x\n").expect_err("unknown key");
         let msg = err.to_string();
-        assert!(msg.contains("topik"), "{msg}");
-        assert!(msg.contains("cordon.yaml:3"), "{msg}");
+        assert!(
+            msg.contains("config key `source.topik`: unknown field `topik`"),
+            "{msg}"
+        );
+        assert!(msg.starts_with("cordon.yaml:3:"), "{msg}");
     }
 
     #[test]
@@ -550,7 +629,19 @@ checkpoint_interval: 10s\n  max_keys: 5\ntime:\n  allowed_lateness: 1m\n  max_fu
         let msg = Config::from_yaml("source: {brokers: b:1}\n", "f", vars)
             .expect_err("bad")
             .to_string();
-        assert!(msg.contains("brokrs"), "{msg}");
+        assert!(
+            msg.contains("environment variable CORDON_SOURCE__BROKRS"),
+            "{msg}"
+        );
+        assert!(msg.contains("did you mean CORDON_SOURCE__BROKERS"), "{msg}");
+        let vars = vec![("CORDON_STATE__MAX_KEYS".to_string(), "lots".to_string())];
+        let msg = Config::from_yaml("source: {brokers: b:1}\n", "f", vars)
+            .expect_err("bad")
+            .to_string();
+        assert!(
+            msg.starts_with("environment variable CORDON_STATE__MAX_KEYS"),
+            "{msg}"
+        );
         let vars = vec![(
             "CORDON_SOURCE__PROPERTIES__SASL_PASSWORD".to_string(),
             "s3cret".to_string(),
