@@ -1,0 +1,142 @@
+//! Start-up failures seen through the process boundary: `cordon run` must exit non-zero, soon,
+//! with a message that names what to fix.
+
+use std::{fs, time::Duration};
+
+use cordon_tests::{Broker, Engine, EngineConfig, unique_topic};
+
+/// A start-up error must end the process well within this.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+const VALID_RULE: &str = r#"id: test.volume
+version: 1
+title: Volume
+description: many requests from one account
+severity: low
+tags: [test]
+entity: account_id
+window: 1h
+every: 5m
+features:
+  requests: count()
+condition: requests >= 1000
+suppress: 6h
+"#;
+
+/// A broker with the three topics of a valid config, and the config itself.
+struct Fixture {
+    _broker: Broker,
+    config: EngineConfig,
+    _dir: tempfile::TempDir,
+}
+
+/// Creates the topics named `true` in `create` (input, alerts, dead letters) and a config that
+/// names all three.
+fn fixture(create: [bool; 3]) -> Fixture {
+    let broker = Broker::start();
+    let input = unique_topic("startup-requests");
+    let alerts = unique_topic("startup-alerts");
+    let dlq = unique_topic("startup-dlq");
+    for ((topic, partitions), create) in [(&input, 2), (&alerts, 1), (&dlq, 1)]
+        .into_iter()
+        .zip(create)
+    {
+        if create {
+            broker.create_topic(topic, partitions);
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules_dir = dir.path().join("rules");
+    let state_dir = dir.path().join("state");
+    fs::create_dir_all(&rules_dir).expect("rules dir");
+    fs::create_dir_all(&state_dir).expect("state dir");
+    fs::write(rules_dir.join("volume.yaml"), VALID_RULE).expect("rule file");
+    let config = EngineConfig::new(&broker, &input, &alerts, &dlq, &rules_dir, &state_dir);
+    Fixture {
+        _broker: broker,
+        config,
+        _dir: dir,
+    }
+}
+
+/// Runs the engine with `yaml` and asserts it exits non-zero, mentioning every one of `needles`
+/// (ignoring case) on stderr or stdout.
+#[track_caller]
+fn assert_fails_naming(yaml: &str, needles: &[&str]) {
+    assert_fails_naming_with_env(yaml, &[], needles);
+}
+
+/// [`assert_fails_naming`] with environment variables for the engine.
+#[track_caller]
+fn assert_fails_naming_with_env(yaml: &str, env: &[(&str, &str)], needles: &[&str]) {
+    let mut engine = Engine::start_with_env(yaml, env);
+    let status = engine.wait_exit(EXIT_TIMEOUT);
+    let output = format!("{}\n{}", engine.stderr(), engine.stdout()).to_lowercase();
+    assert!(
+        !status.success(),
+        "cordon run exited 0, expected a start-up failure\nconfig:\n{yaml}\n{}",
+        engine.logs(40)
+    );
+    for needle in needles {
+        assert!(
+            output.contains(&needle.to_lowercase()),
+            "cordon run failed ({status}) but its output does not name {needle:?}\n\
+             config:\n{yaml}\n{}",
+            engine.logs(40)
+        );
+    }
+}
+
+#[test]
+fn unknown_config_key_fails_naming_the_key() {
+    let fixture = fixture([true, true, true]);
+    let yaml = fixture.config.to_yaml();
+    // A typo in a nested key: `max_message_bytes` spelled with one `s`.
+    let typo = yaml.replace("max_message_bytes:", "max_mesage_bytes:");
+    assert_ne!(
+        typo, yaml,
+        "the config template has no max_message_bytes key"
+    );
+    assert_fails_naming(&typo, &["max_mesage_bytes"]);
+
+    // An unknown top-level section.
+    let mut config = fixture.config.clone();
+    config.extra_yaml = "alerting:\n  topic: nope\n".to_owned();
+    assert_fails_naming(&config.to_yaml(), &["alerting"]);
+}
+
+#[test]
+fn unknown_environment_override_fails_naming_it() {
+    let fixture = fixture([true, true, true]);
+    assert_fails_naming_with_env(
+        &fixture.config.to_yaml(),
+        &[("CORDON_SOURCE__BROKRS", "127.0.0.1:1")],
+        &["brokrs"],
+    );
+}
+
+#[test]
+fn missing_topics_fail_start_up_naming_the_topic() {
+    // Each case leaves one of the three topics uncreated, on a broker of its own.
+    let missing_alerts = fixture([true, false, true]);
+    let yaml = missing_alerts.config.to_yaml();
+    assert_fails_naming(&yaml, &[&missing_alerts.config.alerts_topic]);
+
+    let missing_input = fixture([false, true, true]);
+    let yaml = missing_input.config.to_yaml();
+    assert_fails_naming(&yaml, &[&missing_input.config.input_topic]);
+
+    let missing_dlq = fixture([true, true, false]);
+    let yaml = missing_dlq.config.to_yaml();
+    assert_fails_naming(&yaml, &[&missing_dlq.config.dlq_topic]);
+}
+
+#[test]
+fn invalid_rule_fails_start_up_naming_the_file_and_the_name() {
+    let fixture = fixture([true, true, true]);
+    let bad = VALID_RULE
+        .replace("id: test.volume", "id: test.typo")
+        .replace("condition: requests >= 1000", "condition: requets >= 1000");
+    fs::write(fixture.config.rules_dir.join("typo.yaml"), bad).expect("rule file");
+    assert_fails_naming(&fixture.config.to_yaml(), &["typo.yaml", "requets"]);
+}
