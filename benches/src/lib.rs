@@ -1,1 +1,5 @@
-//! placeholder
+//! Cordon's benchmarks.
+//!
+//! # Layout
+//! - `src/bin/throughput.rs`: in-process throughput of the core (message bytes in, alerts out)
+//!   with the shipped extraction pack on a heavy-tailed synthetic stream.
