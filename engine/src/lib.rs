@@ -8,7 +8,10 @@
 //! The pure core does no I/O and is driven by tests with bytes in and alerts out:
 //! - [`decode`]: message bytes to Arrow batches of event schema v1, or dead letters.
 //! - [`fingerprint`]: raw prompt text to fingerprints (the text goes no further).
+//! - [`agg`]: aggregates: per-pane partials, exact when small, sketches when large.
+//! - [`plan`]: shared state tables, slots and expressions of a rule set.
 //! - [`window`]: per-entity sliding windows of panes.
+//! - [`codec`]: the versioned binary encoding of persisted state.
 //! - [`gate`]: suppression, deterministic alert ids, alert schema v1.
 //! - [`processor`]: the core loop over a micro-batch.
 //!
@@ -17,11 +20,14 @@
 //! - [`runtime`]: wires the core to Kafka, signals and the clock (`cordon run`).
 //! - [`demo`]: `cordon demo`, with an in-process Kafka cluster and a traffic generator.
 
+pub mod agg;
+pub mod codec;
 pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod fingerprint;
 pub mod gate;
+pub mod plan;
 pub mod processor;
 pub mod runtime;
 pub mod window;

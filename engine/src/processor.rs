@@ -7,12 +7,14 @@
 //! DataFusion, updates the touched keys row by row, and then evaluates each rule's condition
 //! once over all touched keys.
 
+use crate::agg::{Input as AggInput, InputKind, SlotKind};
 use crate::decode::{EventBatchBuilder, Reason, TimeCheck, dead_letter_payload};
 use crate::gate::{
     ALERT_SCHEMA, Alert, AlertEngine, AlertEntity, AlertRule, AlertWindow, Decision, Gate, rfc3339,
 };
-use crate::window::{FeatureInput, KeyState, Update, WindowSnapshot, WindowSpec};
-use cordon_rules::{AggKind, CompiledRule, RuleSet};
+use crate::plan::{Conv, Plan, RulePlan};
+use crate::window::{KeyState, Update, WindowSnapshot};
+use cordon_rules::{CompiledRule, RuleSet};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray,
 };
@@ -101,6 +103,8 @@ pub struct CoreConfig {
     pub max_future_skew_ms: i64,
     /// Instance name for alerts.
     pub instance: String,
+    /// `state.max_keys`: most keys across tables and partitions before LRU eviction.
+    pub max_keys: u64,
 }
 
 impl Default for CoreConfig {
@@ -110,6 +114,7 @@ impl Default for CoreConfig {
             allowed_lateness_ms: 300_000,
             max_future_skew_ms: 60_000,
             instance: "cordon".into(),
+            max_keys: 10_000_000,
         }
     }
 }
@@ -130,90 +135,190 @@ pub enum ProcessError {
     },
 }
 
-/// A running rule: the compiled rule plus what the hot path needs precomputed.
-#[derive(Debug)]
-struct RunRule {
-    compiled: Arc<CompiledRule>,
-    spec: WindowSpec,
-    aggs: Vec<AggKind>,
-    suppress_ms: i64,
-}
-
-#[derive(Debug, Default)]
-struct RuleState {
-    keys: HashMap<String, KeyState>,
-    gate: Gate,
-}
-
+/// One partition's state: its watermark, its keys per table, its gate per rule.
 #[derive(Debug)]
 struct PartitionState {
     watermark: i64,
-    rules: Vec<RuleState>,
+    tables: Vec<HashMap<Box<str>, KeyState>>,
+    gates: Vec<Gate>,
+}
+
+/// Live keys, evictions and estimated bytes of one state table (all partitions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableStats {
+    /// Table name, `entity/window/every` (a bounded label).
+    pub name: String,
+    /// Live keys.
+    pub keys: u64,
+    /// Keys evicted by `state.max_keys` since start.
+    pub evictions: u64,
+    /// Estimated bytes held (keys, panes, sketches, map overhead).
+    pub bytes: u64,
 }
 
 /// The detection core.
 #[derive(Debug)]
 pub struct Processor {
-    rules: Vec<RunRule>,
+    plan: Plan,
+    kinds: Vec<Vec<SlotKind>>,
     partitions: HashMap<i32, PartitionState>,
     config: CoreConfig,
     builder: EventBatchBuilder,
+    batch_seq: u32,
+    live_keys: u64,
+    evictions: Vec<u64>,
 }
 
-/// One key's window waiting for its rule's condition.
+/// One key's window waiting for a rule's condition.
 struct Candidate {
     entity: String,
     snap: WindowSnapshot,
 }
 
+/// An expression evaluated over a batch, converted for its use.
+enum Col {
+    Bool(BooleanArray),
+    Number(Float64Array),
+    Hash(Vec<Option<u64>>),
+    Text(StringArray),
+}
+
+impl Col {
+    fn flag(&self, row: usize) -> bool {
+        match self {
+            Col::Bool(a) => a.is_valid(row) && a.value(row),
+            _ => false,
+        }
+    }
+}
+
+/// Bytes of one hash-map entry beyond the key state's heap: the key, the state, control bytes.
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<Box<str>>() + std::mem::size_of::<KeyState>() + 8;
+
 impl Processor {
     /// A processor running `rules`.
     pub fn new(rules: &RuleSet, config: CoreConfig) -> Self {
-        let rules = rules
-            .rules
+        let plan = Plan::new(rules);
+        let kinds = plan
+            .tables
             .iter()
-            .map(|c| RunRule {
-                spec: WindowSpec {
-                    pane_ms: c.rule.every.as_millis() as i64,
-                    panes: c.rule.panes() as i64,
-                },
-                aggs: c.features.iter().map(|f| f.agg).collect(),
-                suppress_ms: c.rule.suppress.as_millis() as i64,
-                compiled: c.clone(),
-            })
+            .map(|t| t.slots.iter().map(|s| s.kind).collect())
             .collect();
+        let evictions = vec![0; plan.tables.len()];
         Self {
-            rules,
+            plan,
+            kinds,
             partitions: HashMap::new(),
             builder: EventBatchBuilder::new(config.max_message_bytes),
             config,
+            batch_seq: 0,
+            live_keys: 0,
+            evictions,
         }
+    }
+
+    /// The plan (tables and slots) the processor runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// Forgets a partition's state (it was revoked from this instance).
     pub fn drop_partition(&mut self, partition: i32) {
-        self.partitions.remove(&partition);
+        if let Some(p) = self.partitions.remove(&partition) {
+            self.live_keys -= p.tables.iter().map(|t| t.len() as u64).sum::<u64>();
+        }
     }
 
-    /// Live keys across all rules and partitions.
-    pub fn live_keys(&self) -> usize {
-        self.partitions
-            .values()
-            .flat_map(|p| p.rules.iter())
-            .map(|r| r.keys.len())
-            .sum()
+    /// Live keys across all tables and partitions.
+    pub fn live_keys(&self) -> u64 {
+        self.live_keys
+    }
+
+    /// Per-table keys, evictions and estimated bytes. Walks every key: call it every few
+    /// seconds, not per batch.
+    pub fn table_stats(&self) -> Vec<TableStats> {
+        self.plan
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(t, spec)| {
+                let (mut keys, mut bytes) = (0u64, 0u64);
+                for p in self.partitions.values() {
+                    let map = &p.tables[t];
+                    keys += map.len() as u64;
+                    bytes += (map.capacity() * ENTRY_OVERHEAD) as u64;
+                    bytes += map
+                        .iter()
+                        .map(|(k, v)| (k.len() + v.heap_bytes()) as u64)
+                        .sum::<u64>();
+                }
+                TableStats {
+                    name: spec.name.clone(),
+                    keys,
+                    evictions: self.evictions[t],
+                    bytes,
+                }
+            })
+            .collect()
     }
 
     /// Drops keys whose windows have fully expired and gate entries past suppression.
     pub fn expire_idle(&mut self) {
+        let mut dropped = 0u64;
         for p in self.partitions.values_mut() {
-            for (rule, state) in self.rules.iter().zip(p.rules.iter_mut()) {
-                state
-                    .keys
-                    .retain(|_, k| !k.expired(&rule.spec, p.watermark));
-                state.gate.expire(p.watermark);
+            for (spec, keys) in self.plan.tables.iter().zip(p.tables.iter_mut()) {
+                let before = keys.len();
+                keys.retain(|_, k| !k.expired(&spec.window, p.watermark));
+                dropped += (before - keys.len()) as u64;
+                if keys.capacity() > 64 && keys.len() < keys.capacity() / 4 {
+                    keys.shrink_to_fit();
+                }
+            }
+            for gate in &mut p.gates {
+                gate.expire(p.watermark);
             }
         }
+        self.live_keys -= dropped;
+    }
+
+    /// Evicts least recently used keys until at most 95% of `max_keys` remain.
+    fn enforce_max_keys(&mut self) {
+        let max = self.config.max_keys;
+        if self.live_keys <= max {
+            return;
+        }
+        let target = max - max / 20;
+        let excess = (self.live_keys - target) as usize;
+        let mut touches: Vec<u32> = self
+            .partitions
+            .values()
+            .flat_map(|p| p.tables.iter().flat_map(|t| t.values().map(|k| k.touch)))
+            .collect();
+        let nth = excess.saturating_sub(1).min(touches.len().saturating_sub(1));
+        let (_, cutoff, _) = touches.select_nth_unstable(nth);
+        let cutoff = *cutoff;
+        let mut left = excess;
+        for p in self.partitions.values_mut() {
+            for (t, keys) in p.tables.iter_mut().enumerate() {
+                let before = keys.len();
+                keys.retain(|_, k| {
+                    if left > 0 && k.touch <= cutoff {
+                        left -= 1;
+                        false
+                    } else {
+                        true
+                    }
+                });
+                let evicted = (before - keys.len()) as u64;
+                self.evictions[t] += evicted;
+                self.live_keys -= evicted;
+            }
+        }
+        tracing::warn!(
+            evicted = excess - left,
+            max_keys = max,
+            "state.max_keys reached: least recently used keys evicted"
+        );
     }
 
     /// Processes one micro-batch. `now_ms` is the wall clock (for future-skew and `detected_at`).
@@ -223,6 +328,7 @@ impl Processor {
         now_ms: i64,
         out: &mut Output,
     ) -> Result<(), ProcessError> {
+        self.batch_seq = self.batch_seq.wrapping_add(1);
         let mut by_partition: BTreeMap<i32, Vec<&Input<'_>>> = BTreeMap::new();
         for input in inputs {
             by_partition.entry(input.partition).or_default().push(input);
@@ -230,6 +336,7 @@ impl Processor {
         for (partition, inputs) in by_partition {
             self.process_partition(partition, &inputs, now_ms, out)?;
         }
+        self.enforce_max_keys();
         Ok(())
     }
 
@@ -240,13 +347,14 @@ impl Processor {
         now_ms: i64,
         out: &mut Output,
     ) -> Result<(), ProcessError> {
-        let rule_count = self.rules.len();
+        let (tables, rules) = (self.plan.tables.len(), self.plan.rules.len());
         let state = self
             .partitions
             .entry(partition)
             .or_insert_with(|| PartitionState {
                 watermark: i64::MIN,
-                rules: (0..rule_count).map(|_| RuleState::default()).collect(),
+                tables: (0..tables).map(|_| HashMap::new()).collect(),
+                gates: (0..rules).map(|_| Gate::default()).collect(),
             });
         let mut time = TimeCheck {
             watermark: state.watermark,
@@ -275,183 +383,203 @@ impl Processor {
         }
         let (batch, times) = self.builder.finish();
         out.stats.events += times.len() as u64;
-        for (rule, rstate) in self.rules.iter().zip(state.rules.iter_mut()) {
-            run_rule(
-                rule,
-                rstate,
+        let cols = evaluate_columns(&self.plan, &batch)?;
+        let mut candidates: Vec<Vec<Candidate>> = (0..rules).map(|_| Vec::new()).collect();
+        for (t, spec) in self.plan.tables.iter().enumerate() {
+            let added = update_table(
+                &self.plan,
+                t,
+                &self.kinds[t],
+                &mut state.tables[t],
+                &cols,
                 &batch,
                 &times,
-                now_ms,
-                &self.config.instance,
-                out,
-            )?;
+                self.batch_seq,
+                &mut candidates,
+                &mut out.stats,
+            );
+            self.live_keys += added;
+            let _ = spec;
+        }
+        for (r, cands) in candidates.into_iter().enumerate() {
+            if !cands.is_empty() {
+                gate_rule(
+                    &self.plan.rules[r],
+                    &mut state.gates[r],
+                    cands,
+                    now_ms,
+                    &self.config.instance,
+                    out,
+                )?;
+            }
         }
         Ok(())
     }
 }
 
-fn eval(
-    rule: &RunRule,
-    expr: &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
-    batch: &RecordBatch,
-    what: &'static str,
-) -> Result<ArrayRef, ProcessError> {
-    let err = |e: DataFusionError| ProcessError::Eval {
-        rule: rule.compiled.rule.id.clone(),
+fn eval_err(what: &'static str, text: &str, e: DataFusionError) -> ProcessError {
+    ProcessError::Eval {
+        rule: format!("expression `{text}`"),
         what,
         source: Box::new(e),
-    };
-    expr.evaluate(batch)
-        .and_then(|v| v.into_array(batch.num_rows()))
-        .map_err(err)
+    }
 }
 
-fn cast_to(
-    rule: &RunRule,
-    a: &ArrayRef,
-    dt: &DataType,
-    what: &'static str,
-) -> Result<ArrayRef, ProcessError> {
-    cast(a, dt).map_err(|e| ProcessError::Eval {
-        rule: rule.compiled.rule.id.clone(),
-        what,
-        source: Box::new(DataFusionError::ArrowError(Box::new(e), None)),
-    })
+/// Evaluates every planned expression once over the batch.
+fn evaluate_columns(plan: &Plan, batch: &RecordBatch) -> Result<Vec<Col>, ProcessError> {
+    plan.exprs
+        .iter()
+        .map(|e| {
+            let a = e
+                .expr
+                .evaluate(batch)
+                .and_then(|v| v.into_array(batch.num_rows()))
+                .map_err(|err| eval_err("evaluation", &e.text, err))?;
+            let cast_to = |dt: &DataType| {
+                cast(&a, dt).map_err(|err| {
+                    eval_err(
+                        "cast",
+                        &e.text,
+                        DataFusionError::ArrowError(Box::new(err), None),
+                    )
+                })
+            };
+            Ok(match e.conv {
+                Conv::Bool => Col::Bool(a.as_boolean().clone()),
+                Conv::Number => Col::Number(cast_to(&DataType::Float64)?.as_primitive().clone()),
+                Conv::Text => Col::Text(cast_to(&DataType::Utf8)?.as_string::<i32>().clone()),
+                Conv::Hash => {
+                    let s = cast_to(&DataType::Utf8)?;
+                    let s = s.as_string::<i32>();
+                    Col::Hash(
+                        (0..s.len())
+                            .map(|i| s.is_valid(i).then(|| xxh3_64(s.value(i).as_bytes())))
+                            .collect(),
+                    )
+                }
+            })
+        })
+        .collect()
 }
 
-/// Per-row inputs of one feature, evaluated over the batch.
-enum Column {
-    One,
-    Flags(BooleanArray),
-    Numbers(Float64Array),
-    Hashes(StringArray),
-}
-
+/// Updates one table with the batch; pushes candidates for its rules; returns keys added.
 #[allow(clippy::too_many_arguments)]
-fn run_rule(
-    rule: &RunRule,
-    state: &mut RuleState,
+fn update_table(
+    plan: &Plan,
+    t: usize,
+    kinds: &[SlotKind],
+    keys: &mut HashMap<Box<str>, KeyState>,
+    cols: &[Col],
     batch: &RecordBatch,
     times: &[i64],
+    batch_seq: u32,
+    candidates: &mut [Vec<Candidate>],
+    stats: &mut BatchStats,
+) -> u64 {
+    let spec = &plan.tables[t];
+    let Col::Text(entity) = &cols[spec.entity] else {
+        return 0;
+    };
+    let request_ids = batch
+        .column_by_name("request_id")
+        .map(|a| a.as_string::<i32>());
+    let mut inputs: Vec<Option<AggInput>> = vec![None; spec.slots.len()];
+    let mut touched: Vec<Box<str>> = Vec::new();
+    let mut added = 0u64;
+    let snapshot_rules = |k: &mut KeyState, entity: &str, candidates: &mut [Vec<Candidate>]| {
+        for r in &spec.rules {
+            let rp = &plan.rules[*r];
+            let snap = k.snapshot(&spec.window, rp.events, &rp.reads);
+            candidates[*r].push(Candidate {
+                entity: entity.to_owned(),
+                snap,
+            });
+        }
+    };
+    for (row, ts) in times.iter().enumerate() {
+        if entity.is_null(row) {
+            continue;
+        }
+        let mut any = false;
+        for (slot, input) in spec.slots.iter().zip(inputs.iter_mut()) {
+            *input = None;
+            if !slot.preds.iter().all(|p| cols[*p].flag(row)) {
+                continue;
+            }
+            *input = match (slot.kind.input(), slot.arg.map(|a| &cols[a])) {
+                (InputKind::Nothing, _) => Some(AggInput::One),
+                (InputKind::Time, _) => Some(AggInput::Time(*ts)),
+                (InputKind::Number, Some(Col::Number(a))) => {
+                    a.is_valid(row).then(|| AggInput::Number(a.value(row)))
+                }
+                (InputKind::Hash, Some(Col::Hash(h))) => h[row].map(AggInput::Hash),
+                _ => None,
+            };
+            // Every rule has a count slot under its filter: an event counts for the key when
+            // one of them takes it, even if every feature argument is NULL.
+            any |= slot.kind == SlotKind::Count && input.is_some();
+        }
+        if !any {
+            continue;
+        }
+        let key = entity.value(row);
+        let ks = match keys.get_mut(key) {
+            Some(k) => k,
+            None => {
+                added += 1;
+                keys.entry(key.into()).or_default()
+            }
+        };
+        ks.touch = batch_seq;
+        let was_dirty = ks.is_dirty();
+        let request_id = request_ids.and_then(|r| r.is_valid(row).then(|| r.value(row)));
+        let update = ks.update(&spec.window, kinds, *ts, &inputs, request_id, |k| {
+            snapshot_rules(k, key, candidates)
+        });
+        match update {
+            Update::Applied | Update::AppliedAfterSlide => {}
+            Update::TooOld => stats.too_old += 1,
+        }
+        // Every key is clean at the start of a batch, so it enters `touched` once.
+        if !was_dirty && ks.is_dirty() {
+            touched.push(key.into());
+        }
+    }
+    for key in touched {
+        if let Some(ks) = keys.get_mut(&key)
+            && ks.is_dirty()
+        {
+            ks.clear_dirty();
+            snapshot_rules(ks, &key, candidates);
+        }
+    }
+    added
+}
+
+/// Evaluates a rule's condition over its candidates and turns matches into alerts.
+fn gate_rule(
+    rp: &RulePlan,
+    gate: &mut Gate,
+    candidates: Vec<Candidate>,
     now_ms: i64,
     instance: &str,
     out: &mut Output,
 ) -> Result<(), ProcessError> {
-    let c = &rule.compiled;
-    let mask = match &c.filter {
-        Some(f) => Some(eval(rule, f, batch, "where")?.as_boolean().clone()),
-        None => None,
-    };
-    let entity = eval(rule, &c.entity, batch, "entity")?;
-    let entity = cast_to(rule, &entity, &DataType::Utf8, "entity")?;
-    let entity = entity.as_string::<i32>();
-    let mut columns = Vec::with_capacity(c.features.len());
-    for f in &c.features {
-        let col = match (&f.arg, f.agg) {
-            (None, _) => Column::One,
-            (Some(e), AggKind::CountIf) => {
-                Column::Flags(eval(rule, e, batch, "count_if")?.as_boolean().clone())
-            }
-            (Some(e), AggKind::Sum | AggKind::Avg) => {
-                let a = cast_to(
-                    rule,
-                    &eval(rule, e, batch, "sum")?,
-                    &DataType::Float64,
-                    "sum",
-                )?;
-                Column::Numbers(a.as_primitive().clone())
-            }
-            (Some(e), _) => {
-                let a = cast_to(
-                    rule,
-                    &eval(rule, e, batch, "distinct")?,
-                    &DataType::Utf8,
-                    "distinct",
-                )?;
-                Column::Hashes(a.as_string::<i32>().clone())
-            }
-        };
-        columns.push(col);
-    }
-    let request_ids = batch
-        .column_by_name("request_id")
-        .map(|a| a.as_string::<i32>());
-
-    let mut candidates: Vec<Candidate> = Vec::new();
-    let mut touched: Vec<String> = Vec::new();
-    let mut inputs = vec![FeatureInput::One; columns.len()];
-    for (row, ts) in times.iter().enumerate() {
-        if mask
-            .as_ref()
-            .is_some_and(|m| !(m.is_valid(row) && m.value(row)))
-            || entity.is_null(row)
-        {
-            continue;
-        }
-        for (slot, col) in inputs.iter_mut().zip(&columns) {
-            *slot = match col {
-                Column::One => FeatureInput::One,
-                Column::Flags(a) => FeatureInput::Flag(a.is_valid(row) && a.value(row)),
-                Column::Numbers(a) => FeatureInput::Number(a.is_valid(row).then(|| a.value(row))),
-                Column::Hashes(a) => {
-                    FeatureInput::Hash(a.is_valid(row).then(|| xxh3_64(a.value(row).as_bytes())))
-                }
-            };
-        }
-        let key = entity.value(row);
-        let request_id = request_ids.and_then(|r| r.is_valid(row).then(|| r.value(row)));
-        let ks = match state.keys.get_mut(key) {
-            Some(k) => k,
-            None => state
-                .keys
-                .entry(key.to_owned())
-                .or_insert_with(|| KeyState::new(&rule.aggs)),
-        };
-        let was_dirty = ks.is_dirty();
-        match ks.update(&rule.spec, &rule.aggs, *ts, &inputs, request_id) {
-            Update::Applied => {}
-            Update::AppliedAfterClose(snap) => {
-                candidates.push(Candidate {
-                    entity: key.to_owned(),
-                    snap: *snap,
-                });
-            }
-            Update::TooOld => {
-                out.stats.too_old += 1;
-                continue;
-            }
-        }
-        // Every key is clean at the start of a batch, so a key enters `touched` exactly once:
-        // when it first turns dirty.
-        if !was_dirty {
-            touched.push(key.to_owned());
-        }
-    }
-    for key in touched {
-        if let Some(ks) = state.keys.get_mut(&key)
-            && ks.is_dirty()
-        {
-            let snap = ks.take_snapshot(&rule.spec, &rule.aggs);
-            candidates.push(Candidate { entity: key, snap });
-        }
-    }
-    if candidates.is_empty() {
-        return Ok(());
-    }
-    let matched = evaluate_condition(rule, &candidates)?;
+    let c = &rp.compiled;
+    let matched = evaluate_condition(c, &candidates)?;
+    let r = &c.rule;
     for (cand, hit) in candidates.into_iter().zip(matched) {
         if !hit {
             continue;
         }
-        let r = &c.rule;
-        match state.gate.decide(
+        match gate.decide(
             &r.id,
             r.version,
             &r.entity.text,
             &cand.entity,
             cand.snap.start,
             cand.snap.end,
-            rule.suppress_ms,
+            rp.suppress_ms,
         ) {
             Decision::Suppressed => out.stats.suppressed += 1,
             Decision::Emit { alert_id, status } => {
@@ -514,8 +642,10 @@ fn feature_json(v: f64) -> serde_json::Value {
 }
 
 /// Evaluates the rule's condition over all candidates at once.
-fn evaluate_condition(rule: &RunRule, candidates: &[Candidate]) -> Result<Vec<bool>, ProcessError> {
-    let c = &rule.compiled;
+fn evaluate_condition(
+    c: &CompiledRule,
+    candidates: &[Candidate],
+) -> Result<Vec<bool>, ProcessError> {
     let columns: Vec<ArrayRef> = (0..c.features.len())
         .map(|i| {
             Arc::new(Float64Array::from_iter(
@@ -532,7 +662,11 @@ fn evaluate_condition(rule: &RunRule, candidates: &[Candidate]) -> Result<Vec<bo
     };
     let batch = RecordBatch::try_new(c.feature_schema.clone(), columns)
         .map_err(|e| err(DataFusionError::ArrowError(Box::new(e), None)))?;
-    let result = eval(rule, &c.condition, &batch, "condition")?;
+    let result = c
+        .condition
+        .evaluate(&batch)
+        .and_then(|v| v.into_array(batch.num_rows()))
+        .map_err(err)?;
     let result = result.as_boolean();
     Ok((0..result.len())
         .map(|i| result.is_valid(i) && result.value(i))

@@ -99,6 +99,7 @@ pub fn run(config: &Config, rules: &RuleSet, shutdown: &AtomicBool) -> anyhow::R
         allowed_lateness_ms: config.time.allowed_lateness.as_millis() as i64,
         max_future_skew_ms: config.time.max_future_skew.as_millis() as i64,
         instance: instance_name(),
+        max_keys: config.state.max_keys,
     };
     let mut processor = Processor::new(rules, core);
     let mut totals = RunTotals::default();

@@ -32,6 +32,10 @@ pub struct CompiledFeature {
     pub agg: AggKind,
     /// The argument, evaluated on event batches.
     pub arg: Option<Arc<dyn PhysicalExpr>>,
+    /// The argument's SQL text (identical texts share state).
+    pub arg_text: Option<String>,
+    /// `q` of `quantile(x, q)`.
+    pub param: Option<f64>,
 }
 
 /// A rule ready to run.
@@ -239,22 +243,20 @@ impl Compiler {
         });
         let mut features = Vec::with_capacity(rule.features.len());
         for f in &rule.features {
-            let arg = match (&f.arg, f.agg) {
-                (None, _) => Some(None),
-                (Some(src), agg) => {
-                    let (want, what) = match agg {
-                        AggKind::CountIf => (
-                            Want::Bool,
-                            format!("the argument of count_if in `{}`", f.name),
-                        ),
-                        AggKind::Sum | AggKind::Avg => (
-                            Want::Number,
-                            format!("the argument of {} in `{}`", agg.as_str(), f.name),
-                        ),
-                        _ => (
-                            Want::Scalar,
-                            format!("the argument of {} in `{}`", agg.as_str(), f.name),
-                        ),
+            let agg = f.agg;
+            let arg = match &f.arg {
+                None => Some(None),
+                Some(src) => {
+                    let what = format!("the argument of {} in `{}`", agg.as_str(), f.name);
+                    let want = match agg {
+                        AggKind::CountIf => Want::Bool,
+                        AggKind::Sum
+                        | AggKind::Avg
+                        | AggKind::Min
+                        | AggKind::Max
+                        | AggKind::Stddev
+                        | AggKind::Quantile => Want::Number,
+                        _ => Want::Scalar,
                     };
                     self.expr(src, events, &what, want)
                         .map_err(&mut push)
@@ -267,6 +269,8 @@ impl Compiler {
                     name: f.name.clone(),
                     agg: f.agg,
                     arg,
+                    arg_text: f.arg.as_ref().map(|a| a.text.trim().to_owned()),
+                    param: f.param,
                 });
             }
         }

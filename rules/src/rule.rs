@@ -77,7 +77,7 @@ impl Severity {
 }
 
 /// An aggregate a feature computes over the window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AggKind {
     /// `count()`: events in the window.
     Count,
@@ -87,24 +87,40 @@ pub enum AggKind {
     Sum,
     /// `avg(x)`: mean of the non-null values.
     Avg,
+    /// `min(x)`.
+    Min,
+    /// `max(x)`.
+    Max,
+    /// `stddev(x)`: population standard deviation.
+    Stddev,
     /// `distinct(x)`: number of distinct non-null values (exact when small, HyperLogLog beyond).
     Distinct,
+    /// `quantile(x, q)`: the q-quantile (exact when small, KLL beyond).
+    Quantile,
+    /// `top_share(x)`: share of events carrying the most frequent value.
+    TopShare,
+    /// `entropy(x)`: normalized Shannon entropy of the values (0 = one value, 1 = uniform).
+    Entropy,
+    /// `interarrival_cv()`: coefficient of variation of the gaps between events.
+    InterarrivalCv,
 }
 
-/// Aggregate names the format reserves but this version does not compute yet.
-pub const RESERVED_AGGREGATES: &[&str] = &[
-    "min",
-    "max",
-    "stddev",
-    "quantile",
-    "top_share",
-    "entropy",
-    "interarrival_cv",
-];
-
 impl AggKind {
-    /// Names of the aggregates this version computes.
-    pub const NAMES: &'static [&'static str] = &["count", "count_if", "sum", "avg", "distinct"];
+    /// Names of every aggregate.
+    pub const NAMES: &'static [&'static str] = &[
+        "count",
+        "count_if",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "stddev",
+        "distinct",
+        "quantile",
+        "top_share",
+        "entropy",
+        "interarrival_cv",
+    ];
 
     /// The name used in rules.
     pub fn as_str(self) -> &'static str {
@@ -113,7 +129,14 @@ impl AggKind {
             AggKind::CountIf => "count_if",
             AggKind::Sum => "sum",
             AggKind::Avg => "avg",
+            AggKind::Min => "min",
+            AggKind::Max => "max",
+            AggKind::Stddev => "stddev",
             AggKind::Distinct => "distinct",
+            AggKind::Quantile => "quantile",
+            AggKind::TopShare => "top_share",
+            AggKind::Entropy => "entropy",
+            AggKind::InterarrivalCv => "interarrival_cv",
         }
     }
 
@@ -123,7 +146,14 @@ impl AggKind {
             "count_if" => AggKind::CountIf,
             "sum" => AggKind::Sum,
             "avg" => AggKind::Avg,
+            "min" => AggKind::Min,
+            "max" => AggKind::Max,
+            "stddev" => AggKind::Stddev,
             "distinct" => AggKind::Distinct,
+            "quantile" => AggKind::Quantile,
+            "top_share" => AggKind::TopShare,
+            "entropy" => AggKind::Entropy,
+            "interarrival_cv" => AggKind::InterarrivalCv,
             _ => return None,
         })
     }
@@ -131,7 +161,8 @@ impl AggKind {
     /// How many arguments the aggregate takes.
     pub fn arity(self) -> usize {
         match self {
-            AggKind::Count => 0,
+            AggKind::Count | AggKind::InterarrivalCv => 0,
+            AggKind::Quantile => 2,
             _ => 1,
         }
     }
@@ -226,7 +257,7 @@ fn block_lines(source: &str, pos: Pos) -> Option<Vec<(usize, Pos)>> {
 }
 
 /// One named feature: an aggregate over the window.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Feature {
     /// The name used in `condition` and alerts.
     pub name: String,
@@ -234,6 +265,8 @@ pub struct Feature {
     pub agg: AggKind,
     /// Its argument, if it takes one.
     pub arg: Option<ExprSrc>,
+    /// The constant parameter: `q` of `quantile(x, q)`.
+    pub param: Option<f64>,
     /// The feature's text as written, e.g. `count_if(status >= 400)`.
     pub text: String,
     /// Where the feature is written.
@@ -261,7 +294,7 @@ pub struct RuleTest {
 }
 
 /// A validated rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     /// Stable, unique id.
     pub id: String,
@@ -843,16 +876,11 @@ fn validate_features(cx: &mut Ctx<'_>, node: &Node) -> Option<Vec<Feature>> {
             }
         };
         let Some(agg) = AggKind::parse(agg_name) else {
-            if RESERVED_AGGREGATES.contains(&agg_name) {
-                cx.err(start, format!("feature `{name}`: aggregate `{agg_name}` is not available in this version of Cordon"), None);
-            } else {
-                let known = AggKind::NAMES.iter().chain(RESERVED_AGGREGATES).copied();
-                cx.err(
-                    start,
-                    format!("feature `{name}`: unknown aggregate `{agg_name}`"),
-                    did_you_mean(agg_name, known),
-                );
-            }
+            cx.err(
+                start,
+                format!("feature `{name}`: unknown aggregate `{agg_name}`"),
+                did_you_mean(agg_name, AggKind::NAMES.iter().copied()),
+            );
             continue;
         };
         if args.len() != agg.arity() {
@@ -870,10 +898,25 @@ fn validate_features(cx: &mut Ctx<'_>, node: &Node) -> Option<Vec<Feature>> {
         let arg = args
             .first()
             .map(|(off, a)| ExprSrc::new(*a, offset_pos(start, &text, *off)));
+        let param = match (agg, args.get(1)) {
+            (AggKind::Quantile, Some((off, q))) => match q.parse::<f64>() {
+                Ok(q) if (0.0..=1.0).contains(&q) => Some(q),
+                _ => {
+                    cx.err(
+                        offset_pos(start, &text, *off),
+                        format!("feature `{name}`: the quantile must be a number from 0 to 1, e.g. 0.99; found `{q}`"),
+                        None,
+                    );
+                    continue;
+                }
+            },
+            _ => None,
+        };
         out.push(Feature {
             name: name.to_owned(),
             agg,
             arg,
+            param,
             text: text.trim().to_owned(),
             pos: k.pos,
         });

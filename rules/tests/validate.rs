@@ -55,7 +55,7 @@ every: 7m
 features:
   n: count()
   s: summ(output_tokens)
-  q: quantile(latency_ms, 0.9)
+  q: quantile(latency_ms, 1.5)
   c: count(x)
 condition: n > 1
 evidence: [n, nn]
@@ -90,7 +90,7 @@ evidence: [n, nn]
     );
     has(
         &errs,
-        "r.yaml:11:6: rule t.bad: feature `q`: aggregate `quantile` is not available",
+        "r.yaml:11:27: rule t.bad: feature `q`: the quantile must be a number from 0 to 1",
     );
     has(
         &errs,

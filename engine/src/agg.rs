@@ -1,0 +1,747 @@
+//! Aggregates: the partial state of one aggregate in one pane, how partials merge into a
+//! window, and how a window is read.
+//!
+//! Small stays exact and tiny: distinct values, quantile samples and value frequencies are kept
+//! exactly while few (a sorted vector), and switch to an Apache DataSketches sketch past a limit
+//! (HyperLogLog, KLL, frequent items). Most keys see a handful of events and never allocate a
+//! sketch; the few heavy keys get bounded, accurate sketches.
+//!
+//! One partial kind serves several aggregates: `sum`, `avg` and `stddev` of one argument share
+//! [`Partial::Moments`]; `min` and `max` share [`Partial::Extrema`]; every `quantile` of one
+//! argument shares one [`Partial::Quantiles`]; `top_share` and `entropy` share
+//! [`Partial::Frequencies`].
+
+use cordon_rules::AggKind;
+use datasketches::common::SearchCriteria;
+use datasketches::frequencies::{ErrorType, FrequentItemsSketch};
+use datasketches::hll::{HllSketch, HllType, HllUnion};
+use datasketches::kll::{KllFloat, KllSketch};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Distinct values kept exactly (per pane and per window) before switching to HyperLogLog.
+pub const EXACT_DISTINCT_LIMIT: usize = 128;
+/// HyperLogLog precision (lg of the register count): 1.6% relative standard error.
+pub const HLL_LG_K: u8 = 12;
+/// Values kept exactly for quantiles before switching to KLL.
+pub const EXACT_QUANTILE_LIMIT: usize = 64;
+/// KLL accuracy parameter: about 1.65% normalized rank error.
+pub const KLL_K: u16 = 200;
+/// Distinct values counted exactly for `top_share`/`entropy` before switching to a
+/// frequent-items sketch.
+pub const EXACT_FREQUENCY_LIMIT: usize = 64;
+/// Map size of the frequent-items sketch (a power of two).
+pub const FREQUENCY_MAP_SIZE: usize = 256;
+
+/// How a slot stores its aggregate; several aggregates can share one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SlotKind {
+    /// `count()`, `count_if(p)`.
+    Count,
+    /// `sum`, `avg`, `stddev`.
+    Moments,
+    /// `min`, `max`.
+    Extrema,
+    /// `distinct`.
+    Distinct,
+    /// `quantile`.
+    Quantiles,
+    /// `top_share`, `entropy`.
+    Frequencies,
+    /// `interarrival_cv`.
+    Arrivals,
+}
+
+impl SlotKind {
+    /// The slot kind an aggregate is computed from.
+    pub fn of(agg: AggKind) -> Self {
+        match agg {
+            AggKind::Count | AggKind::CountIf => SlotKind::Count,
+            AggKind::Sum | AggKind::Avg | AggKind::Stddev => SlotKind::Moments,
+            AggKind::Min | AggKind::Max => SlotKind::Extrema,
+            AggKind::Distinct => SlotKind::Distinct,
+            AggKind::Quantile => SlotKind::Quantiles,
+            AggKind::TopShare | AggKind::Entropy => SlotKind::Frequencies,
+            AggKind::InterarrivalCv => SlotKind::Arrivals,
+        }
+    }
+
+    /// What the slot takes from each event.
+    pub fn input(self) -> InputKind {
+        match self {
+            SlotKind::Count => InputKind::Nothing,
+            SlotKind::Moments | SlotKind::Extrema | SlotKind::Quantiles => InputKind::Number,
+            SlotKind::Distinct | SlotKind::Frequencies => InputKind::Hash,
+            SlotKind::Arrivals => InputKind::Time,
+        }
+    }
+}
+
+/// What a slot takes from an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InputKind {
+    /// Only that the event happened.
+    Nothing,
+    /// The argument as a number.
+    Number,
+    /// A 64-bit hash of the argument's text.
+    Hash,
+    /// The event time.
+    Time,
+}
+
+/// One event's contribution to a slot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Input {
+    /// Counts.
+    One,
+    /// A number.
+    Number(f64),
+    /// A hashed value.
+    Hash(u64),
+    /// An event time, ms.
+    Time(i64),
+}
+
+/// Serde for sketches: their own compact binary form.
+mod sketch_bytes {
+    use super::*;
+
+    pub(super) fn ser<S: Serializer>(bytes: Vec<u8>, s: S) -> Result<S::Ok, S::Error> {
+        serde_bytes_compat(&bytes, s)
+    }
+
+    fn serde_bytes_compat<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub(super) fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("sketch bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+macro_rules! sketch_serde {
+    ($ty:ty, $modname:ident, $de:expr) => {
+        mod $modname {
+            use super::*;
+            pub(super) fn serialize<S: Serializer>(v: &$ty, s: S) -> Result<S::Ok, S::Error> {
+                sketch_bytes::ser(v.serialize(), s)
+            }
+            pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+                d: D,
+            ) -> Result<Box<$ty>, D::Error> {
+                let bytes = sketch_bytes::de(d)?;
+                let f: fn(&[u8]) -> Result<$ty, datasketches::error::Error> = $de;
+                f(&bytes).map(Box::new).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+sketch_serde!(HllSketch, hll_serde, HllSketch::deserialize);
+sketch_serde!(
+    KllSketch<KllFloat<f64>>,
+    kll_serde,
+    KllSketch::<KllFloat<f64>>::deserialize
+);
+sketch_serde!(
+    FrequentItemsSketch<u64>,
+    freq_serde,
+    FrequentItemsSketch::<u64>::deserialize
+);
+
+fn new_hll() -> HllSketch {
+    // HLL_LG_K is inside the library's valid range (4..=21).
+    HllSketch::new(HLL_LG_K, HllType::Hll8).unwrap_or_else(|_| unreachable!("valid lg_k"))
+}
+
+fn new_kll() -> KllSketch<KllFloat<f64>> {
+    KllSketch::new(KLL_K).unwrap_or_else(|_| unreachable!("valid k"))
+}
+
+fn new_freq() -> FrequentItemsSketch<u64> {
+    FrequentItemsSketch::new(FREQUENCY_MAP_SIZE).unwrap_or_else(|_| unreachable!("valid map size"))
+}
+
+/// Distinct values: exact sorted hashes while few, HyperLogLog beyond.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DistinctSet {
+    /// Sorted, unique 64-bit hashes.
+    Exact(Vec<u64>),
+    /// A HyperLogLog sketch.
+    Hll(#[serde(with = "hll_serde")] Box<HllSketch>),
+}
+
+impl DistinctSet {
+    fn insert(&mut self, h: u64) {
+        match self {
+            DistinctSet::Exact(v) => {
+                if let Err(i) = v.binary_search(&h) {
+                    if v.len() < EXACT_DISTINCT_LIMIT {
+                        if v.capacity() == v.len() {
+                            v.reserve_exact(v.len().max(1));
+                        }
+                        v.insert(i, h);
+                    } else {
+                        let mut s = new_hll();
+                        v.iter().for_each(|x| s.update(*x));
+                        s.update(h);
+                        *self = DistinctSet::Hll(Box::new(s));
+                    }
+                }
+            }
+            DistinctSet::Hll(s) => s.update(h),
+        }
+    }
+
+    fn merge(&mut self, other: &DistinctSet) {
+        match (&mut *self, other) {
+            (_, DistinctSet::Exact(v)) => v.iter().for_each(|h| self.insert(*h)),
+            (DistinctSet::Exact(v), DistinctSet::Hll(o)) => {
+                let mut u = HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("valid lg_k"));
+                u.update(o);
+                v.iter().for_each(|h| u.update_value(*h));
+                *self = DistinctSet::Hll(Box::new(u.to_sketch(HllType::Hll8)));
+            }
+            (DistinctSet::Hll(s), DistinctSet::Hll(o)) => {
+                let mut u = HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("valid lg_k"));
+                u.update(s);
+                u.update(o);
+                **s = u.to_sketch(HllType::Hll8);
+            }
+        }
+    }
+
+    /// The number of distinct values (exact, or the HLL estimate rounded).
+    pub fn count(&self) -> f64 {
+        match self {
+            DistinctSet::Exact(v) => v.len() as f64,
+            DistinctSet::Hll(s) => s.estimate().round(),
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            DistinctSet::Exact(v) => v.capacity() * 8,
+            DistinctSet::Hll(s) => s.estimated_size(),
+        }
+    }
+}
+
+/// Values for quantiles: exact while few, KLL beyond.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum QuantileSet {
+    /// The values, unsorted.
+    Exact(Vec<f64>),
+    /// A KLL sketch.
+    Kll(#[serde(with = "kll_serde")] Box<KllSketch<KllFloat<f64>>>),
+}
+
+impl QuantileSet {
+    fn insert(&mut self, x: f64) {
+        let Ok(item) = KllFloat::<f64>::new(x) else { return };
+        match self {
+            QuantileSet::Exact(v) if v.len() < EXACT_QUANTILE_LIMIT => {
+                if v.capacity() == v.len() {
+                    v.reserve_exact(v.len().max(1));
+                }
+                v.push(x);
+            }
+            QuantileSet::Exact(v) => {
+                let mut s = new_kll();
+                for y in v.iter() {
+                    if let Ok(y) = KllFloat::<f64>::new(*y) {
+                        s.update(y);
+                    }
+                }
+                s.update(item);
+                *self = QuantileSet::Kll(Box::new(s));
+            }
+            QuantileSet::Kll(s) => s.update(item),
+        }
+    }
+
+    fn merge(&mut self, other: &QuantileSet) {
+        match other {
+            QuantileSet::Exact(v) => v.iter().for_each(|x| self.insert(*x)),
+            QuantileSet::Kll(o) => {
+                if let QuantileSet::Exact(v) = self {
+                    let mut s = new_kll();
+                    v.iter()
+                        .filter_map(|x| KllFloat::<f64>::new(*x).ok())
+                        .for_each(|x| s.update(x));
+                    *self = QuantileSet::Kll(Box::new(s));
+                }
+                if let QuantileSet::Kll(s) = self {
+                    // Same k on both sides: merging cannot fail.
+                    let _ = s.merge(o);
+                }
+            }
+        }
+    }
+
+    /// The `q` quantile (0..=1): nearest rank when exact, KLL's estimate otherwise.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        match self {
+            QuantileSet::Exact(v) if v.is_empty() => None,
+            QuantileSet::Exact(v) => {
+                let mut sorted = v.clone();
+                sorted.sort_by(f64::total_cmp);
+                let rank = (q * sorted.len() as f64).ceil() as usize;
+                Some(sorted[rank.clamp(1, sorted.len()) - 1])
+            }
+            QuantileSet::Kll(s) => s
+                .quantile(q, SearchCriteria::Inclusive)
+                .ok()
+                .flatten()
+                .map(KllFloat::into_inner),
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            QuantileSet::Exact(v) => v.capacity() * 8,
+            QuantileSet::Kll(s) => s.num_retained() * 8 + 64,
+        }
+    }
+}
+
+/// Value frequencies: exact counts while few distinct values, a frequent-items sketch beyond.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FreqSet {
+    /// (hash, count), sorted by hash.
+    Exact(Vec<(u64, u64)>),
+    /// A frequent-items sketch.
+    Sketch(#[serde(with = "freq_serde")] Box<FrequentItemsSketch<u64>>),
+}
+
+impl FreqSet {
+    fn add(&mut self, h: u64, n: u64) {
+        match self {
+            FreqSet::Exact(v) => match v.binary_search_by_key(&h, |(k, _)| *k) {
+                Ok(i) => v[i].1 += n,
+                Err(i) if v.len() < EXACT_FREQUENCY_LIMIT => {
+                    if v.capacity() == v.len() {
+                        v.reserve_exact(v.len().max(1));
+                    }
+                    v.insert(i, (h, n));
+                }
+                Err(_) => {
+                    let mut s = new_freq();
+                    v.iter().for_each(|(k, c)| s.update_with_count(*k, *c));
+                    s.update_with_count(h, n);
+                    *self = FreqSet::Sketch(Box::new(s));
+                }
+            },
+            FreqSet::Sketch(s) => s.update_with_count(h, n),
+        }
+    }
+
+    fn merge(&mut self, other: &FreqSet) {
+        match other {
+            FreqSet::Exact(v) => v.iter().for_each(|(h, n)| self.add(*h, *n)),
+            FreqSet::Sketch(o) => {
+                if let FreqSet::Exact(v) = self {
+                    let mut s = new_freq();
+                    v.iter().for_each(|(k, c)| s.update_with_count(*k, *c));
+                    *self = FreqSet::Sketch(Box::new(s));
+                }
+                if let FreqSet::Sketch(s) = self {
+                    s.merge(o);
+                }
+            }
+        }
+    }
+
+    /// Counts of the (frequent) values and the total weight.
+    fn counts(&self) -> (Vec<u64>, u64) {
+        match self {
+            FreqSet::Exact(v) => (
+                v.iter().map(|(_, c)| *c).collect(),
+                v.iter().map(|(_, c)| c).sum(),
+            ),
+            FreqSet::Sketch(s) => (
+                s.frequent_items(ErrorType::NoFalseNegatives)
+                    .iter()
+                    .map(|r| r.estimate())
+                    .collect(),
+                s.total_weight(),
+            ),
+        }
+    }
+
+    /// Share of the most frequent value.
+    pub fn top_share(&self) -> Option<f64> {
+        let (counts, total) = self.counts();
+        (total > 0).then(|| counts.iter().copied().max().unwrap_or(0) as f64 / total as f64)
+    }
+
+    /// Shannon entropy of the value distribution, normalized to 0..=1 by the log of the number
+    /// of distinct values. Past the exact limit, the frequent values are counted by their
+    /// estimates and the remaining weight as one more value.
+    pub fn entropy(&self) -> Option<f64> {
+        let (mut counts, total) = self.counts();
+        if total == 0 {
+            return None;
+        }
+        let listed: u64 = counts.iter().sum();
+        if total > listed {
+            counts.push(total - listed);
+        }
+        let k = counts.iter().filter(|c| **c > 0).count();
+        if k < 2 {
+            return Some(0.0);
+        }
+        let h: f64 = counts
+            .iter()
+            .filter(|c| **c > 0)
+            .map(|c| {
+                let p = *c as f64 / total as f64;
+                -p * p.ln()
+            })
+            .sum();
+        Some((h / (k as f64).ln()).clamp(0.0, 1.0))
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            FreqSet::Exact(v) => v.capacity() * 16,
+            FreqSet::Sketch(s) => s.estimated_size(),
+        }
+    }
+}
+
+/// Inter-arrival statistics of event times, in time order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Arrivals {
+    n: u64,
+    first: i64,
+    last: i64,
+    gaps: u64,
+    gap_sum: f64,
+    gap_sumsq: f64,
+}
+
+impl Arrivals {
+    fn add(&mut self, ts: i64) {
+        if self.n == 0 {
+            self.first = ts;
+            self.last = ts;
+        } else if ts >= self.last {
+            self.gap((ts - self.last) as f64);
+            self.last = ts;
+        } else {
+            // Out of order within the pane: it cannot extend the sequence; keep the bounds.
+            self.first = self.first.min(ts);
+        }
+        self.n += 1;
+    }
+
+    fn gap(&mut self, g: f64) {
+        self.gaps += 1;
+        self.gap_sum += g;
+        self.gap_sumsq += g * g;
+    }
+
+    /// Appends `later`, whose events all come after `self`'s.
+    fn append(&mut self, later: &Arrivals) {
+        if later.n == 0 {
+            return;
+        }
+        if self.n == 0 {
+            *self = later.clone();
+            return;
+        }
+        if later.first >= self.last {
+            self.gap((later.first - self.last) as f64);
+        }
+        self.gaps += later.gaps;
+        self.gap_sum += later.gap_sum;
+        self.gap_sumsq += later.gap_sumsq;
+        self.last = self.last.max(later.last);
+        self.first = self.first.min(later.first);
+        self.n += later.n;
+    }
+
+    /// Coefficient of variation of the gaps between events: near 0 for machine-regular timing,
+    /// about 1 for random (Poisson) arrivals. Needs at least two gaps.
+    pub fn cv(&self) -> Option<f64> {
+        if self.gaps < 2 {
+            return None;
+        }
+        let mean = self.gap_sum / self.gaps as f64;
+        if mean <= 0.0 {
+            return Some(0.0);
+        }
+        let var = (self.gap_sumsq / self.gaps as f64 - mean * mean).max(0.0);
+        Some(var.sqrt() / mean)
+    }
+}
+
+/// The partial state of one slot in one pane (or of a whole window).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Partial {
+    /// Events counted.
+    Count(u64),
+    /// Count, sum and sum of squares of the non-null values.
+    Moments {
+        /// Values.
+        n: u64,
+        /// Their sum.
+        sum: f64,
+        /// Their sum of squares.
+        sumsq: f64,
+    },
+    /// Smallest and largest value (`+inf`/`-inf` when none).
+    Extrema {
+        /// Minimum.
+        min: f64,
+        /// Maximum.
+        max: f64,
+    },
+    /// Distinct values.
+    Distinct(DistinctSet),
+    /// Values for quantiles.
+    Quantiles(QuantileSet),
+    /// Value frequencies.
+    Frequencies(FreqSet),
+    /// Inter-arrival statistics.
+    Arrivals(Box<Arrivals>),
+}
+
+impl Partial {
+    /// An empty partial of `kind`.
+    pub fn new(kind: SlotKind) -> Self {
+        match kind {
+            SlotKind::Count => Partial::Count(0),
+            SlotKind::Moments => Partial::Moments {
+                n: 0,
+                sum: 0.0,
+                sumsq: 0.0,
+            },
+            SlotKind::Extrema => Partial::Extrema {
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+            },
+            SlotKind::Distinct => Partial::Distinct(DistinctSet::Exact(Vec::new())),
+            SlotKind::Quantiles => Partial::Quantiles(QuantileSet::Exact(Vec::new())),
+            SlotKind::Frequencies => Partial::Frequencies(FreqSet::Exact(Vec::new())),
+            SlotKind::Arrivals => Partial::Arrivals(Box::default()),
+        }
+    }
+
+    /// Adds one event's input.
+    pub fn add(&mut self, input: Input) {
+        match (self, input) {
+            (Partial::Count(c), _) => *c += 1,
+            (Partial::Moments { n, sum, sumsq }, Input::Number(x)) => {
+                *n += 1;
+                *sum += x;
+                *sumsq += x * x;
+            }
+            (Partial::Extrema { min, max }, Input::Number(x)) => {
+                *min = min.min(x);
+                *max = max.max(x);
+            }
+            (Partial::Distinct(s), Input::Hash(h)) => s.insert(h),
+            (Partial::Quantiles(s), Input::Number(x)) => s.insert(x),
+            (Partial::Frequencies(s), Input::Hash(h)) => s.add(h, 1),
+            (Partial::Arrivals(a), Input::Time(ts)) => a.add(ts),
+            _ => {}
+        }
+    }
+
+    /// Merges a partial of the same kind whose events come after this one's.
+    pub fn merge(&mut self, later: &Partial) {
+        match (self, later) {
+            (Partial::Count(a), Partial::Count(b)) => *a += b,
+            (
+                Partial::Moments { n, sum, sumsq },
+                Partial::Moments {
+                    n: n2,
+                    sum: s2,
+                    sumsq: q2,
+                },
+            ) => {
+                *n += n2;
+                *sum += s2;
+                *sumsq += q2;
+            }
+            (Partial::Extrema { min, max }, Partial::Extrema { min: a, max: b }) => {
+                *min = min.min(*a);
+                *max = max.max(*b);
+            }
+            (Partial::Distinct(a), Partial::Distinct(b)) => a.merge(b),
+            (Partial::Quantiles(a), Partial::Quantiles(b)) => a.merge(b),
+            (Partial::Frequencies(a), Partial::Frequencies(b)) => a.merge(b),
+            (Partial::Arrivals(a), Partial::Arrivals(b)) => a.append(b),
+            _ => {}
+        }
+    }
+
+    /// Reads aggregate `agg` (with `q` for quantiles) from this partial.
+    pub fn read(&self, agg: AggKind, q: f64) -> Option<f64> {
+        match (self, agg) {
+            (Partial::Count(c), _) => Some(*c as f64),
+            (Partial::Moments { sum, .. }, AggKind::Sum) => Some(*sum),
+            (Partial::Moments { n, sum, .. }, AggKind::Avg) => (*n > 0).then(|| sum / *n as f64),
+            (Partial::Moments { n, sum, sumsq }, AggKind::Stddev) => (*n > 0).then(|| {
+                let mean = sum / *n as f64;
+                (sumsq / *n as f64 - mean * mean).max(0.0).sqrt()
+            }),
+            (Partial::Extrema { min, .. }, AggKind::Min) => min.is_finite().then_some(*min),
+            (Partial::Extrema { max, .. }, AggKind::Max) => max.is_finite().then_some(*max),
+            (Partial::Distinct(s), _) => Some(s.count()),
+            (Partial::Quantiles(s), _) => s.quantile(q),
+            (Partial::Frequencies(s), AggKind::TopShare) => s.top_share(),
+            (Partial::Frequencies(s), AggKind::Entropy) => s.entropy(),
+            (Partial::Arrivals(a), _) => a.cv(),
+            _ => None,
+        }
+    }
+
+    /// Heap bytes held beyond the partial itself (estimate).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Partial::Distinct(s) => s.heap_bytes(),
+            Partial::Quantiles(s) => s.heap_bytes(),
+            Partial::Frequencies(s) => s.heap_bytes(),
+            Partial::Arrivals(_) => std::mem::size_of::<Arrivals>(),
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xxhash_rust::xxh3::xxh3_64;
+
+    fn h(i: u64) -> u64 {
+        xxh3_64(&i.to_le_bytes())
+    }
+
+    #[test]
+    fn moments_read_sum_avg_stddev() {
+        let mut p = Partial::new(SlotKind::Moments);
+        for x in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0] {
+            p.add(Input::Number(x));
+        }
+        assert_eq!(p.read(AggKind::Sum, 0.0), Some(40.0));
+        assert_eq!(p.read(AggKind::Avg, 0.0), Some(5.0));
+        assert_eq!(p.read(AggKind::Stddev, 0.0), Some(2.0));
+        assert_eq!(
+            Partial::new(SlotKind::Moments).read(AggKind::Avg, 0.0),
+            None
+        );
+    }
+
+    #[test]
+    fn extrema_and_empty() {
+        let mut p = Partial::new(SlotKind::Extrema);
+        assert_eq!(p.read(AggKind::Min, 0.0), None);
+        p.add(Input::Number(3.0));
+        p.add(Input::Number(-1.5));
+        assert_eq!(
+            (p.read(AggKind::Min, 0.0), p.read(AggKind::Max, 0.0)),
+            (Some(-1.5), Some(3.0))
+        );
+    }
+
+    #[test]
+    fn frequencies_top_share_and_entropy() {
+        let mut p = Partial::new(SlotKind::Frequencies);
+        for _ in 0..6 {
+            p.add(Input::Hash(1));
+        }
+        p.add(Input::Hash(2));
+        p.add(Input::Hash(3));
+        assert_eq!(p.read(AggKind::TopShare, 0.0), Some(0.75));
+        let e = p.read(AggKind::Entropy, 0.0).expect("defined");
+        assert!(e > 0.0 && e < 1.0, "{e}");
+        let mut uniform = Partial::new(SlotKind::Frequencies);
+        for i in 0..10 {
+            uniform.add(Input::Hash(i));
+        }
+        assert!((uniform.read(AggKind::Entropy, 0.0).expect("defined") - 1.0).abs() < 1e-9);
+        let mut one = Partial::new(SlotKind::Frequencies);
+        one.add(Input::Hash(9));
+        assert_eq!(one.read(AggKind::Entropy, 0.0), Some(0.0));
+    }
+
+    #[test]
+    fn arrivals_cv_separates_regular_from_random() {
+        let mut regular = Partial::new(SlotKind::Arrivals);
+        for i in 0..100 {
+            regular.add(Input::Time(i * 1000));
+        }
+        assert_eq!(regular.read(AggKind::InterarrivalCv, 0.0), Some(0.0));
+        // Appending panes keeps the gap between them.
+        let mut a = Partial::new(SlotKind::Arrivals);
+        let mut b = Partial::new(SlotKind::Arrivals);
+        for i in 0..50 {
+            a.add(Input::Time(i * 1000));
+            b.add(Input::Time(50_000 + i * 1000));
+        }
+        a.merge(&b);
+        assert_eq!(a.read(AggKind::InterarrivalCv, 0.0), Some(0.0));
+        let mut one = Partial::new(SlotKind::Arrivals);
+        one.add(Input::Time(5));
+        one.add(Input::Time(6));
+        assert_eq!(
+            one.read(AggKind::InterarrivalCv, 0.0),
+            None,
+            "one gap is not enough"
+        );
+    }
+
+    #[test]
+    fn distinct_switches_to_hll_past_the_exact_limit() {
+        let mut p = Partial::new(SlotKind::Distinct);
+        for i in 0..EXACT_DISTINCT_LIMIT as u64 {
+            p.add(Input::Hash(h(i)));
+            p.add(Input::Hash(h(i)));
+        }
+        assert!(matches!(p, Partial::Distinct(DistinctSet::Exact(_))));
+        assert_eq!(
+            p.read(AggKind::Distinct, 0.0),
+            Some(EXACT_DISTINCT_LIMIT as f64)
+        );
+        p.add(Input::Hash(h(1_000_000)));
+        assert!(matches!(p, Partial::Distinct(DistinctSet::Hll(_))));
+    }
+
+    #[test]
+    fn quantiles_exact_when_small() {
+        let mut p = Partial::new(SlotKind::Quantiles);
+        for x in 1..=10 {
+            p.add(Input::Number(f64::from(x)));
+        }
+        assert_eq!(p.read(AggKind::Quantile, 0.5), Some(5.0));
+        assert_eq!(p.read(AggKind::Quantile, 0.9), Some(9.0));
+        assert_eq!(p.read(AggKind::Quantile, 1.0), Some(10.0));
+        assert_eq!(p.read(AggKind::Quantile, 0.0), Some(1.0));
+    }
+}

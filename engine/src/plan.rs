@@ -1,0 +1,317 @@
+//! The execution plan of a rule set: shared expressions, shared state tables, shared slots.
+//!
+//! Rules with the same entity and window geometry share one state table, so an account's
+//! events are keyed once however many account rules there are. Within a table, aggregates are
+//! kept once per (storage kind, argument, filter): `sum(output_tokens)` in one rule and
+//! `avg(output_tokens)` in another read the same moments; every rule's `count()` under the same
+//! `where` reads one counter. Expressions with the same text are evaluated once per batch.
+
+use crate::agg::{InputKind, SlotKind};
+use crate::window::WindowSpec;
+use cordon_rules::{AggKind, CompiledRule, RuleSet};
+use datafusion::physical_expr::PhysicalExpr;
+use std::sync::Arc;
+
+/// How an evaluated expression is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Conv {
+    /// A predicate: true counts, false and NULL do not.
+    Bool,
+    /// A number (cast to Float64).
+    Number,
+    /// A value identified by a 64-bit hash of its text.
+    Hash,
+    /// A key: the value as text.
+    Text,
+}
+
+/// One expression evaluated per batch.
+#[derive(Debug, Clone)]
+pub struct ExprCol {
+    /// The compiled expression.
+    pub expr: Arc<dyn PhysicalExpr>,
+    /// How its values are used.
+    pub conv: Conv,
+    /// Its SQL text (the identity used for sharing).
+    pub text: String,
+}
+
+/// One aggregate's storage in a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotSpec {
+    /// Storage kind.
+    pub kind: SlotKind,
+    /// The argument column, if the kind takes one.
+    pub arg: Option<usize>,
+    /// Predicate columns that must all hold for an event to count (sorted).
+    pub preds: Vec<usize>,
+}
+
+/// A state table: one key per entity value, one window geometry, the slots of its rules.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Bounded, human-readable name for metrics: `entity/window/every`.
+    pub name: String,
+    /// The entity column (text).
+    pub entity: usize,
+    /// The entity expression as written in the rules.
+    pub entity_text: String,
+    /// Window geometry.
+    pub window: WindowSpec,
+    /// Slots.
+    pub slots: Vec<SlotSpec>,
+    /// Rules reading this table.
+    pub rules: Vec<usize>,
+}
+
+/// How a rule reads one feature.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeatureRead {
+    /// The slot.
+    pub slot: usize,
+    /// The aggregate to read from it.
+    pub agg: AggKind,
+    /// `q` for quantiles.
+    pub param: f64,
+}
+
+/// A rule in the plan.
+#[derive(Debug, Clone)]
+pub struct RulePlan {
+    /// The compiled rule.
+    pub compiled: Arc<CompiledRule>,
+    /// Its table.
+    pub table: usize,
+    /// The count of the rule's events (under its `where`), for `event_count`.
+    pub events: usize,
+    /// Its features in rule order.
+    pub reads: Vec<FeatureRead>,
+    /// `suppress` in ms.
+    pub suppress_ms: i64,
+}
+
+/// The plan of a rule set.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Expressions evaluated per batch.
+    pub exprs: Vec<ExprCol>,
+    /// State tables.
+    pub tables: Vec<TableSpec>,
+    /// Rules, in rule-set order.
+    pub rules: Vec<RulePlan>,
+}
+
+fn fmt_ms(ms: i64) -> String {
+    humantime::format_duration(std::time::Duration::from_millis(ms.max(0) as u64)).to_string()
+}
+
+impl Plan {
+    /// Plans a rule set.
+    pub fn new(rules: &RuleSet) -> Self {
+        let mut plan = Plan::default();
+        for compiled in &rules.rules {
+            let rule = &compiled.rule;
+            let window = WindowSpec {
+                pane_ms: rule.every.as_millis() as i64,
+                panes: rule.panes() as i64,
+            };
+            let entity_text = rule.entity.text.trim().to_owned();
+            let entity = plan.expr(&compiled.entity, &entity_text, Conv::Text);
+            let table = match plan
+                .tables
+                .iter()
+                .position(|t| t.entity_text == entity_text && t.window == window)
+            {
+                Some(t) => t,
+                None => {
+                    plan.tables.push(TableSpec {
+                        name: format!(
+                            "{entity_text}/{}/{}",
+                            fmt_ms(window.pane_ms * window.panes),
+                            fmt_ms(window.pane_ms)
+                        ),
+                        entity,
+                        entity_text: entity_text.clone(),
+                        window,
+                        slots: Vec::new(),
+                        rules: Vec::new(),
+                    });
+                    plan.tables.len() - 1
+                }
+            };
+            let filter = match (&compiled.filter, &rule.filter) {
+                (Some(e), Some(src)) => Some(plan.expr(e, src.text.trim(), Conv::Bool)),
+                _ => None,
+            };
+            let events = plan.slot(table, SlotKind::Count, None, filter.into_iter().collect());
+            let mut reads = Vec::with_capacity(compiled.features.len());
+            for f in &compiled.features {
+                let kind = SlotKind::of(f.agg);
+                let mut preds: Vec<usize> = filter.into_iter().collect();
+                let mut arg = None;
+                if let (Some(e), Some(text)) = (&f.arg, &f.arg_text) {
+                    if f.agg == AggKind::CountIf {
+                        preds.push(plan.expr(e, text, Conv::Bool));
+                    } else {
+                        let conv = match kind.input() {
+                            InputKind::Hash => Conv::Hash,
+                            _ => Conv::Number,
+                        };
+                        arg = Some(plan.expr(e, text, conv));
+                    }
+                }
+                let slot = plan.slot(table, kind, arg, preds);
+                reads.push(FeatureRead {
+                    slot,
+                    agg: f.agg,
+                    param: f.param.unwrap_or(0.5),
+                });
+            }
+            plan.tables[table].rules.push(plan.rules.len());
+            plan.rules.push(RulePlan {
+                compiled: compiled.clone(),
+                table,
+                events,
+                reads,
+                suppress_ms: rule.suppress.as_millis() as i64,
+            });
+        }
+        plan
+    }
+
+    fn expr(&mut self, expr: &Arc<dyn PhysicalExpr>, text: &str, conv: Conv) -> usize {
+        if let Some(i) = self
+            .exprs
+            .iter()
+            .position(|e| e.text == text && e.conv == conv)
+        {
+            return i;
+        }
+        self.exprs.push(ExprCol {
+            expr: expr.clone(),
+            conv,
+            text: text.to_owned(),
+        });
+        self.exprs.len() - 1
+    }
+
+    fn slot(
+        &mut self,
+        table: usize,
+        kind: SlotKind,
+        arg: Option<usize>,
+        mut preds: Vec<usize>,
+    ) -> usize {
+        preds.sort_unstable();
+        preds.dedup();
+        let spec = SlotSpec { kind, arg, preds };
+        let slots = &mut self.tables[table].slots;
+        if let Some(i) = slots.iter().position(|s| *s == spec) {
+            return i;
+        }
+        slots.push(spec);
+        slots.len() - 1
+    }
+
+    /// Total slots across tables (for tests and stats).
+    pub fn slot_count(&self) -> usize {
+        self.tables.iter().map(|t| t.slots.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = "
+id: a
+version: 1
+title: a
+severity: low
+entity: account_id
+where: coalesce(status, 200) < 400
+window: 1h
+every: 5m
+features:
+  requests: count()
+  out: sum(output_tokens)
+  prompts: distinct(prompt_fp)
+condition: requests > 1
+---
+id: b
+version: 1
+title: b
+severity: low
+entity: account_id
+where: coalesce(status, 200) < 400
+window: 1h
+every: 5m
+features:
+  requests: count()
+  avg_out: avg(output_tokens)
+  p99: quantile(latency_ms, 0.99)
+  p50: quantile(latency_ms, 0.5)
+  prompts: distinct(prompt_fp)
+condition: requests > 1
+---
+id: c
+version: 1
+title: c
+severity: low
+entity: account_id
+window: 1h
+every: 10m
+features:
+  requests: count()
+condition: requests > 1
+---
+id: d
+version: 1
+title: d
+severity: low
+entity: ip_prefix(ip, 24)
+window: 1h
+every: 5m
+features:
+  accounts: distinct(account_id)
+condition: accounts > 1
+";
+
+    #[test]
+    fn identical_state_is_kept_once() {
+        let rules = cordon_rules::load_sources(&[("r.yaml".into(), RULES.into())]).expect("rules");
+        let plan = Plan::new(&rules);
+        // a and b share a table; c has another geometry; d another entity.
+        assert_eq!(plan.tables.len(), 3);
+        assert_eq!(plan.rules[0].table, plan.rules[1].table);
+        assert_ne!(plan.rules[0].table, plan.rules[2].table);
+        let shared = &plan.tables[plan.rules[0].table];
+        // count (filtered), moments(output_tokens), distinct(prompt_fp), quantiles(latency_ms)
+        assert_eq!(shared.slots.len(), 4, "{:?}", shared.slots);
+        assert_eq!(
+            plan.rules[0].reads[1].slot, plan.rules[1].reads[1].slot,
+            "sum and avg share moments"
+        );
+        assert_eq!(
+            plan.rules[1].reads[2].slot, plan.rules[1].reads[3].slot,
+            "quantiles share one sketch"
+        );
+        assert_eq!(plan.rules[0].events, plan.rules[1].events);
+        // the filter expression and the entity are evaluated once
+        assert_eq!(
+            plan.exprs
+                .iter()
+                .filter(|e| e.text == "coalesce(status, 200) < 400")
+                .count(),
+            1
+        );
+        assert_eq!(
+            plan.exprs
+                .iter()
+                .filter(|e| e.text == "account_id" && e.conv == Conv::Text)
+                .count(),
+            1
+        );
+        assert_eq!(shared.name, "account_id/1h/5m");
+    }
+}
