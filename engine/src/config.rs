@@ -81,6 +81,23 @@ fn default_max_batch_wait() -> Duration {
     Duration::from_millis(20)
 }
 
+/// librdkafka properties are strings; accept numbers and booleans as written (`linger.ms: 5`).
+fn properties<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => Ok((k, s)),
+            serde_json::Value::Number(n) => Ok((k, n.to_string())),
+            serde_json::Value::Bool(b) => Ok((k, b.to_string())),
+            other => Err(serde::de::Error::custom(format!(
+                "property `{k}` must be a string, number or boolean, found {other}"
+            ))),
+        })
+        .collect()
+}
+
 mod duration {
     use serde::{Deserialize, Deserializer, de::Error};
     use std::time::Duration;
@@ -134,8 +151,8 @@ pub struct SourceConfig {
     #[serde(default = "default_group")]
     pub group_id: String,
     /// librdkafka properties passed to every Kafka client (consumer, producers), e.g.
-    /// `security.protocol: SASL_SSL`.
-    #[serde(default)]
+    /// `security.protocol: SASL_SSL`. Numbers and booleans are accepted as written.
+    #[serde(default, deserialize_with = "properties")]
     pub properties: BTreeMap<String, String>,
     /// Messages larger than this go to the dead-letter topic as `too_large`.
     #[serde(default = "default_max_message_bytes")]
@@ -170,7 +187,7 @@ pub struct SinkConfig {
     #[serde(default)]
     pub format: SinkFormat,
     /// librdkafka properties for the producer only, applied after `source.properties`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "properties")]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -574,6 +591,13 @@ checkpoint_interval: 10s\n  max_keys: 5\ntime:\n  allowed_lateness: 1m\n  max_fu
         assert_eq!(c.sink.format, SinkFormat::Ocsf);
         assert_eq!(c.source.properties["security.protocol"], "SASL_SSL");
         assert_eq!(c.time.max_future_skew, Duration::from_secs(30));
+        let c = parse("source:\n  brokers: b:1\n  properties: {linger.ms: 5, enable.ssl.certificate.verification: false}\n")
+            .expect("numbers and booleans");
+        assert_eq!(c.source.properties["linger.ms"], "5");
+        assert_eq!(
+            c.source.properties["enable.ssl.certificate.verification"],
+            "false"
+        );
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct BatchStats {
     pub rejected: BTreeMap<Reason, u64>,
     /// Matches the gate suppressed.
     pub suppressed: u64,
+    /// Matches the gate suppressed, per rule id.
+    pub suppressed_by_rule: BTreeMap<String, u64>,
     /// Events older than their key's window (counted nowhere else).
     pub too_old: u64,
 }
@@ -294,7 +296,9 @@ impl Processor {
             .values()
             .flat_map(|p| p.tables.iter().flat_map(|t| t.values().map(|k| k.touch)))
             .collect();
-        let nth = excess.saturating_sub(1).min(touches.len().saturating_sub(1));
+        let nth = excess
+            .saturating_sub(1)
+            .min(touches.len().saturating_sub(1));
         let (_, cutoff, _) = touches.select_nth_unstable(nth);
         let cutoff = *cutoff;
         let mut left = excess;
@@ -581,7 +585,13 @@ fn gate_rule(
             cand.snap.end,
             rp.suppress_ms,
         ) {
-            Decision::Suppressed => out.stats.suppressed += 1,
+            Decision::Suppressed => {
+                out.stats.suppressed += 1;
+                *out.stats
+                    .suppressed_by_rule
+                    .entry(r.id.clone())
+                    .or_default() += 1;
+            }
             Decision::Emit { alert_id, status } => {
                 let features = c
                     .evidence

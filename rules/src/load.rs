@@ -42,6 +42,14 @@ pub fn rule_files(paths: &[PathBuf], diags: &mut Vec<Diagnostic>) -> Vec<PathBuf
         let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         entries.sort();
         for p in entries {
+            // Hidden entries are skipped: Kubernetes mounts a ConfigMap as symlinks into
+            // `..data` and `..<timestamp>` folders, which would load every rule twice.
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+            {
+                continue;
+            }
             if p.is_dir() {
                 walk(&p, out, diags);
             } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {

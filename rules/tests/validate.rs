@@ -277,6 +277,13 @@ fn directories_load_recursively_and_missing_paths_are_errors() {
     std::fs::write(dir.path().join("sub/one.yml"), GOOD).expect("write");
     std::fs::write(dir.path().join("two.yaml"), GOOD.replace("a.good", "a.two")).expect("write");
     std::fs::write(dir.path().join("notes.txt"), "not a rule").expect("write");
+    // A Kubernetes ConfigMap mount: hidden versioned folders next to symlinks.
+    std::fs::create_dir(dir.path().join("..2026_11_26")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("..2026_11_26/two.yaml"),
+        GOOD.replace("a.good", "a.two"),
+    )
+    .expect("write");
     let set = load_paths(&[dir.path().to_path_buf()]).expect("loads");
     assert_eq!(set.len(), 2);
     let err = load_paths(&[dir.path().join("nope")]).expect_err("missing");
