@@ -4,14 +4,16 @@
 # `cordon` binary that the end-to-end tests run as a separate process, and runs every test.
 #
 # Usage: tests/run.sh [extra nextest arguments]
+# Runs the Rust tests (cargo-nextest) and the Helm chart tests (helm/tests/run.sh, pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
-# Debian packages: C toolchain and headers for rdkafka (librdkafka, OpenSSL for TLS/SASL, zlib).
+# Debian packages: C toolchain and headers for rdkafka (librdkafka, OpenSSL for TLS/SASL, zlib);
+# promtool (package prometheus) checks the /metrics exposition; python3-venv for the chart tests.
 missing=()
-for pkg in gcc g++ make perl pkg-config libssl-dev zlib1g-dev; do
+for pkg in gcc g++ make perl pkg-config libssl-dev zlib1g-dev prometheus python3-venv; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -41,5 +43,11 @@ log "building the cordon binary (the end-to-end tests run it as a separate proce
 cargo build --workspace --bins
 export CORDON_BIN="$PWD/target/debug/cordon"
 
-log "running the test suite"
-cargo nextest run --workspace --config-file tests/nextest.toml --no-fail-fast "$@"
+failed=0
+log "running the Rust test suite"
+cargo nextest run --workspace --config-file tests/nextest.toml --no-fail-fast "$@" || failed=1
+
+log "running the Helm chart tests"
+helm/tests/run.sh || failed=1
+
+exit "$failed"
