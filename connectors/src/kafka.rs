@@ -8,6 +8,13 @@
 //! sink has delivered. The sink is idempotent (`enable.idempotence=true`, `acks=all`), and
 //! [`KafkaSink::flush`] fails if any message since the previous flush was not delivered, so the
 //! engine never commits past a lost alert.
+//!
+//! Consumer lag comes from librdkafka's statistics (`statistics.interval.ms`, 5 s by default
+//! here), not from watermark queries: the high watermark in the statistics is the one the
+//! broker puts in every fetch response, which costs no extra request and never blocks the
+//! poll loop (the statistics are delivered inside [`KafkaSource::poll_batch`]). It is also the
+//! correct one on tansu 0.6, whose `ListOffsets` answer for the latest offset is wrong with
+//! memory storage (the base offset of the newest batch plus one).
 
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -16,7 +23,8 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -99,20 +107,144 @@ pub struct SourceRecord {
     pub payload: Vec<u8>,
 }
 
-/// Records partition changes from rebalances, for the engine to act on between batches.
-#[derive(Default)]
+/// Records partition changes from rebalances, for the engine to act on between batches, and
+/// the consumer lag from librdkafka's statistics.
 pub struct SourceContext {
+    topic: String,
     revoked: Mutex<Vec<i32>>,
+    assigned: Mutex<BTreeSet<i32>>,
+    lag: Mutex<BTreeMap<i32, i64>>,
     commit_failures: AtomicU64,
+    stats_errors: RateLimitedLog,
+    client_errors: RateLimitedLog,
 }
 
-impl ClientContext for SourceContext {}
+impl SourceContext {
+    fn new(topic: &str) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            revoked: Mutex::default(),
+            assigned: Mutex::default(),
+            lag: Mutex::default(),
+            commit_failures: AtomicU64::new(0),
+            stats_errors: RateLimitedLog::new(
+                "cannot read librdkafka statistics; consumer lag is not updated",
+                Duration::from_secs(300),
+            ),
+            client_errors: client_errors_log(),
+        }
+    }
+}
+
+/// The part of librdkafka's statistics JSON that lag needs (see `STATISTICS.md` in
+/// librdkafka). Partition ids are object keys, as strings.
+#[derive(Deserialize)]
+struct Statistics {
+    #[serde(default)]
+    topics: HashMap<String, TopicStatistics>,
+}
+
+#[derive(Deserialize)]
+struct TopicStatistics {
+    #[serde(default)]
+    partitions: HashMap<String, PartitionStatistics>,
+}
+
+#[derive(Deserialize)]
+struct PartitionStatistics {
+    partition: i32,
+    /// High watermark from the latest fetch response; -1 before the first.
+    #[serde(default = "unknown_offset")]
+    hi_offset: i64,
+    /// The group's committed offset as this client last committed or fetched it; negative
+    /// (`-1001`, invalid) when there is none.
+    #[serde(default = "unknown_offset")]
+    committed_offset: i64,
+    /// Offset after the last message handed to the application; negative before the first.
+    #[serde(default = "unknown_offset")]
+    app_offset: i64,
+}
+
+fn unknown_offset() -> i64 {
+    -1
+}
+
+impl PartitionStatistics {
+    /// Messages after the group's position: high watermark minus the committed offset (what
+    /// a restart would read again), or minus the offset after the last message handed to the
+    /// engine while nothing is committed yet. `None` while unknown (no fetch response yet, or
+    /// neither a commit nor a message so far on a partition that is not empty).
+    ///
+    /// This is librdkafka's own `consumer_lag` except that it uses the high watermark where
+    /// librdkafka uses the last stable offset under `isolation.level=read_committed` (its
+    /// default, and Cordon does not read transactional input), and falls back to the
+    /// application's position before the first commit.
+    fn lag(&self) -> Option<i64> {
+        if self.hi_offset < 0 {
+            return None;
+        }
+        let position = if self.committed_offset >= 0 {
+            self.committed_offset
+        } else if self.app_offset >= 0 {
+            self.app_offset
+        } else if self.hi_offset == 0 {
+            0
+        } else {
+            return None;
+        };
+        Some((self.hi_offset - position).max(0))
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.client_errors
+            .report(&format_args!("{error}; {reason}"));
+    }
+
+    /// Called from inside `poll` every `statistics.interval.ms`: keeps the lag of the
+    /// assigned partitions of the source topic.
+    fn stats_raw(&self, statistics: &[u8]) {
+        let stats: Statistics = match serde_json::from_slice(statistics) {
+            Ok(s) => s,
+            Err(e) => {
+                self.stats_errors.report(&e);
+                return;
+            }
+        };
+        let assigned = self.assigned.lock().map(|a| a.clone()).unwrap_or_default();
+        let lag: BTreeMap<i32, i64> = stats
+            .topics
+            .get(&self.topic)
+            .map(|t| {
+                t.partitions
+                    .values()
+                    .filter(|p| assigned.contains(&p.partition))
+                    .filter_map(|p| Some((p.partition, p.lag()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Ok(mut l) = self.lag.lock() {
+            *l = lag;
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(partitions = ?parts, "partitions revoked");
+            if let Ok(mut a) = self.assigned.lock() {
+                for p in &parts {
+                    a.remove(p);
+                }
+            }
+            if let Ok(mut l) = self.lag.lock() {
+                for p in &parts {
+                    l.remove(p);
+                }
+            }
             if let Ok(mut r) = self.revoked.lock() {
                 r.extend(parts);
             }
@@ -123,6 +255,11 @@ impl ConsumerContext for SourceContext {
         if let Rebalance::Assign(tpl) = rebalance {
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(partitions = ?parts, "partitions assigned");
+            // Added to, not replaced: under the cooperative protocol an assignment lists only
+            // the partitions it adds.
+            if let Ok(mut a) = self.assigned.lock() {
+                a.extend(parts);
+            }
         }
     }
 
@@ -151,7 +288,7 @@ impl RateLimitedLog {
         }
     }
 
-    fn report(&self, e: &KafkaError) {
+    fn report(&self, e: &dyn std::fmt::Display) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
@@ -194,6 +331,8 @@ impl KafkaSource {
                 &[
                     ("auto.offset.reset", "earliest"),
                     ("session.timeout.ms", "30000"),
+                    // Consumer lag, see the module doc; `0` turns the lag metric off.
+                    ("statistics.interval.ms", "5000"),
                 ],
                 &[
                     ("group.id", group_id),
@@ -202,7 +341,7 @@ impl KafkaSource {
                     ("enable.partition.eof", "false"),
                 ],
             )
-            .create_with_context(SourceContext::default())
+            .create_with_context(SourceContext::new(topic))
             .map_err(ConnectorError::Config)?;
         Ok(Self {
             consumer,
@@ -278,6 +417,28 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// The partitions of the source topic assigned to this consumer now (sorted).
+    pub fn assigned_partitions(&self) -> Vec<i32> {
+        self.consumer
+            .context()
+            .assigned
+            .lock()
+            .map(|a| a.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Consumer lag in messages per assigned partition whose lag is known, as of the latest
+    /// librdkafka statistics (every `statistics.interval.ms`, 5 s by default). See the module
+    /// doc for where the numbers come from.
+    pub fn consumer_lag(&self) -> BTreeMap<i32, i64> {
+        self.consumer
+            .context()
+            .lag
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+
     /// Offset commits that failed so far.
     pub fn commit_failures(&self) -> u64 {
         self.consumer
@@ -315,13 +476,41 @@ fn check_topics<C: ClientContext>(
 }
 
 /// Counts delivery failures for [`KafkaSink::flush`].
-#[derive(Default)]
 pub struct SinkContext {
     failed: AtomicU64,
     last_error: Mutex<String>,
+    client_errors: RateLimitedLog,
 }
 
-impl ClientContext for SinkContext {}
+impl Default for SinkContext {
+    fn default() -> Self {
+        Self {
+            failed: AtomicU64::new(0),
+            last_error: Mutex::default(),
+            client_errors: client_errors_log(),
+        }
+    }
+}
+
+/// librdkafka reports the same client error (e.g. all brokers down) many times a second while
+/// it retries; one line per interval, with the number of repeats, is enough.
+fn client_errors_log() -> RateLimitedLog {
+    RateLimitedLog::new(
+        "kafka client error (librdkafka retries)",
+        Duration::from_secs(10),
+    )
+}
+
+impl ClientContext for SinkContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.client_errors
+            .report(&format_args!("{error}; {reason}"));
+    }
+
+    /// Statistics are for the source's consumer lag; if `statistics.interval.ms` reaches the
+    /// producer through shared properties, its statistics are dropped rather than logged.
+    fn stats_raw(&self, _statistics: &[u8]) {}
+}
 
 impl ProducerContext for SinkContext {
     type DeliveryOpaque = ();
@@ -440,4 +629,41 @@ pub fn headers_of<M: Message>(m: &M) -> Vec<(String, Vec<u8>)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Trimmed from a real librdkafka 2.x statistics document.
+    const STATS: &str = r#"{"name":"rdkafka#consumer-1","type":"consumer","ts":1,
+      "brokers":{"127.0.0.1:9092/1":{"name":"127.0.0.1:9092/1","nodeid":1}},
+      "topics":{"requests":{"topic":"requests","age":1,"partitions":{
+        "0":{"partition":0,"hi_offset":120,"ls_offset":-1,"committed_offset":100,"app_offset":110,"consumer_lag":-1},
+        "1":{"partition":1,"hi_offset":50,"committed_offset":-1001,"app_offset":20},
+        "2":{"partition":2,"hi_offset":0,"committed_offset":-1001,"app_offset":-1001},
+        "3":{"partition":3,"hi_offset":-1,"committed_offset":5,"app_offset":5},
+        "4":{"partition":4,"hi_offset":9,"committed_offset":9,"app_offset":9},
+        "-1":{"partition":-1,"hi_offset":-1001}}},
+        "other":{"topic":"other","partitions":{"0":{"partition":0,"hi_offset":7,"committed_offset":0}}}}}"#;
+
+    #[test]
+    fn lag_comes_from_the_high_watermark_and_the_committed_offset() {
+        let ctx = SourceContext::new("requests");
+        ctx.assigned.lock().expect("lock").extend([0, 1, 2, 3, 5]);
+        ctx.stats_raw(STATS.as_bytes());
+        let lag = ctx.lag.lock().expect("lock").clone();
+        // 0: committed; 1: no commit yet, the application's position; 2: empty partition;
+        // 3: no fetch response yet (unknown); 4: not assigned; 5: assigned, not in the stats.
+        assert_eq!(lag, BTreeMap::from([(0, 20), (1, 30), (2, 0)]));
+    }
+
+    #[test]
+    fn unreadable_statistics_keep_the_last_lag() {
+        let ctx = SourceContext::new("requests");
+        ctx.assigned.lock().expect("lock").insert(0);
+        ctx.stats_raw(STATS.as_bytes());
+        ctx.stats_raw(b"{not json");
+        assert_eq!(*ctx.lag.lock().expect("lock"), BTreeMap::from([(0, 20)]));
+    }
 }

@@ -17,7 +17,10 @@
 //!
 //! Around it:
 //! - [`config`]: Config v1.
-//! - [`runtime`]: wires the core to Kafka, signals and the clock (`cordon run`).
+//! - [`runtime`]: wires the core to Kafka, the HTTP server, signals and the clock
+//!   (`cordon run`).
+//! - [`http`]: the HTTP port: `/healthz`, `/readyz` and `/metrics`.
+//! - [`metrics`]: the Prometheus series and the log lines that go with them.
 //! - [`demo`]: `cordon demo`, with an in-process Kafka cluster and a traffic generator.
 
 pub mod agg;
@@ -27,6 +30,8 @@ pub mod decode;
 pub mod demo;
 pub mod fingerprint;
 pub mod gate;
+pub mod http;
+pub mod metrics;
 pub mod plan;
 pub mod processor;
 pub mod runtime;

@@ -51,25 +51,63 @@ enum RulesCommand {
     },
 }
 
-fn init_logging(default: &str) {
+/// Log output format, from env `CORDON_LOG_FORMAT`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines (the default).
+    Text,
+    /// One JSON object per line, event fields at the top level.
+    Json,
+}
+
+impl LogFormat {
+    fn from_env() -> anyhow::Result<Self> {
+        match std::env::var("CORDON_LOG_FORMAT") {
+            Err(std::env::VarError::NotPresent) => Ok(Self::Text),
+            Ok(v) if v.eq_ignore_ascii_case("text") => Ok(Self::Text),
+            Ok(v) if v.eq_ignore_ascii_case("json") => Ok(Self::Json),
+            Ok(v) => anyhow::bail!(
+                "environment variable CORDON_LOG_FORMAT: `{v}` is not a log format; use `text` or `json`"
+            ),
+            Err(e) => anyhow::bail!("environment variable CORDON_LOG_FORMAT: {e}"),
+        }
+    }
+}
+
+/// Logs to stderr in `format`, at the level `RUST_LOG` sets (else `default`).
+fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_ansi(false)
+            .init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log_format = match LogFormat::from_env() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Run { config } => {
-            init_logging("info");
+            init_logging("info", log_format);
             run(&config)
         }
         Command::Demo { duration, seed } => {
-            init_logging("warn");
+            init_logging("warn", log_format);
             runtime::shutdown_flag()
                 .and_then(|flag| demo::run(&demo::DemoOptions { duration, seed }, flag))
                 .map(|_| ())

@@ -5,8 +5,16 @@
 //! A failed delivery stops the loop with an error before anything is committed, so a restart
 //! replays the batch and no alert is lost. SIGTERM or SIGINT stops polling; the loop finishes
 //! its batch, flushes, commits and returns.
+//!
+//! Before it touches Kafka, the runtime binds the HTTP port ([`crate::http`]), so `/healthz`
+//! answers while the brokers are still unreachable; the server stops after the loop returns.
+//! The loop reports to [`Metrics`] once per batch and to [`Health`] once per iteration; the
+//! state walk ([`Processor::table_stats`]) runs every [`STATE_STATS_INTERVAL`], the cheaper
+//! reports (lag, assignment) every [`TICK_INTERVAL`].
 
 use crate::config::{Config, SinkFormat};
+use crate::http::{Health, HttpServer};
+use crate::metrics::Metrics;
 use crate::processor::{CoreConfig, Input, Output, Processor};
 use anyhow::{Context, bail};
 use cordon_connectors::{ClientSettings, KafkaSink, KafkaSource, SourceRecord};
@@ -20,6 +28,11 @@ use std::time::{Duration, Instant};
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(310);
 /// How long start-up waits for the brokers to answer.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the loop walks the state for `cordon_state_*` (it visits every key).
+pub const STATE_STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the loop publishes consumer lag and assigned partitions, and flushes throttled
+/// log lines.
+pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Totals of a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,7 +75,29 @@ pub fn load_rules(config: &Config) -> anyhow::Result<RuleSet> {
 }
 
 /// Runs the engine until `shutdown` is set or an unrecoverable error occurs.
+///
+/// Serves `http.listen` from the start; a port that cannot be bound is an error naming it.
 pub fn run(config: &Config, rules: &RuleSet, shutdown: &AtomicBool) -> anyhow::Result<RunTotals> {
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let health = Arc::new(Health::new());
+    // The rules are loaded before the port opens, so `/readyz` never shows them missing.
+    metrics.rules_loaded(rules);
+    health.set_rules_loaded(rules.len());
+    let server = HttpServer::start(&config.http.listen, metrics.clone(), health.clone())?;
+    let result = run_loop(config, rules, shutdown, &metrics, &health);
+    // Not ready from here on; the server answers until the loop has returned.
+    health.set_consuming(false);
+    server.stop();
+    result
+}
+
+fn run_loop(
+    config: &Config,
+    rules: &RuleSet,
+    shutdown: &AtomicBool,
+    metrics: &Metrics,
+    health: &Health,
+) -> anyhow::Result<RunTotals> {
     if config.sink.format == SinkFormat::Ocsf {
         bail!(
             "config key `sink.format`: `ocsf` is not available in this version of Cordon; use `native`"
@@ -86,9 +121,8 @@ pub fn run(config: &Config, rules: &RuleSet, shutdown: &AtomicBool) -> anyhow::R
         STARTUP_TIMEOUT,
     )?;
     source.subscribe()?;
+    health.set_consuming(true);
     tracing::info!(
-        rules = rules.len(),
-        disabled = rules.disabled.len(),
         topic = %config.source.topic,
         group = %config.source.group_id,
         "cordon started"
@@ -108,8 +142,12 @@ pub fn run(config: &Config, rules: &RuleSet, shutdown: &AtomicBool) -> anyhow::R
     let mut last_expiry = Instant::now();
     let mut last_report = Instant::now();
     let mut reported = RunTotals::default();
+    let mut last_tick = Instant::now();
+    let mut last_state_stats = Instant::now();
+    metrics.state(&processor.table_stats());
 
     while !shutdown.load(Ordering::Relaxed) {
+        health.heartbeat();
         records.clear();
         source.poll_batch(
             config.source.max_batch_messages,
@@ -121,7 +159,11 @@ pub fn run(config: &Config, rules: &RuleSet, shutdown: &AtomicBool) -> anyhow::R
             next_offsets.remove(&p);
         }
         if !records.is_empty() {
-            let out = process_batch(&mut processor, &records, config, &sink)?;
+            let started = Instant::now();
+            let out = process_batch(&mut processor, &records, config, &sink, metrics)?;
+            metrics.batch_done(&out, started.elapsed());
+            health.batch_done();
+            health.set_assigned(source.assigned_partitions());
             totals.messages += records.len() as u64;
             totals.events += out.stats.events;
             totals.alerts += out.alerts.len() as u64;
@@ -135,6 +177,16 @@ pub fn run(config: &Config, rules: &RuleSet, shutdown: &AtomicBool) -> anyhow::R
         if last_expiry.elapsed() >= Duration::from_secs(10) {
             processor.expire_idle();
             last_expiry = Instant::now();
+        }
+        if last_state_stats.elapsed() >= STATE_STATS_INTERVAL {
+            metrics.state(&processor.table_stats());
+            last_state_stats = Instant::now();
+        }
+        if last_tick.elapsed() >= TICK_INTERVAL {
+            metrics.consumer_lag(&source.consumer_lag());
+            health.set_assigned(source.assigned_partitions());
+            metrics.tick(false);
+            last_tick = Instant::now();
         }
         if last_report.elapsed() >= Duration::from_secs(30) && totals != reported {
             tracing::info!(
@@ -150,7 +202,10 @@ pub fn run(config: &Config, rules: &RuleSet, shutdown: &AtomicBool) -> anyhow::R
         }
     }
     tracing::info!("shutting down: flushing output and committing offsets");
-    sink.flush(FLUSH_TIMEOUT)?;
+    health.set_consuming(false);
+    metrics.tick(true);
+    sink.flush(FLUSH_TIMEOUT)
+        .inspect_err(|e| metrics.sink_error("output", e))?;
     source.commit(&next_offsets, true)?;
     tracing::info!(
         messages = totals.messages,
@@ -163,11 +218,14 @@ pub fn run(config: &Config, rules: &RuleSet, shutdown: &AtomicBool) -> anyhow::R
 }
 
 /// Processes one batch and writes its output; returns once the broker has acknowledged it.
+/// Logging and counting the batch is the caller's ([`Metrics::batch_done`]), except for a
+/// failed write, which is counted here ([`Metrics::sink_error`]) before it stops the engine.
 fn process_batch(
     processor: &mut Processor,
     records: &[SourceRecord],
     config: &Config,
     sink: &KafkaSink,
+    metrics: &Metrics,
 ) -> anyhow::Result<Output> {
     let inputs: Vec<Input<'_>> = records
         .iter()
@@ -182,23 +240,8 @@ fn process_batch(
     processor.process(&inputs, now_ms(), &mut out)?;
     for a in &out.alerts {
         let payload = serde_json::to_vec(&a.alert).context("serializing an alert")?;
-        sink.send(&config.sink.topic, Some(a.key.as_bytes()), &payload, &[])?;
-        tracing::info!(
-            rule = %a.alert.rule.id,
-            severity = a.alert.rule.severity,
-            alert_id = %a.alert.alert_id,
-            status = ?a.alert.status,
-            "alert"
-        );
-    }
-    if !out.dead_letters.is_empty() {
-        let by_reason: BTreeMap<&str, u64> = out
-            .stats
-            .rejected
-            .iter()
-            .map(|(r, n)| (r.as_str(), *n))
-            .collect();
-        tracing::warn!(count = out.dead_letters.len(), reasons = ?by_reason, "events dead-lettered");
+        sink.send(&config.sink.topic, Some(a.key.as_bytes()), &payload, &[])
+            .inspect_err(|e| metrics.sink_error("an alert", e))?;
     }
     for d in &out.dead_letters {
         let partition = d.partition.to_string();
@@ -218,10 +261,12 @@ fn process_batch(
             d.key.as_deref(),
             &d.payload,
             &headers,
-        )?;
+        )
+        .inspect_err(|e| metrics.sink_error("a dead letter", e))?;
     }
     if !out.alerts.is_empty() || !out.dead_letters.is_empty() {
         sink.flush(FLUSH_TIMEOUT)
+            .inspect_err(|e| metrics.sink_error("alerts and dead letters", e))
             .context("writing alerts and dead letters")?;
     }
     Ok(out)

@@ -1,0 +1,728 @@
+//! Metrics, and the log lines that go with them.
+//!
+//! Every instrumented event of the runtime is one method here that updates the Prometheus
+//! series and writes the log line together, so the two cannot drift apart (STYLE.md #7): a
+//! micro-batch ([`Metrics::batch_done`]), a rule set taking effect ([`Metrics::rules_loaded`]),
+//! a state walk ([`Metrics::state`]), consumer lag ([`Metrics::consumer_lag`]) and a failed
+//! write to Kafka ([`Metrics::sink_error`]). Counters move once per batch by the batch's
+//! totals, never once per record, and the repeating warning (dead letters) is written at most
+//! once per [`LOG_INTERVAL`] with what it summarizes since the previous one.
+//!
+//! Names follow `cordon_<noun>_<unit>[_total]`; the Grafana dashboard in
+//! `helm/cordon/dashboards/cordon.json` queries exactly these. Every label comes from a bounded
+//! set: dead-letter reasons ([`Reason::ALL`]), rule ids and severities of the loaded rules,
+//! state table names (`entity/window/every` of the loaded rules), input partitions, and
+//! `success`/`failure`. Entity values (accounts, addresses, ...) never become labels. The
+//! labels known in advance are registered at zero, so every series exists from the start and
+//! `rate()` sees the first increment.
+//!
+//! The registry belongs to Cordon (not the `prometheus` crate's global default registry), so
+//! nothing a dependency registers ends up on `/metrics` unasked.
+
+use crate::decode::Reason;
+use crate::gate::Status;
+use crate::processor::{Output, TableStats};
+use cordon_connectors::ConnectorError;
+use cordon_rules::RuleSet;
+use prometheus::{
+    Encoder as _, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Upper bounds of `cordon_batch_duration_seconds`: 100 µs to 10 s.
+pub const BATCH_DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Upper bounds of `cordon_checkpoint_duration_seconds`: 1 ms to 60 s.
+pub const CHECKPOINT_DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Shortest time between two dead-letter warnings.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whether a dead-letter reason is malformed input (counted as a decode failure) rather than
+/// a well-formed event refused for its time (`late`, `future`).
+fn is_decode_failure(reason: Reason) -> bool {
+    !matches!(reason, Reason::Late | Reason::Future)
+}
+
+fn status_label(status: Status) -> &'static str {
+    match status {
+        Status::New => "new",
+        Status::Update => "update",
+    }
+}
+
+/// Cordon's metrics: the registry `/metrics` serves and a handle to every series.
+pub struct Metrics {
+    registry: Registry,
+    events_consumed: IntCounter,
+    decode_failures: IntCounterVec,
+    dead_letters: IntCounterVec,
+    late_events: IntCounter,
+    alerts: IntCounterVec,
+    suppressed: IntCounterVec,
+    state_evictions: IntCounterVec,
+    rule_reloads: IntCounterVec,
+    sink_errors: IntCounter,
+    state_keys: IntGaugeVec,
+    state_bytes: IntGauge,
+    consumer_lag: IntGaugeVec,
+    checkpoint_age: Gauge,
+    rules_loaded: IntGauge,
+    batch_duration: Histogram,
+    checkpoint_duration: Histogram,
+    state: Mutex<LogState>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// What the metrics remember between calls: previous cumulative values and label sets, and
+/// the dead letters not yet logged.
+#[derive(Default)]
+struct LogState {
+    /// Cumulative evictions per table at the previous [`Metrics::state`] call.
+    evictions: HashMap<String, u64>,
+    /// Tables with a `cordon_state_keys` series.
+    tables: BTreeSet<String>,
+    /// Partitions with a `cordon_consumer_lag_messages` series.
+    lag_partitions: BTreeSet<i32>,
+    /// When the last dead-letter warning was written.
+    last_dead_letter_log: Option<Instant>,
+    /// Dead letters per reason since that warning.
+    pending_dead_letters: BTreeMap<&'static str, u64>,
+    /// Batches with dead letters since that warning.
+    pending_batches: u64,
+    /// When the last checkpoint completed.
+    last_checkpoint: Option<Instant>,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    let c = IntCounter::new(name, help)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> Result<Histogram, prometheus::Error> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    /// Registers every series in a registry of its own, with the labels known in advance at
+    /// zero. Fails only on a bug (an invalid or duplicate name).
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let r = Registry::new();
+        let m = Self {
+            events_consumed: counter(
+                &r,
+                "cordon_events_consumed_total",
+                "Events read from the input topic and accepted (decoded, on time).",
+            )?,
+            decode_failures: counter_vec(
+                &r,
+                "cordon_decode_failures_total",
+                "Malformed input messages, by reason (every dead-letter reason except late and future).",
+                &["reason"],
+            )?,
+            dead_letters: counter_vec(
+                &r,
+                "cordon_dead_letters_total",
+                "Messages written to the dead-letter topic, by reason.",
+                &["reason"],
+            )?,
+            late_events: counter(
+                &r,
+                "cordon_late_events_total",
+                "Events older than their partition's watermark minus time.allowed_lateness (dead-lettered as late).",
+            )?,
+            alerts: counter_vec(
+                &r,
+                "cordon_alerts_total",
+                "Alerts written to the alerts topic, by rule, severity and status (new or update).",
+                &["rule", "severity", "status"],
+            )?,
+            suppressed: counter_vec(
+                &r,
+                "cordon_suppressed_matches_total",
+                "Rule matches the alert gate suppressed (the entity already had an alert in this window), by rule.",
+                &["rule"],
+            )?,
+            state_evictions: counter_vec(
+                &r,
+                "cordon_state_evictions_total",
+                "Keys evicted from state because state.max_keys was reached, by state table.",
+                &["table"],
+            )?,
+            rule_reloads: counter_vec(
+                &r,
+                "cordon_rule_reloads_total",
+                "Rule set reloads, by result (success or failure). Hot reload is not available yet: both stay 0.",
+                &["result"],
+            )?,
+            sink_errors: counter(
+                &r,
+                "cordon_sink_errors_total",
+                "Messages to Kafka (alerts, dead letters) that could not be sent or were not delivered; each stops the engine before it commits.",
+            )?,
+            state_keys: gauge_vec(
+                &r,
+                "cordon_state_keys",
+                "Live keys in state, by state table (entity/window/every), all partitions of this instance.",
+                &["table"],
+            )?,
+            state_bytes: {
+                let g = IntGauge::new(
+                    "cordon_state_bytes",
+                    "Estimated bytes of window state held (keys, panes, sketches, map overhead).",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            consumer_lag: gauge_vec(
+                &r,
+                "cordon_consumer_lag_messages",
+                "Messages between the consumer group's committed offset and the high watermark, by assigned input partition (from librdkafka statistics, every statistics.interval.ms).",
+                &["partition"],
+            )?,
+            checkpoint_age: {
+                let g = Gauge::new(
+                    "cordon_checkpoint_age_seconds",
+                    "Seconds since the last complete checkpoint. Checkpoints are not written yet: always 0 until they are.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            rules_loaded: {
+                let g = IntGauge::new(
+                    "cordon_rules_loaded",
+                    "Enabled rules in the running rule set.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            batch_duration: histogram(
+                &r,
+                "cordon_batch_duration_seconds",
+                "Time to process one micro-batch and write its output: decode, evaluate, and wait for the broker to acknowledge its alerts and dead letters.",
+                BATCH_DURATION_BUCKETS,
+            )?,
+            checkpoint_duration: histogram(
+                &r,
+                "cordon_checkpoint_duration_seconds",
+                "Time to write one checkpoint. Checkpoints are not written yet: no observations until they are.",
+                CHECKPOINT_DURATION_BUCKETS,
+            )?,
+            registry: r,
+            state: Mutex::default(),
+        };
+        for reason in Reason::ALL {
+            m.dead_letters.with_label_values(&[reason.as_str()]);
+            if is_decode_failure(reason) {
+                m.decode_failures.with_label_values(&[reason.as_str()]);
+            }
+        }
+        for result in ["success", "failure"] {
+            m.rule_reloads.with_label_values(&[result]);
+        }
+        // Set explicitly: 0 until checkpoints exist (see its help text).
+        m.checkpoint_age.set(0.0);
+        Ok(m)
+    }
+
+    /// The registry `/metrics` serves.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// All series in the Prometheus text format (version 0.0.4).
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+
+    /// A rule set took effect: sets `cordon_rules_loaded`, registers the alert and
+    /// suppression series of every enabled rule at zero, and logs the rule counts.
+    pub fn rules_loaded(&self, rules: &RuleSet) {
+        self.rules_loaded.set(rules.len() as i64);
+        for r in &rules.rules {
+            let (id, severity) = (r.rule.id.as_str(), r.rule.severity.as_str());
+            for status in [Status::New, Status::Update] {
+                self.alerts
+                    .with_label_values(&[id, severity, status_label(status)]);
+            }
+            self.suppressed.with_label_values(&[id]);
+        }
+        tracing::info!(
+            rules = rules.len(),
+            disabled = rules.disabled.len(),
+            "rules loaded"
+        );
+    }
+
+    /// One micro-batch was processed and its output acknowledged by the broker: counts its
+    /// events, dead letters, alerts and suppressed matches, observes its duration, logs each
+    /// alert (rule, severity, id and status; never the entity) and, at most once per
+    /// [`LOG_INTERVAL`], a summary of the dead letters.
+    pub fn batch_done(&self, out: &Output, elapsed: Duration) {
+        let stats = &out.stats;
+        self.events_consumed.inc_by(stats.events);
+        for (reason, n) in &stats.rejected {
+            self.dead_letters
+                .with_label_values(&[reason.as_str()])
+                .inc_by(*n);
+            if *reason == Reason::Late {
+                self.late_events.inc_by(*n);
+            }
+            if is_decode_failure(*reason) {
+                self.decode_failures
+                    .with_label_values(&[reason.as_str()])
+                    .inc_by(*n);
+            }
+        }
+        let mut alerts: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+        for a in &out.alerts {
+            let rule = &a.alert.rule;
+            *alerts
+                .entry((&rule.id, rule.severity, status_label(a.alert.status)))
+                .or_default() += 1;
+            tracing::info!(
+                rule = %rule.id,
+                severity = rule.severity,
+                alert_id = %a.alert.alert_id,
+                status = status_label(a.alert.status),
+                "alert"
+            );
+        }
+        for ((rule, severity, status), n) in alerts {
+            self.alerts
+                .with_label_values(&[rule, severity, status])
+                .inc_by(n);
+        }
+        for (rule, n) in &stats.suppressed_by_rule {
+            self.suppressed.with_label_values(&[rule]).inc_by(*n);
+        }
+        self.batch_duration.observe(elapsed.as_secs_f64());
+        tracing::debug!(
+            messages = stats.messages,
+            events = stats.events,
+            alerts = out.alerts.len(),
+            dead_letters = out.dead_letters.len(),
+            suppressed = stats.suppressed,
+            too_old = stats.too_old,
+            seconds = elapsed.as_secs_f64(),
+            "batch done"
+        );
+        if !stats.rejected.is_empty() {
+            let Ok(mut state) = self.state.lock() else {
+                return;
+            };
+            for (reason, n) in &stats.rejected {
+                *state
+                    .pending_dead_letters
+                    .entry(reason.as_str())
+                    .or_default() += n;
+            }
+            state.pending_batches += 1;
+            log_dead_letters(&mut state, false);
+        }
+    }
+
+    /// Updates `cordon_checkpoint_age_seconds` and writes the pending dead-letter summary if
+    /// [`LOG_INTERVAL`] has passed since the last one (or at once with `force`, at shutdown).
+    /// Call it every second or so.
+    pub fn tick(&self, force: bool) {
+        if let Ok(mut state) = self.state.lock() {
+            if let Some(t) = state.last_checkpoint {
+                self.checkpoint_age.set(t.elapsed().as_secs_f64());
+            }
+            log_dead_letters(&mut state, force);
+        }
+    }
+
+    /// A checkpoint completed in `elapsed`: observes its duration and restarts
+    /// `cordon_checkpoint_age_seconds` from 0. (For the checkpoint writer, which does not exist
+    /// yet; nothing calls this today.)
+    pub fn checkpoint_done(&self, elapsed: Duration) {
+        self.checkpoint_duration.observe(elapsed.as_secs_f64());
+        self.checkpoint_age.set(0.0);
+        if let Ok(mut state) = self.state.lock() {
+            state.last_checkpoint = Some(Instant::now());
+        }
+        tracing::debug!(seconds = elapsed.as_secs_f64(), "checkpoint written");
+    }
+
+    /// The state tables' sizes (from [`Processor::table_stats`](crate::processor::Processor::table_stats)):
+    /// sets keys per table and total bytes, and adds the evictions since the previous call.
+    pub fn state(&self, tables: &[TableStats]) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let mut bytes = 0u64;
+        let mut seen = BTreeSet::new();
+        for t in tables {
+            let name = t.name.as_str();
+            self.state_keys
+                .with_label_values(&[name])
+                .set(i64::try_from(t.keys).unwrap_or(i64::MAX));
+            let before = state.evictions.insert(t.name.clone(), t.evictions);
+            // A count below the previous one means a new processor (a rule reload): all of it
+            // is new.
+            let delta = match before {
+                Some(b) if b <= t.evictions => t.evictions - b,
+                _ => t.evictions,
+            };
+            self.state_evictions
+                .with_label_values(&[name])
+                .inc_by(delta);
+            bytes = bytes.saturating_add(t.bytes);
+            seen.insert(t.name.clone());
+        }
+        for gone in state.tables.difference(&seen) {
+            let _ = self.state_keys.remove_label_values(&[gone]);
+        }
+        state.tables = seen;
+        self.state_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Consumer lag of the assigned partitions whose lag is known; the series of a partition
+    /// that is no longer listed is removed.
+    pub fn consumer_lag(&self, lag: &BTreeMap<i32, i64>) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        for (p, n) in lag {
+            self.consumer_lag
+                .with_label_values(&[&p.to_string()])
+                .set(*n);
+        }
+        for gone in state.lag_partitions.iter().filter(|p| !lag.contains_key(p)) {
+            let _ = self.consumer_lag.remove_label_values(&[&gone.to_string()]);
+        }
+        state.lag_partitions = lag.keys().copied().collect();
+    }
+
+    /// A write to Kafka failed (`what`: which write): counts the messages it lost (the failed
+    /// deliveries of a flush, or the one message a send refused) and logs the error. Every
+    /// such error stops the engine before it commits, so this logs at most once per run.
+    pub fn sink_error(&self, what: &str, e: &ConnectorError) {
+        let n = match e {
+            ConnectorError::Delivery { failed, .. } => *failed,
+            _ => 1,
+        };
+        self.sink_errors.inc_by(n);
+        tracing::error!(error = %e, messages = n, "writing {what} to Kafka failed");
+    }
+}
+
+/// Writes the dead-letter summary if there is one and it is due.
+fn log_dead_letters(state: &mut LogState, force: bool) {
+    if state.pending_dead_letters.is_empty() {
+        return;
+    }
+    let due = state
+        .last_dead_letter_log
+        .is_none_or(|t| t.elapsed() >= LOG_INTERVAL);
+    if !due && !force {
+        return;
+    }
+    let reasons = std::mem::take(&mut state.pending_dead_letters);
+    let count: u64 = reasons.values().sum();
+    tracing::warn!(
+        count,
+        reasons = ?reasons,
+        batches = std::mem::take(&mut state.pending_batches),
+        "events dead-lettered"
+    );
+    state.last_dead_letter_log = Some(Instant::now());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processor::{CoreConfig, Input, Processor};
+
+    const RULES: &str = r#"
+id: t.cot
+version: 1
+title: cot
+severity: high
+entity: account_id
+window: 1h
+every: 5m
+features:
+  requests: count()
+condition: requests >= 5
+suppress: 6h
+---
+id: t.quiet
+version: 1
+title: quiet
+severity: low
+entity: ip_prefix(ip, 24, 48)
+window: 1h
+every: 5m
+features:
+  requests: count()
+condition: requests >= 1000
+"#;
+
+    const T0: i64 = 1_772_359_200_000; // 2026-03-01T10:00:00Z
+
+    /// The samples of `name` as (sorted labels, value).
+    fn samples(text: &str, name: &str) -> BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (n, labels) = series.split_once('{').unwrap_or((series, "}"));
+                (n == name).then(|| {
+                    (
+                        labels.trim_end_matches('}').to_owned(),
+                        value.parse().expect("a number"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn value(text: &str, name: &str, labels: &str) -> f64 {
+        *samples(text, name)
+            .get(labels)
+            .unwrap_or_else(|| panic!("no {name}{{{labels}}} in\n{text}"))
+    }
+
+    #[test]
+    fn every_series_exists_from_the_start_with_its_known_labels() {
+        let m = Metrics::new().expect("metrics");
+        let rules =
+            cordon_rules::load_sources(&[("t.yaml".into(), RULES.into())]).expect("rules load");
+        m.rules_loaded(&rules);
+        let text = m.encode().expect("encode");
+        for name in [
+            "cordon_events_consumed_total",
+            "cordon_decode_failures_total",
+            "cordon_dead_letters_total",
+            "cordon_late_events_total",
+            "cordon_alerts_total",
+            "cordon_suppressed_matches_total",
+            "cordon_rule_reloads_total",
+            "cordon_sink_errors_total",
+            "cordon_state_bytes",
+            "cordon_checkpoint_age_seconds",
+            "cordon_rules_loaded",
+            "cordon_batch_duration_seconds",
+            "cordon_checkpoint_duration_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} is not registered:\n{text}"
+            );
+        }
+        for reason in Reason::ALL {
+            let labels = format!("reason=\"{}\"", reason.as_str());
+            assert_eq!(value(&text, "cordon_dead_letters_total", &labels), 0.0);
+            let decode = samples(&text, "cordon_decode_failures_total");
+            assert_eq!(
+                decode.contains_key(&labels),
+                !matches!(reason, Reason::Late | Reason::Future),
+                "{labels}"
+            );
+        }
+        assert_eq!(samples(&text, "cordon_decode_failures_total").len(), 8);
+        for result in ["success", "failure"] {
+            let labels = format!("result=\"{result}\"");
+            assert_eq!(value(&text, "cordon_rule_reloads_total", &labels), 0.0);
+        }
+        for (rule, severity) in [("t.cot", "high"), ("t.quiet", "low")] {
+            for status in ["new", "update"] {
+                let labels = format!("rule=\"{rule}\",severity=\"{severity}\",status=\"{status}\"");
+                assert_eq!(value(&text, "cordon_alerts_total", &labels), 0.0);
+            }
+            let labels = format!("rule=\"{rule}\"");
+            assert_eq!(
+                value(&text, "cordon_suppressed_matches_total", &labels),
+                0.0
+            );
+        }
+        assert_eq!(value(&text, "cordon_rules_loaded", ""), 2.0);
+        assert_eq!(value(&text, "cordon_checkpoint_age_seconds", ""), 0.0);
+        let buckets = samples(&text, "cordon_batch_duration_seconds_bucket");
+        assert!(buckets.contains_key("le=\"0.0001\""), "{buckets:?}");
+        assert!(buckets.contains_key("le=\"10\""), "{buckets:?}");
+    }
+
+    #[test]
+    fn counters_move_after_a_batch() {
+        let m = Metrics::new().expect("metrics");
+        let rules =
+            cordon_rules::load_sources(&[("t.yaml".into(), RULES.into())]).expect("rules load");
+        m.rules_loaded(&rules);
+        let mut p = Processor::new(&rules, CoreConfig::default());
+        let mut payloads: Vec<Vec<u8>> = (0..8)
+            .map(|i| {
+                format!(
+                    r#"{{"ts":{},"account_id":"acct-secret-1","ip":"192.0.2.77"}}"#,
+                    T0 + i * 1000
+                )
+                .into_bytes()
+            })
+            .collect();
+        payloads.push(b"{not json".to_vec());
+        payloads.push(br#"{"ts":1772359200000,"ip":"192.0.2.77"}"#.to_vec());
+        payloads.push(br#"{"ts":1000000000000,"account_id":"a","ip":"192.0.2.77"}"#.to_vec());
+        let inputs: Vec<Input<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, payload)| Input {
+                partition: 0,
+                offset: i as i64,
+                key: None,
+                payload,
+            })
+            .collect();
+        let mut out = Output::default();
+        p.process(&inputs, T0 + 60_000, &mut out).expect("process");
+        assert_eq!(out.alerts.len(), 1, "{:?}", out.stats);
+        m.batch_done(&out, Duration::from_millis(3));
+        m.state(&p.table_stats());
+        m.consumer_lag(&BTreeMap::from([(0, 7), (3, 0)]));
+
+        let text = m.encode().expect("encode");
+        assert_eq!(value(&text, "cordon_events_consumed_total", ""), 8.0);
+        for (reason, n) in [("invalid_json", 1.0), ("missing_field", 1.0), ("late", 1.0)] {
+            let labels = format!("reason=\"{reason}\"");
+            assert_eq!(value(&text, "cordon_dead_letters_total", &labels), n);
+        }
+        let decode = samples(&text, "cordon_decode_failures_total");
+        assert_eq!(decode["reason=\"invalid_json\""], 1.0);
+        assert_eq!(decode["reason=\"missing_field\""], 1.0);
+        assert_eq!(
+            decode.values().sum::<f64>(),
+            2.0,
+            "late is not a decode failure"
+        );
+        assert_eq!(value(&text, "cordon_late_events_total", ""), 1.0);
+        assert_eq!(
+            value(
+                &text,
+                "cordon_alerts_total",
+                "rule=\"t.cot\",severity=\"high\",status=\"new\""
+            ),
+            1.0
+        );
+        let suppressed: f64 = samples(&text, "cordon_suppressed_matches_total")
+            .values()
+            .sum();
+        assert_eq!(suppressed, out.stats.suppressed as f64);
+        assert_eq!(value(&text, "cordon_batch_duration_seconds_count", ""), 1.0);
+        assert_eq!(
+            value(
+                &text,
+                "cordon_batch_duration_seconds_bucket",
+                "le=\"0.005\""
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                "cordon_batch_duration_seconds_bucket",
+                "le=\"0.0025\""
+            ),
+            0.0
+        );
+        let keys = samples(&text, "cordon_state_keys");
+        assert_eq!(keys.len(), 2, "one series per table: {keys:?}");
+        assert_eq!(keys.values().sum::<f64>(), 2.0, "{keys:?}");
+        assert!(value(&text, "cordon_state_bytes", "") > 0.0);
+        assert_eq!(
+            value(&text, "cordon_consumer_lag_messages", "partition=\"0\""),
+            7.0
+        );
+        assert_eq!(
+            value(&text, "cordon_consumer_lag_messages", "partition=\"3\""),
+            0.0
+        );
+        assert!(
+            !text.contains("acct-secret-1") && !text.contains("192.0.2"),
+            "{text}"
+        );
+
+        // A partition that is gone loses its lag series; evictions count deltas.
+        m.consumer_lag(&BTreeMap::from([(0, 0)]));
+        let text = m.encode().expect("encode");
+        assert_eq!(samples(&text, "cordon_consumer_lag_messages").len(), 1);
+        let mut tables = p.table_stats();
+        tables[0].evictions = 5;
+        m.state(&tables);
+        tables[0].evictions = 7;
+        m.state(&tables);
+        let text = m.encode().expect("encode");
+        let evicted: f64 = samples(&text, "cordon_state_evictions_total")
+            .values()
+            .sum();
+        assert_eq!(evicted, 7.0);
+    }
+
+    #[test]
+    fn failed_deliveries_count_each_lost_message() {
+        let m = Metrics::new().expect("metrics");
+        m.sink_error(
+            "alerts",
+            &ConnectorError::Delivery {
+                failed: 3,
+                last: "broker down".into(),
+            },
+        );
+        m.sink_error(
+            "alerts",
+            &ConnectorError::MissingTopic {
+                topic: "t".into(),
+                brokers: "b".into(),
+            },
+        );
+        let text = m.encode().expect("encode");
+        assert_eq!(value(&text, "cordon_sink_errors_total", ""), 4.0);
+    }
+}
