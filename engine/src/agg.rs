@@ -238,7 +238,10 @@ impl DistinctSet {
     pub fn count(&self) -> f64 {
         match self {
             DistinctSet::Exact(v) => v.len() as f64,
-            DistinctSet::Hll(s) => s.estimate().round(),
+            // The composite estimator depends only on the registers, so a window reads the
+            // same whether its values arrived in one pane or were merged from several (the HIP
+            // estimator of a directly updated sketch would differ from its union's).
+            DistinctSet::Hll(s) => s.composite_estimate().round(),
         }
     }
 
@@ -261,7 +264,9 @@ pub enum QuantileSet {
 
 impl QuantileSet {
     fn insert(&mut self, x: f64) {
-        let Ok(item) = KllFloat::<f64>::new(x) else { return };
+        let Ok(item) = KllFloat::<f64>::new(x) else {
+            return;
+        };
         match self {
             QuantileSet::Exact(v) if v.len() < EXACT_QUANTILE_LIMIT => {
                 if v.capacity() == v.len() {
@@ -320,6 +325,14 @@ impl QuantileSet {
         }
     }
 
+    /// The documented normalized rank error of the answer: 0 while exact, KLL's bound beyond.
+    pub fn rank_error(&self) -> f64 {
+        match self {
+            QuantileSet::Exact(_) => 0.0,
+            QuantileSet::Kll(s) => s.normalized_rank_error(),
+        }
+    }
+
     fn heap_bytes(&self) -> usize {
         match self {
             QuantileSet::Exact(v) => v.capacity() * 8,
@@ -375,12 +388,13 @@ impl FreqSet {
         }
     }
 
-    /// Counts of the (frequent) values and the total weight.
-    fn counts(&self) -> (Vec<u64>, u64) {
+    /// Counts of the (frequent) values, the total weight, and the largest error of a count.
+    fn counts(&self) -> (Vec<u64>, u64, u64) {
         match self {
             FreqSet::Exact(v) => (
                 v.iter().map(|(_, c)| *c).collect(),
                 v.iter().map(|(_, c)| c).sum(),
+                0,
             ),
             FreqSet::Sketch(s) => (
                 s.frequent_items(ErrorType::NoFalseNegatives)
@@ -388,41 +402,57 @@ impl FreqSet {
                     .map(|r| r.estimate())
                     .collect(),
                 s.total_weight(),
+                s.maximum_error(),
             ),
         }
     }
 
     /// Share of the most frequent value.
     pub fn top_share(&self) -> Option<f64> {
-        let (counts, total) = self.counts();
+        let (counts, total, _) = self.counts();
         (total > 0).then(|| counts.iter().copied().max().unwrap_or(0) as f64 / total as f64)
     }
 
     /// Shannon entropy of the value distribution, normalized to 0..=1 by the log of the number
-    /// of distinct values. Past the exact limit, the frequent values are counted by their
-    /// estimates and the remaining weight as one more value.
+    /// of distinct values. Past the sketch's capacity, the weight of the values it no longer
+    /// tracks is spread evenly over as many values as the sketch's error bound implies (each
+    /// untracked value occurred at most `maximum_error` times): an estimate.
     pub fn entropy(&self) -> Option<f64> {
-        let (mut counts, total) = self.counts();
+        let (counts, total, max_err) = self.counts();
         if total == 0 {
             return None;
         }
         let listed: u64 = counts.iter().sum();
-        if total > listed {
-            counts.push(total - listed);
-        }
-        let k = counts.iter().filter(|c| **c > 0).count();
-        if k < 2 {
-            return Some(0.0);
-        }
-        let h: f64 = counts
+        let mut buckets: Vec<(f64, f64)> = counts
             .iter()
             .filter(|c| **c > 0)
-            .map(|c| {
-                let p = *c as f64 / total as f64;
-                -p * p.ln()
+            .map(|c| (*c as f64, 1.0))
+            .collect();
+        if total > listed {
+            let rest = (total - listed) as f64;
+            let values = (rest / max_err.max(1) as f64).ceil().clamp(1.0, rest);
+            buckets.push((rest / values, values));
+        }
+        let k: f64 = buckets.iter().map(|(_, n)| n).sum();
+        if k < 2.0 {
+            return Some(0.0);
+        }
+        let h: f64 = buckets
+            .iter()
+            .map(|(c, n)| {
+                let p = c / total as f64;
+                -n * p * p.ln()
             })
             .sum();
-        Some((h / (k as f64).ln()).clamp(0.0, 1.0))
+        Some((h / k.ln()).clamp(0.0, 1.0))
+    }
+
+    /// The largest possible error of a value's count: 0 while exact, the sketch's bound beyond.
+    pub fn max_count_error(&self) -> u64 {
+        match self {
+            FreqSet::Exact(_) => 0,
+            FreqSet::Sketch(s) => s.maximum_error(),
+        }
     }
 
     fn heap_bytes(&self) -> usize {

@@ -1,9 +1,18 @@
-//! In-process throughput of the detection core on one thread: raw message bytes in, alerts out,
-//! with the shipped extraction pack.
+//! In-process throughput and state size of the detection core on one thread: raw message bytes
+//! in, alerts out, with the shipped extraction pack.
 //!
-//! The stream is synthetic and heavy-tailed: accounts drawn from a Zipf-like distribution over
-//! `--accounts`, addresses over `--ranges` /24s, most prompts distinct, a few campaign accounts.
-//! Run: `cargo run --release -p cordon-benches --bin throughput -- [--events N] [--accounts N] [--ranges N]`
+//! Two runs:
+//! - `mix`: a heavy-tailed key mix. Every one of `--accounts` accounts sends at least one
+//!   request, then `--extra` more requests follow Zipf-like volumes (a few accounts send
+//!   thousands); accounts sit behind `--ranges` /24 ranges. Prints events/s, MB/s, live keys
+//!   and estimated state bytes per key (from the engine's own accounting, and from the process's
+//!   resident memory).
+//! - `flood`: `--flood` requests from random accounts and random addresses with
+//!   `state.max_keys` = `--max-keys`, sampling live keys and resident memory as it goes, to show
+//!   the key limit holding and memory staying flat.
+//!
+//! Run: `cargo run --release -p cordon-benches --bin throughput -- [--accounts N] [--ranges N]
+//! [--extra N] [--flood N] [--max-keys N] [--json FILE]`
 
 use cordon_engine::processor::{CoreConfig, Input, Output, Processor};
 use rand::{Rng, SeedableRng};
@@ -19,54 +28,68 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn main() {
-    let events = arg("--events", 1_000_000);
-    let accounts = arg("--accounts", 1_000_000);
-    let ranges = arg("--ranges", 100_000);
-    let batch = arg("--batch", 5_000) as usize;
-    let pack = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/packs/extraction");
-    let rules = match cordon_rules::load_paths(&[pack]) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(1);
-        }
-    };
+fn arg_str(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
 
-    let mut rng = ChaCha8Rng::seed_from_u64(42);
-    let t0: i64 = 1_772_359_200_000;
-    let span_ms: i64 = 3_600_000;
-    let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(events as usize);
-    for i in 0..events {
-        // Zipf-like: account index = accounts^(u^2) - 1 puts most mass on few accounts.
-        let u: f64 = rng.random();
-        let a = ((accounts as f64).powf(u * u) as u64).saturating_sub(1);
-        let r = a % ranges;
-        let ts = t0 + (i as i64 * span_ms) / events as i64;
-        let cot = a.is_multiple_of(97);
+/// Resident set size of this process, bytes (Linux).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+const T0: i64 = 1_772_359_200_000;
+const SPAN_MS: i64 = 3_600_000;
+const BATCH: usize = 5_000;
+
+struct Gen {
+    rng: ChaCha8Rng,
+    n: u64,
+}
+
+impl Gen {
+    fn event(&mut self, account: u64, range: u64, ts: i64) -> Vec<u8> {
+        self.n += 1;
+        let r = &mut self.rng;
+        let cot = account.is_multiple_of(97);
         let v = serde_json::json!({
             "ts": ts,
-            "account_id": format!("acct-{a}"),
-            "ip": format!("10.{}.{}.{}", r >> 16 & 255, r >> 8 & 255, (r & 255) as u8),
-            "request_id": format!("req-{i}"),
+            "account_id": format!("acct-{account}"),
+            // `range` picks the /24; the host part varies.
+            "ip": format!("{}.{}.{}.{}", 10 + (range >> 16 & 63), range >> 8 & 255, range & 255, r.random_range(1..255)),
+            "request_id": format!("req-{}", self.n),
             "model": "frontier-1",
             "status": 200,
-            "input_tokens": rng.random_range(10..2000),
-            "output_tokens": rng.random_range(10..4000),
-            "prompt_fp": format!("{:016x}", rng.random::<u64>()),
-            "template_fp": format!("{:016x}", a % 1000),
+            "input_tokens": r.random_range(10..2000),
+            "output_tokens": r.random_range(10..4000),
+            "prompt_fp": format!("{:016x}", r.random::<u64>()),
+            "template_fp": format!("{:016x}", account % 1000),
             "labels": if cot { vec!["cot_elicitation"] } else { vec![] },
         });
-        payloads.push(serde_json::to_vec(&v).unwrap_or_default());
+        serde_json::to_vec(&v).unwrap_or_default()
     }
-    let bytes: usize = payloads.iter().map(Vec::len).sum();
+}
 
-    let mut processor = Processor::new(&rules, CoreConfig::default());
-    let now = t0 + span_ms;
+fn run(
+    processor: &mut Processor,
+    payloads: &[Vec<u8>],
+    mut sample: impl FnMut(&Processor, usize),
+) -> (f64, usize) {
     let started = Instant::now();
-    let mut alerts = 0usize;
+    let mut alerts = 0;
     let mut offset = 0i64;
-    for chunk in payloads.chunks(batch) {
+    let now = T0 + SPAN_MS;
+    for (i, chunk) in payloads.chunks(BATCH).enumerate() {
         let inputs: Vec<Input<'_>> = chunk
             .iter()
             .map(|p| {
@@ -85,14 +108,167 @@ fn main() {
             std::process::exit(1);
         }
         alerts += out.alerts.len();
+        sample(processor, i);
     }
-    let secs = started.elapsed().as_secs_f64();
+    (started.elapsed().as_secs_f64(), alerts)
+}
+
+fn main() {
+    let accounts = arg("--accounts", 1_000_000);
+    let ranges = arg("--ranges", 100_000);
+    let extra = arg("--extra", 1_000_000);
+    let flood = arg("--flood", 10_000_000);
+    let max_keys = arg("--max-keys", 2_000_000);
+    let pack = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/packs/extraction");
+    let rules = match cordon_rules::load_paths(&[pack]) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut row = |k: &str, v: String| {
+        println!("| {k} | {v} |");
+        rows.push((k.to_owned(), v));
+    };
     println!("| measure | value |");
     println!("| --- | --- |");
-    println!("| events | {events} ({accounts} accounts, {ranges} /24 ranges, batch {batch}) |");
-    println!("| rules | {} |", rules.len());
-    println!("| events/s (one thread) | {:.0} |", events as f64 / secs);
-    println!("| MB/s | {:.1} |", bytes as f64 / secs / 1e6);
-    println!("| alerts | {alerts} |");
-    println!("| live keys | {} |", processor.live_keys());
+
+    // The heavy-tailed mix.
+    let mut g = Gen {
+        rng: ChaCha8Rng::seed_from_u64(42),
+        n: 0,
+    };
+    let total = accounts + extra;
+    let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let account = if i < accounts {
+            i
+        } else {
+            // Zipf-like: a^(u^3) puts most of the extra volume on a few accounts.
+            let u: f64 = g.rng.random();
+            ((accounts as f64).powf(u * u * u) as u64).saturating_sub(1)
+        };
+        let range = xxhash_rust::xxh3::xxh3_64(&account.to_le_bytes()) % ranges;
+        let ts = T0 + (i as i64 * SPAN_MS) / total as i64;
+        payloads.push(g.event(account, range, ts));
+    }
+    let bytes: usize = payloads.iter().map(Vec::len).sum();
+    let rss_before = rss_bytes();
+    let config = CoreConfig {
+        max_keys: u64::MAX,
+        ..CoreConfig::default()
+    };
+    let mut processor = Processor::new(&rules, config);
+    let (secs, alerts) = run(&mut processor, &payloads, |_, _| {});
+    let rss_after = rss_bytes();
+    let stats = processor.table_stats();
+    let keys: u64 = stats.iter().map(|s| s.keys).sum();
+    let state: u64 = stats.iter().map(|s| s.bytes).sum();
+    row(
+        "mix: events",
+        format!(
+            "{total} ({accounts} accounts, {ranges} /24 ranges, {} rules, batch {BATCH})",
+            rules.len()
+        ),
+    );
+    row(
+        "mix: events/s (one thread)",
+        format!("{:.0}", total as f64 / secs),
+    );
+    row("mix: MB/s", format!("{:.1}", bytes as f64 / secs / 1e6));
+    row("mix: alerts", alerts.to_string());
+    for s in &stats {
+        row(
+            &format!("mix: keys in {}", s.name),
+            format!(
+                "{} ({:.0} bytes/key)",
+                s.keys,
+                s.bytes as f64 / s.keys.max(1) as f64
+            ),
+        );
+    }
+    row(
+        "mix: state bytes per key (engine estimate)",
+        format!("{:.0}", state as f64 / keys.max(1) as f64),
+    );
+    row(
+        "mix: resident memory per key (RSS growth)",
+        format!(
+            "{:.0}",
+            rss_after.saturating_sub(rss_before) as f64 / keys.max(1) as f64
+        ),
+    );
+    drop(processor);
+    drop(payloads);
+
+    // The flood: every event a new account on a new address.
+    if flood > 0 {
+        let config = CoreConfig {
+            max_keys,
+            ..CoreConfig::default()
+        };
+        let mut processor = Processor::new(&rules, config);
+        let chunk = 1_000_000u64;
+        let mut peak_keys = 0u64;
+        let mut rss_samples: Vec<u64> = Vec::new();
+        let mut elapsed = 0.0;
+        let mut g = Gen {
+            rng: ChaCha8Rng::seed_from_u64(7),
+            n: 0,
+        };
+        let mut done = 0u64;
+        while done < flood {
+            let n = chunk.min(flood - done);
+            let payloads: Vec<Vec<u8>> = (0..n)
+                .map(|i| {
+                    let a: u64 = g.rng.random();
+                    let ts = T0 + ((done + i) as i64 * SPAN_MS) / flood as i64;
+                    let ip = u64::from(g.rng.random::<u32>());
+                    g.event(a, ip, ts)
+                })
+                .collect();
+            let (secs, _) = run(&mut processor, &payloads, |p, _| {
+                peak_keys = peak_keys.max(p.live_keys())
+            });
+            elapsed += secs;
+            done += n;
+            rss_samples.push(rss_bytes());
+        }
+        let evictions: u64 = processor.table_stats().iter().map(|s| s.evictions).sum();
+        let mb = |b: u64| b as f64 / (1 << 20) as f64;
+        let half = rss_samples.len() / 2;
+        row(
+            "flood: events",
+            format!("{flood} random accounts and addresses, state.max_keys {max_keys}"),
+        );
+        row(
+            "flood: events/s (one thread)",
+            format!("{:.0}", flood as f64 / elapsed),
+        );
+        row(
+            "flood: peak live keys",
+            format!("{peak_keys} (limit {max_keys})"),
+        );
+        row("flood: keys evicted", evictions.to_string());
+        row(
+            "flood: resident memory, MiB (second half min..max)",
+            format!(
+                "{:.0}..{:.0}",
+                mb(rss_samples[half..].iter().copied().min().unwrap_or(0)),
+                mb(rss_samples[half..].iter().copied().max().unwrap_or(0))
+            ),
+        );
+    }
+    if let Some(path) = arg_str("--json") {
+        let map: serde_json::Map<String, serde_json::Value> = rows
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        if let Err(e) = std::fs::write(&path, serde_json::to_vec_pretty(&map).unwrap_or_default()) {
+            eprintln!("cannot write {path}: {e}");
+            std::process::exit(1);
+        }
+    }
 }
