@@ -188,6 +188,8 @@ fn new_freq() -> FrequentItemsSketch<u64> {
 /// Distinct values: exact sorted hashes while few, HyperLogLog beyond.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum DistinctSet {
+    /// One value, held without an allocation (most keys see one account, one prompt...).
+    One(u64),
     /// Sorted, unique 64-bit hashes.
     Exact(Vec<u64>),
     /// A HyperLogLog sketch.
@@ -197,6 +199,9 @@ pub enum DistinctSet {
 impl DistinctSet {
     fn insert(&mut self, h: u64) {
         match self {
+            DistinctSet::Exact(v) if v.is_empty() => *self = DistinctSet::One(h),
+            DistinctSet::One(a) if *a == h => {}
+            DistinctSet::One(a) => *self = DistinctSet::Exact(if *a < h { vec![*a, h] } else { vec![h, *a] }),
             DistinctSet::Exact(v) => {
                 if let Err(i) = v.binary_search(&h) {
                     if v.len() < EXACT_DISTINCT_LIMIT {
@@ -217,7 +222,14 @@ impl DistinctSet {
     }
 
     fn merge(&mut self, other: &DistinctSet) {
+        if let DistinctSet::One(a) = *self {
+            // Start from the other side's shape, then add the one value.
+            *self = other.clone();
+            self.insert(a);
+            return;
+        }
         match (&mut *self, other) {
+            (_, DistinctSet::One(h)) => self.insert(*h),
             (_, DistinctSet::Exact(v)) => v.iter().for_each(|h| self.insert(*h)),
             (DistinctSet::Exact(v), DistinctSet::Hll(o)) => {
                 let mut u = HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("valid lg_k"));
@@ -225,6 +237,7 @@ impl DistinctSet {
                 v.iter().for_each(|h| u.update_value(*h));
                 *self = DistinctSet::Hll(Box::new(u.to_sketch(HllType::Hll8)));
             }
+            (DistinctSet::One(_), _) => unreachable!("handled above"),
             (DistinctSet::Hll(s), DistinctSet::Hll(o)) => {
                 let mut u = HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("valid lg_k"));
                 u.update(s);
@@ -237,6 +250,7 @@ impl DistinctSet {
     /// The number of distinct values (exact, or the HLL estimate rounded).
     pub fn count(&self) -> f64 {
         match self {
+            DistinctSet::One(_) => 1.0,
             DistinctSet::Exact(v) => v.len() as f64,
             // The composite estimator depends only on the registers, so a window reads the
             // same whether its values arrived in one pane or were merged from several (the HIP
@@ -247,6 +261,7 @@ impl DistinctSet {
 
     fn heap_bytes(&self) -> usize {
         match self {
+            DistinctSet::One(_) => 0,
             DistinctSet::Exact(v) => v.capacity() * 8,
             DistinctSet::Hll(s) => s.estimated_size(),
         }
@@ -537,8 +552,8 @@ pub enum Partial {
     Count(u64),
     /// Count, sum and sum of squares of the non-null values.
     Moments {
-        /// Values.
-        n: u64,
+        /// Values (u32 keeps a partial at 24 bytes; a pane never holds 4 billion events).
+        n: u32,
         /// Their sum.
         sum: f64,
         /// Their sum of squares.
@@ -587,7 +602,7 @@ impl Partial {
         match (self, input) {
             (Partial::Count(c), _) => *c += 1,
             (Partial::Moments { n, sum, sumsq }, Input::Number(x)) => {
-                *n += 1;
+                *n = n.saturating_add(1);
                 *sum += x;
                 *sumsq += x * x;
             }
@@ -615,7 +630,7 @@ impl Partial {
                     sumsq: q2,
                 },
             ) => {
-                *n += n2;
+                *n = n.saturating_add(*n2);
                 *sum += s2;
                 *sumsq += q2;
             }
@@ -773,5 +788,18 @@ mod tests {
         assert_eq!(p.read(AggKind::Quantile, 0.9), Some(9.0));
         assert_eq!(p.read(AggKind::Quantile, 1.0), Some(10.0));
         assert_eq!(p.read(AggKind::Quantile, 0.0), Some(1.0));
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Memory per key is the scale limit: a partial is in every pane of every key.
+    #[test]
+    fn partials_stay_small() {
+        assert!(
+            std::mem::size_of::<super::Partial>() <= 32,
+            "{}",
+            std::mem::size_of::<super::Partial>()
+        );
     }
 }

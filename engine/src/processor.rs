@@ -13,7 +13,7 @@ use crate::gate::{
     ALERT_SCHEMA, Alert, AlertEngine, AlertEntity, AlertRule, AlertWindow, Decision, Gate, rfc3339,
 };
 use crate::plan::{Conv, Plan, RulePlan};
-use crate::window::{KeyState, Update, WindowSnapshot};
+use crate::window::{KeyState, SAMPLE_IDS, Update, WindowSnapshot};
 use cordon_rules::{CompiledRule, RuleSet};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray,
@@ -22,6 +22,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::DataFusionError;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -141,7 +142,7 @@ pub enum ProcessError {
 #[derive(Debug)]
 struct PartitionState {
     watermark: i64,
-    tables: Vec<HashMap<Box<str>, KeyState>>,
+    tables: Vec<KeyMap>,
     gates: Vec<Gate>,
 }
 
@@ -175,6 +176,17 @@ pub struct Processor {
 struct Candidate {
     entity: String,
     snap: WindowSnapshot,
+    /// Request ids of the key's latest events in this batch.
+    samples: Vec<String>,
+}
+
+/// A key touched in the current batch: its rows (the last few, for samples).
+struct Touched {
+    hash: u64,
+    rows: [u32; SAMPLE_IDS],
+    seen: usize,
+    /// A row carrying the key's entity text.
+    row: usize,
 }
 
 /// An expression evaluated over a batch, converted for its use.
@@ -195,7 +207,37 @@ impl Col {
 }
 
 /// Bytes of one hash-map entry beyond the key state's heap: the key, the state, control bytes.
-const ENTRY_OVERHEAD: usize = std::mem::size_of::<Box<str>>() + std::mem::size_of::<KeyState>() + 8;
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<u64>() + std::mem::size_of::<Box<KeyState>>() + 1;
+
+/// Keys of a table. A key is the 64-bit xxh3 hash of the entity value, not the value itself:
+/// most keys see a handful of events, and the text is only needed when a rule reads the key,
+/// which happens while an event with that text is at hand. Two entities colliding in 64 bits
+/// (about 3 in 10^6 across 10 million keys) would share a window.
+pub type KeyMap = HashMap<u64, Box<KeyState>, BuildHasherDefault<KeyHasher>>;
+
+/// Hasher for keys that are already uniform 64-bit hashes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; fold anything else in for completeness.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// The key of an entity value.
+pub fn key_of(entity: &str) -> u64 {
+    xxh3_64(entity.as_bytes())
+}
 
 impl Processor {
     /// A processor running `rules`.
@@ -250,8 +292,8 @@ impl Processor {
                     keys += map.len() as u64;
                     bytes += (map.capacity() * ENTRY_OVERHEAD) as u64;
                     bytes += map
-                        .iter()
-                        .map(|(k, v)| (k.len() + v.heap_bytes()) as u64)
+                        .values()
+                        .map(|v| (std::mem::size_of::<KeyState>() + v.heap_bytes()) as u64)
                         .sum::<u64>();
                 }
                 TableStats {
@@ -283,13 +325,13 @@ impl Processor {
         self.live_keys -= dropped;
     }
 
-    /// Evicts least recently used keys until at most 95% of `max_keys` remain.
+    /// Evicts least recently used keys until at most 90% of `max_keys` remain.
     fn enforce_max_keys(&mut self) {
         let max = self.config.max_keys;
         if self.live_keys <= max {
             return;
         }
-        let target = max - max / 20;
+        let target = max - max / 10;
         let excess = (self.live_keys - target) as usize;
         let mut touches: Vec<u32> = self
             .partitions
@@ -332,7 +374,8 @@ impl Processor {
         now_ms: i64,
         out: &mut Output,
     ) -> Result<(), ProcessError> {
-        self.batch_seq = self.batch_seq.wrapping_add(1);
+        // Never 0: a new key's `touch` is 0 and must not look touched in this batch.
+        self.batch_seq = self.batch_seq.checked_add(1).unwrap_or(1);
         let mut by_partition: BTreeMap<i32, Vec<&Input<'_>>> = BTreeMap::new();
         for input in inputs {
             by_partition.entry(input.partition).or_default().push(input);
@@ -357,7 +400,7 @@ impl Processor {
             .entry(partition)
             .or_insert_with(|| PartitionState {
                 watermark: i64::MIN,
-                tables: (0..tables).map(|_| HashMap::new()).collect(),
+                tables: (0..tables).map(|_| KeyMap::default()).collect(),
                 gates: (0..rules).map(|_| Gate::default()).collect(),
             });
         let mut time = TimeCheck {
@@ -472,7 +515,7 @@ fn update_table(
     plan: &Plan,
     t: usize,
     kinds: &[SlotKind],
-    keys: &mut HashMap<Box<str>, KeyState>,
+    keys: &mut KeyMap,
     cols: &[Col],
     batch: &RecordBatch,
     times: &[i64],
@@ -488,15 +531,30 @@ fn update_table(
         .column_by_name("request_id")
         .map(|a| a.as_string::<i32>());
     let mut inputs: Vec<Option<AggInput>> = vec![None; spec.slots.len()];
-    let mut touched: Vec<Box<str>> = Vec::new();
+    let mut touched: Vec<Touched> = Vec::new();
     let mut added = 0u64;
-    let snapshot_rules = |k: &mut KeyState, entity: &str, candidates: &mut [Vec<Candidate>]| {
+    let sample_ids = |t: &Touched| -> Vec<String> {
+        let Some(ids) = request_ids else {
+            return Vec::new();
+        };
+        let n = t.seen.min(SAMPLE_IDS);
+        (t.seen - n..t.seen)
+            .map(|i| t.rows[i % SAMPLE_IDS] as usize)
+            .filter(|row| ids.is_valid(*row))
+            .map(|row| ids.value(row).to_owned())
+            .collect()
+    };
+    let snapshot_rules = |k: &mut KeyState,
+                          entity: &str,
+                          samples: Vec<String>,
+                          candidates: &mut [Vec<Candidate>]| {
         for r in &spec.rules {
             let rp = &plan.rules[*r];
             let snap = k.snapshot(&spec.window, rp.events, &rp.reads);
             candidates[*r].push(Candidate {
                 entity: entity.to_owned(),
                 snap,
+                samples: samples.clone(),
             });
         }
     };
@@ -527,34 +585,41 @@ fn update_table(
             continue;
         }
         let key = entity.value(row);
-        let ks = match keys.get_mut(key) {
-            Some(k) => k,
-            None => {
-                added += 1;
-                keys.entry(key.into()).or_default()
-            }
-        };
-        ks.touch = batch_seq;
-        let was_dirty = ks.is_dirty();
-        let request_id = request_ids.and_then(|r| r.is_valid(row).then(|| r.value(row)));
-        let update = ks.update(&spec.window, kinds, *ts, &inputs, request_id, |k| {
-            snapshot_rules(k, key, candidates)
+        let hash = key_of(key);
+        let ks = keys.entry(hash).or_insert_with(|| {
+            added += 1;
+            Box::default()
+        });
+        if ks.touch != batch_seq {
+            // First event of this key in the batch.
+            ks.touch = batch_seq;
+            ks.batch_slot = touched.len() as u32;
+            touched.push(Touched {
+                hash,
+                rows: [0; SAMPLE_IDS],
+                seen: 0,
+                row,
+            });
+        }
+        let slot = ks.batch_slot as usize;
+        let update = ks.update(&spec.window, kinds, *ts, &inputs, |k| {
+            snapshot_rules(k, key, sample_ids(&touched[slot]), candidates)
         });
         match update {
-            Update::Applied | Update::AppliedAfterSlide => {}
+            Update::Applied | Update::AppliedAfterSlide => {
+                let t = &mut touched[slot];
+                t.rows[t.seen % SAMPLE_IDS] = row as u32;
+                t.seen += 1;
+            }
             Update::TooOld => stats.too_old += 1,
         }
-        // Every key is clean at the start of a batch, so it enters `touched` once.
-        if !was_dirty && ks.is_dirty() {
-            touched.push(key.into());
-        }
     }
-    for key in touched {
-        if let Some(ks) = keys.get_mut(&key)
+    for t in &touched {
+        if let Some(ks) = keys.get_mut(&t.hash)
             && ks.is_dirty()
         {
             ks.clear_dirty();
-            snapshot_rules(ks, &key, candidates);
+            snapshot_rules(ks, entity.value(t.row), sample_ids(t), candidates);
         }
     }
     added
@@ -625,7 +690,7 @@ fn gate_rule(
                     first_seen: rfc3339(cand.snap.first_seen),
                     last_seen: rfc3339(cand.snap.last_seen),
                     event_count: cand.snap.events,
-                    sample_request_ids: cand.snap.samples,
+                    sample_request_ids: cand.samples,
                     detected_at: rfc3339(now_ms),
                     engine: AlertEngine {
                         version: env!("CARGO_PKG_VERSION"),

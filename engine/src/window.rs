@@ -13,7 +13,8 @@ use crate::agg::{Input, Partial, SlotKind};
 use crate::plan::FeatureRead;
 use serde::{Deserialize, Serialize};
 
-/// Request ids kept per key for alert evidence.
+/// Request ids an alert carries as samples: the entity's latest requests in the micro-batch
+/// that raised it. They are taken from the batch, not kept per key, so state stays small.
 pub const SAMPLE_IDS: usize = 3;
 
 /// Window geometry.
@@ -63,8 +64,6 @@ pub struct WindowSnapshot {
     pub last_seen: i64,
     /// The rule's events in the window.
     pub events: u64,
-    /// Recent request ids of the key.
-    pub samples: Vec<String>,
 }
 
 /// What happened to an event offered to a key.
@@ -86,9 +85,10 @@ pub struct KeyState {
     panes: Vec<Pane>,
     /// Window-level partials per slot, when the key has more than one pane.
     cache: Option<Box<[Option<Partial>]>>,
-    samples: Vec<Box<str>>,
     /// Batch sequence of the last update, for least-recently-used eviction.
     pub touch: u32,
+    /// Scratch for the current batch: where the processor tracks this key's rows.
+    pub batch_slot: u32,
     dirty: bool,
 }
 
@@ -99,8 +99,8 @@ impl KeyState {
             head: i64::MIN,
             panes: Vec::new(),
             cache: None,
-            samples: Vec::new(),
             touch: 0,
+            batch_slot: 0,
             dirty: false,
         }
     }
@@ -134,7 +134,6 @@ impl KeyState {
         kinds: &[SlotKind],
         ts: i64,
         inputs: &[Option<Input>],
-        request_id: Option<&str>,
         before_slide: impl FnOnce(&mut KeyState),
     ) -> Update {
         let p = spec.pane_of(ts);
@@ -189,14 +188,6 @@ impl KeyState {
                 }
             }
         }
-        if let Some(id) = request_id {
-            if self.samples.len() == SAMPLE_IDS {
-                self.samples.remove(0);
-            } else if self.samples.capacity() == self.samples.len() {
-                self.samples.reserve_exact(1);
-            }
-            self.samples.push(id.into());
-        }
         self.dirty = true;
         if slid {
             Update::AppliedAfterSlide
@@ -250,7 +241,6 @@ impl KeyState {
             first_seen: self.panes.first().map_or(start, |p| p.min_ts),
             last_seen: self.panes.last().map_or(start, |p| p.max_ts),
             events,
-            samples: self.samples.iter().map(|s| s.to_string()).collect(),
         }
     }
 
@@ -270,9 +260,7 @@ impl KeyState {
             c.len() * std::mem::size_of::<Option<Partial>>()
                 + c.iter().flatten().map(|p| p.heap_bytes()).sum::<usize>()
         });
-        let samples = self.samples.capacity() * std::mem::size_of::<Box<str>>()
-            + self.samples.iter().map(|s| s.len()).sum::<usize>();
-        panes + cache + samples
+        panes + cache
     }
 }
 
@@ -335,7 +323,7 @@ mod tests {
             Some(Input::Hash(h)),
         ];
         let mut closed = None;
-        let u = k.update(&SPEC, &KINDS, ts, &inputs, Some("r"), |k| {
+        let u = k.update(&SPEC, &KINDS, ts, &inputs, |k| {
             closed = Some(k.snapshot(&SPEC, 0, &READS))
         });
         (u, closed)
@@ -425,10 +413,9 @@ mod tests {
     fn slots_only_count_their_events() {
         let mut k = KeyState::new();
         let inputs = [Some(Input::One), None, None, Some(Input::Hash(7))];
-        k.update(&SPEC, &KINDS, T0, &inputs, None, |_| {});
+        k.update(&SPEC, &KINDS, T0, &inputs, |_| {});
         let s = read(&mut k);
         assert_eq!(s.features, vec![Some(1.0), Some(0.0), Some(0.0), Some(1.0)]);
-        assert!(s.samples.is_empty());
     }
 
     #[test]

@@ -117,7 +117,7 @@ proptest! {
                 Some(Input::Time(t0 + dt)),
                 Some(Input::Number(f64::from(*x))),
             ];
-            k.update(&spec, &kinds, t0 + dt, &inputs, Some("req"), |_| {});
+            k.update(&spec, &kinds, t0 + dt, &inputs, |_| {});
         }
         let bytes = encode_state(&k).expect("encode");
         let mut back: KeyState = decode_state(&bytes).expect("decode");
