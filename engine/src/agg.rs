@@ -201,7 +201,9 @@ impl DistinctSet {
         match self {
             DistinctSet::Exact(v) if v.is_empty() => *self = DistinctSet::One(h),
             DistinctSet::One(a) if *a == h => {}
-            DistinctSet::One(a) => *self = DistinctSet::Exact(if *a < h { vec![*a, h] } else { vec![h, *a] }),
+            DistinctSet::One(a) => {
+                *self = DistinctSet::Exact(if *a < h { vec![*a, h] } else { vec![h, *a] })
+            }
             DistinctSet::Exact(v) => {
                 if let Err(i) = v.binary_search(&h) {
                     if v.len() < EXACT_DISTINCT_LIMIT {

@@ -4,14 +4,20 @@
 //! only its non-empty panes, oldest first, and rotates lazily when it is touched: a key that
 //! sees no events costs nothing per tick.
 //!
-//! Reads are O(1) amortized: a key with one pane reads its pane directly; a key with several
-//! keeps a window-level partial per slot that every event updates alongside its pane. When
-//! panes leave the window that cache is dropped and rebuilt on the next read by merging the
-//! remaining panes, which happens at most once per pane change of the key, never per event.
+//! Reads are O(1) amortized: a key with one pane reads its pane directly; a busy key with
+//! several keeps a window-level partial per slot that every event updates alongside its pane.
+//! When panes leave the window that cache is dropped and rebuilt on the next read by merging the
+//! remaining panes, which happens at most once per pane change of the key, never per event. A
+//! sparse key (fewer than [`CACHE_MIN_EVENTS`] events) merges its few small panes on each read
+//! instead of holding a second copy of its state.
 
 use crate::agg::{Input, Partial, SlotKind};
+use std::borrow::Cow;
 use crate::plan::FeatureRead;
 use serde::{Deserialize, Serialize};
+
+/// Events (in the first slot's count) from which a multi-pane key keeps its window cache.
+pub const CACHE_MIN_EVENTS: u64 = 64;
 
 /// Request ids an alert carries as samples: the entity's latest requests in the micro-batch
 /// that raised it. They are taken from the batch, not kept per key, so state stays small.
@@ -44,8 +50,10 @@ impl WindowSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pane {
     idx: i64,
-    min_ts: i64,
-    max_ts: i64,
+    /// Earliest and latest event time, as ms after the pane's start (a pane is shorter than
+    /// 49 days, the range of u32 ms).
+    min_off: u32,
+    max_off: u32,
     partials: Box<[Partial]>,
 }
 
@@ -81,7 +89,7 @@ pub enum Update {
 /// One entity's window state in one table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyState {
-    head: i64,
+    /// Non-empty panes, oldest first; the last is the head.
     panes: Vec<Pane>,
     /// Window-level partials per slot, when the key has more than one pane.
     cache: Option<Box<[Option<Partial>]>>,
@@ -96,7 +104,6 @@ impl KeyState {
     /// An empty key.
     pub fn new() -> Self {
         Self {
-            head: i64::MIN,
             panes: Vec::new(),
             cache: None,
             touch: 0,
@@ -117,12 +124,13 @@ impl KeyState {
 
     /// The newest pane index, `i64::MIN` before any event.
     pub fn head(&self) -> i64 {
-        self.head
+        self.panes.last().map_or(i64::MIN, |p| p.idx)
     }
 
     /// Whether the key's whole window has expired by `watermark`.
     pub fn expired(&self, spec: &WindowSpec, watermark: i64) -> bool {
-        self.head == i64::MIN || spec.pane_of(watermark) - self.head >= spec.panes
+        let head = self.head();
+        head == i64::MIN || spec.pane_of(watermark) - head >= spec.panes
     }
 
     /// Adds one event. `inputs[slot]` is the slot's input, or `None` when the event does not
@@ -137,14 +145,14 @@ impl KeyState {
         before_slide: impl FnOnce(&mut KeyState),
     ) -> Update {
         let p = spec.pane_of(ts);
+        let head = self.head();
         let mut slid = false;
-        if p > self.head {
+        if p > head {
             if self.dirty {
                 before_slide(self);
                 self.dirty = false;
                 slid = true;
             }
-            self.head = p;
             let keep_from = self
                 .panes
                 .partition_point(|pane| pane.idx <= p - spec.panes);
@@ -152,9 +160,10 @@ impl KeyState {
                 self.panes.drain(..keep_from);
                 self.cache = None;
             }
-        } else if p <= self.head - spec.panes {
+        } else if p <= head - spec.panes {
             return Update::TooOld;
         }
+        let off = (ts - p * spec.pane_ms) as u32;
         let pos = match self.panes.binary_search_by_key(&p, |pane| pane.idx) {
             Ok(i) => i,
             Err(i) => {
@@ -166,8 +175,8 @@ impl KeyState {
                     i,
                     Pane {
                         idx: p,
-                        min_ts: ts,
-                        max_ts: ts,
+                        min_off: off,
+                        max_off: off,
                         partials,
                     },
                 );
@@ -178,8 +187,8 @@ impl KeyState {
             }
         };
         let pane = &mut self.panes[pos];
-        pane.min_ts = pane.min_ts.min(ts);
-        pane.max_ts = pane.max_ts.max(ts);
+        pane.min_off = pane.min_off.min(off);
+        pane.max_off = pane.max_off.max(off);
         for (slot, input) in inputs.iter().enumerate() {
             if let Some(input) = input {
                 pane.partials[slot].add(*input);
@@ -196,23 +205,36 @@ impl KeyState {
         }
     }
 
-    /// The window-level partial of `slot`, building it from the panes if needed.
-    fn window_partial(&mut self, slot: usize) -> Option<&Partial> {
+    /// The window-level partial of `slot`. A key with one pane reads it directly; a key with
+    /// several merges its panes, and keeps the result (updated by every later event, dropped
+    /// when panes expire) once it has [`CACHE_MIN_EVENTS`] events: a sparse key re-merges a few
+    /// small panes instead, which costs less than holding a second copy of its state.
+    fn window_partial(&mut self, slot: usize) -> Option<Cow<'_, Partial>> {
         if self.panes.len() <= 1 {
-            return self.panes.first().map(|p| &p.partials[slot]);
+            return self.panes.first().map(|p| Cow::Borrowed(&p.partials[slot]));
         }
-        let panes = &self.panes;
-        let cache = self
-            .cache
-            .get_or_insert_with(|| vec![None; panes[0].partials.len()].into_boxed_slice());
-        if cache[slot].is_none() {
-            let mut merged = panes[0].partials[slot].clone();
-            for pane in &panes[1..] {
-                merged.merge(&pane.partials[slot]);
-            }
-            cache[slot] = Some(merged);
+        if self.cache.as_ref().is_some_and(|c| c[slot].is_some()) {
+            return self.cache.as_ref().and_then(|c| c[slot].as_ref()).map(Cow::Borrowed);
         }
-        cache[slot].as_ref()
+        let mut merged = self.panes[0].partials[slot].clone();
+        for pane in &self.panes[1..] {
+            merged.merge(&pane.partials[slot]);
+        }
+        let events: u64 = self
+            .panes
+            .iter()
+            .map(|p| match &p.partials[0] {
+                Partial::Count(c) => *c,
+                _ => 0,
+            })
+            .sum();
+        if events < CACHE_MIN_EVENTS {
+            return Some(Cow::Owned(merged));
+        }
+        let n = self.panes[0].partials.len();
+        let cache = self.cache.get_or_insert_with(|| vec![None; n].into_boxed_slice());
+        cache[slot] = Some(merged);
+        cache[slot].as_ref().map(Cow::Borrowed)
     }
 
     /// Reads the key's current window for one rule.
@@ -222,7 +244,7 @@ impl KeyState {
         events_slot: usize,
         reads: &[FeatureRead],
     ) -> WindowSnapshot {
-        let (start, end) = spec.bounds(self.head);
+        let (start, end) = spec.bounds(self.head());
         let features = reads
             .iter()
             .map(|r| {
@@ -238,8 +260,14 @@ impl KeyState {
             start,
             end,
             features,
-            first_seen: self.panes.first().map_or(start, |p| p.min_ts),
-            last_seen: self.panes.last().map_or(start, |p| p.max_ts),
+            first_seen: self
+                .panes
+                .first()
+                .map_or(start, |p| p.idx * spec.pane_ms + i64::from(p.min_off)),
+            last_seen: self
+                .panes
+                .last()
+                .map_or(start, |p| p.idx * spec.pane_ms + i64::from(p.max_off)),
             events,
         }
     }
