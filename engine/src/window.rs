@@ -12,9 +12,9 @@
 //! instead of holding a second copy of its state.
 
 use crate::agg::{Input, Partial, SlotKind};
-use std::borrow::Cow;
 use crate::plan::FeatureRead;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// Events (in the first slot's count) from which a multi-pane key keeps its window cache.
 pub const CACHE_MIN_EVENTS: u64 = 64;
@@ -214,7 +214,11 @@ impl KeyState {
             return self.panes.first().map(|p| Cow::Borrowed(&p.partials[slot]));
         }
         if self.cache.as_ref().is_some_and(|c| c[slot].is_some()) {
-            return self.cache.as_ref().and_then(|c| c[slot].as_ref()).map(Cow::Borrowed);
+            return self
+                .cache
+                .as_ref()
+                .and_then(|c| c[slot].as_ref())
+                .map(Cow::Borrowed);
         }
         let mut merged = self.panes[0].partials[slot].clone();
         for pane in &self.panes[1..] {
@@ -232,7 +236,9 @@ impl KeyState {
             return Some(Cow::Owned(merged));
         }
         let n = self.panes[0].partials.len();
-        let cache = self.cache.get_or_insert_with(|| vec![None; n].into_boxed_slice());
+        let cache = self
+            .cache
+            .get_or_insert_with(|| vec![None; n].into_boxed_slice());
         cache[slot] = Some(merged);
         cache[slot].as_ref().map(Cow::Borrowed)
     }
