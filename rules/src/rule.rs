@@ -34,6 +34,9 @@ pub const RULE_KEYS: &[&str] = &[
 /// Most panes a window may have; bounds the memory of one key.
 pub const MAX_PANES: u64 = 1440;
 
+/// Longest pane (`every`), in days: event times within a pane are kept as u32 milliseconds.
+pub const MAX_EVERY_DAYS: u32 = 30;
+
 /// Alert severity, as in Sigma and OCSF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -740,7 +743,13 @@ pub fn validate_document(
     };
     if let (Some(w), Some(e), Some(n)) = (window, every, get("every")) {
         let (w, e) = (w.as_millis(), e.as_millis());
-        if e > w || w % e != 0 {
+        if e > u128::from(MAX_EVERY_DAYS) * 86_400_000 {
+            cx.err(
+                n.pos,
+                format!("`every` may be at most {MAX_EVERY_DAYS}d"),
+                None,
+            );
+        } else if e > w || w % e != 0 {
             cx.err(
                 n.pos,
                 "`every` must divide `window` evenly (e.g. window 1h, every 5m)",

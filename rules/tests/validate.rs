@@ -249,6 +249,12 @@ fn window_geometry_is_checked() {
             .replace("every: 5m", "every: 1m"),
     );
     has(&errs, "panes; at most 1440 are allowed");
+    let errs = errors(
+        &GOOD
+            .replace("window: 1h", "window: 360d")
+            .replace("every: 5m", "every: 60d"),
+    );
+    has(&errs, "r.yaml:7:8: rule a.good: `every` may be at most 30d");
     let errs = errors(&GOOD.replace("window: 1h", "window: soon"));
     has(
         &errs,
