@@ -107,11 +107,7 @@ mod sketch_bytes {
     use super::*;
 
     pub(super) fn ser<S: Serializer>(bytes: Vec<u8>, s: S) -> Result<S::Ok, S::Error> {
-        serde_bytes_compat(&bytes, s)
-    }
-
-    fn serde_bytes_compat<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(bytes)
+        s.serialize_bytes(&bytes)
     }
 
     pub(super) fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {

@@ -151,6 +151,7 @@ fn generate(brokers: &str, seed: u64, stop: &AtomicBool, sent: &AtomicU64) -> an
     let mut rng = StdRng::seed_from_u64(seed);
     let tick = Duration::from_millis(100);
     let mut n: u64 = 0;
+    let mut ticks: u32 = 0;
     let started = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let ts = chrono::Utc::now().timestamp_millis();
@@ -220,14 +221,10 @@ fn generate(brokers: &str, seed: u64, stop: &AtomicBool, sent: &AtomicU64) -> an
             sent.fetch_add(1, Ordering::Relaxed);
         }
         producer.poll(Duration::ZERO);
-        let next = tick
-            .mul_f64((n / 7).max(1) as f64)
-            .min(started.elapsed() + tick);
-        std::thread::sleep(
-            next.saturating_sub(started.elapsed())
-                .max(Duration::from_millis(1))
-                .min(tick),
-        );
+        // One tick of traffic per 100 ms of wall clock.
+        ticks += 1;
+        let due = tick * ticks;
+        std::thread::sleep(due.saturating_sub(started.elapsed()));
     }
     producer.flush(Duration::from_secs(5))?;
     Ok(())

@@ -432,7 +432,7 @@ impl Processor {
         out.stats.events += times.len() as u64;
         let cols = evaluate_columns(&self.plan, &batch)?;
         let mut candidates: Vec<Vec<Candidate>> = (0..rules).map(|_| Vec::new()).collect();
-        for (t, spec) in self.plan.tables.iter().enumerate() {
+        for t in 0..self.plan.tables.len() {
             let added = update_table(
                 &self.plan,
                 t,
@@ -446,7 +446,6 @@ impl Processor {
                 &mut out.stats,
             );
             self.live_keys += added;
-            let _ = spec;
         }
         for (r, cands) in candidates.into_iter().enumerate() {
             if !cands.is_empty() {
