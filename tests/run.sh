@@ -39,6 +39,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+log "preparing the OCSF validator (PyPI ocsf-json-schema, in target/ocsf-venv)"
+tests/ocsf/run-venv.sh >/dev/null
+
 log "building the cordon binary (the end-to-end tests run it as a separate process)"
 cargo build --workspace --bins
 export CORDON_BIN="$PWD/target/debug/cordon"

@@ -172,7 +172,7 @@ pub enum SinkFormat {
     /// Alert schema v1.
     #[default]
     Native,
-    /// OCSF Detection Finding.
+    /// OCSF Detection Finding (class 2004, OCSF 1.3.0).
     Ocsf,
 }
 

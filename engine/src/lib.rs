@@ -13,6 +13,7 @@
 //! - [`window`]: per-entity sliding windows of panes.
 //! - [`codec`]: the versioned binary encoding of persisted state.
 //! - [`gate`]: suppression, deterministic alert ids, alert schema v1.
+//! - [`ocsf`]: alerts as OCSF Detection Findings (`sink.format: ocsf`).
 //! - [`processor`]: the core loop over a micro-batch.
 //!
 //! Around it:
@@ -32,6 +33,7 @@ pub mod fingerprint;
 pub mod gate;
 pub mod http;
 pub mod metrics;
+pub mod ocsf;
 pub mod plan;
 pub mod processor;
 pub mod runtime;

@@ -46,6 +46,21 @@ pub struct AlertRecord {
     pub key: String,
     /// The alert.
     pub alert: Alert,
+    /// The alert's times in epoch ms (the alert carries them as RFC 3339 text).
+    pub times: AlertTimes,
+    /// The rule's description (for formats that carry it, such as OCSF).
+    pub description: String,
+}
+
+/// An alert's times in epoch ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertTimes {
+    /// Earliest event in the window.
+    pub first_seen: i64,
+    /// Latest event in the window.
+    pub last_seen: i64,
+    /// Wall clock of detection.
+    pub detected: i64,
 }
 
 /// A refused message ready for the dead-letter topic.
@@ -699,6 +714,12 @@ fn gate_rule(
                 out.alerts.push(AlertRecord {
                     key: cand.entity,
                     alert,
+                    times: AlertTimes {
+                        first_seen: cand.snap.first_seen,
+                        last_seen: cand.snap.last_seen,
+                        detected: now_ms,
+                    },
+                    description: r.description.clone(),
                 });
             }
         }

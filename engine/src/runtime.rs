@@ -16,7 +16,7 @@ use crate::config::{Config, SinkFormat};
 use crate::http::{Health, HttpServer};
 use crate::metrics::Metrics;
 use crate::processor::{CoreConfig, Input, Output, Processor};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use cordon_connectors::{ClientSettings, KafkaSink, KafkaSource, SourceRecord};
 use cordon_rules::RuleSet;
 use std::collections::BTreeMap;
@@ -98,11 +98,6 @@ fn run_loop(
     metrics: &Metrics,
     health: &Health,
 ) -> anyhow::Result<RunTotals> {
-    if config.sink.format == SinkFormat::Ocsf {
-        bail!(
-            "config key `sink.format`: `ocsf` is not available in this version of Cordon; use `native`"
-        );
-    }
     let settings = ClientSettings {
         brokers: config.source.brokers.clone(),
         properties: config.source.properties.clone(),
@@ -239,7 +234,11 @@ fn process_batch(
     let mut out = Output::default();
     processor.process(&inputs, now_ms(), &mut out)?;
     for a in &out.alerts {
-        let payload = serde_json::to_vec(&a.alert).context("serializing an alert")?;
+        let payload = match config.sink.format {
+            SinkFormat::Native => serde_json::to_vec(&a.alert),
+            SinkFormat::Ocsf => serde_json::to_vec(&crate::ocsf::detection_finding(a)),
+        }
+        .context("serializing an alert")?;
         sink.send(&config.sink.topic, Some(a.key.as_bytes()), &payload, &[])
             .inspect_err(|e| metrics.sink_error("an alert", e))?;
     }
