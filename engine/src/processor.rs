@@ -188,11 +188,15 @@ pub struct Processor {
 }
 
 /// One key's window waiting for a rule's condition.
+/// Text (entity, request ids) stays in the batch as row numbers: only the few candidates that
+/// match their condition ever turn into strings.
 struct Candidate {
-    entity: String,
+    /// A row of the batch carrying the key's entity text.
+    row: u32,
     snap: WindowSnapshot,
-    /// Request ids of the key's latest events in this batch.
-    samples: Vec<String>,
+    /// Rows of the key's latest events in this batch, oldest first (for sample request ids).
+    samples: [u32; SAMPLE_IDS],
+    sample_count: u8,
 }
 
 /// A key touched in the current batch: its rows (the last few, for samples).
@@ -454,7 +458,6 @@ impl Processor {
                 &self.kinds[t],
                 &mut state.tables[t],
                 &cols,
-                &batch,
                 &times,
                 self.batch_seq,
                 &mut candidates,
@@ -462,12 +465,24 @@ impl Processor {
             );
             self.live_keys += added;
         }
+        let request_ids = batch
+            .column_by_name("request_id")
+            .map(|a| a.as_string::<i32>());
         for (r, cands) in candidates.into_iter().enumerate() {
+            let rp = &self.plan.rules[r];
+            let Col::Text(entity) = &cols[self.plan.tables[rp.table].entity] else {
+                continue;
+            };
             if !cands.is_empty() {
+                let text = BatchText {
+                    entity,
+                    request_ids,
+                };
                 gate_rule(
-                    &self.plan.rules[r],
+                    rp,
                     &mut state.gates[r],
                     cands,
+                    text,
                     now_ms,
                     &self.config.instance,
                     out,
@@ -531,7 +546,6 @@ fn update_table(
     kinds: &[SlotKind],
     keys: &mut KeyMap,
     cols: &[Col],
-    batch: &RecordBatch,
     times: &[i64],
     batch_seq: u32,
     candidates: &mut [Vec<Candidate>],
@@ -541,34 +555,23 @@ fn update_table(
     let Col::Text(entity) = &cols[spec.entity] else {
         return 0;
     };
-    let request_ids = batch
-        .column_by_name("request_id")
-        .map(|a| a.as_string::<i32>());
     let mut inputs: Vec<Option<AggInput>> = vec![None; spec.slots.len()];
     let mut touched: Vec<Touched> = Vec::new();
     let mut added = 0u64;
-    let sample_ids = |t: &Touched| -> Vec<String> {
-        let Some(ids) = request_ids else {
-            return Vec::new();
-        };
+    let snapshot_rules = |k: &mut KeyState, t: &Touched, candidates: &mut [Vec<Candidate>]| {
         let n = t.seen.min(SAMPLE_IDS);
-        (t.seen - n..t.seen)
-            .map(|i| t.rows[i % SAMPLE_IDS] as usize)
-            .filter(|row| ids.is_valid(*row))
-            .map(|row| ids.value(row).to_owned())
-            .collect()
-    };
-    let snapshot_rules = |k: &mut KeyState,
-                          entity: &str,
-                          samples: Vec<String>,
-                          candidates: &mut [Vec<Candidate>]| {
+        let mut samples = [0u32; SAMPLE_IDS];
+        for (slot, i) in (t.seen - n..t.seen).enumerate() {
+            samples[slot] = t.rows[i % SAMPLE_IDS];
+        }
         for r in &spec.rules {
             let rp = &plan.rules[*r];
             let snap = k.snapshot(&spec.window, rp.events, &rp.reads);
             candidates[*r].push(Candidate {
-                entity: entity.to_owned(),
+                row: t.row as u32,
                 snap,
-                samples: samples.clone(),
+                samples,
+                sample_count: n as u8,
             });
         }
     };
@@ -617,7 +620,7 @@ fn update_table(
         }
         let slot = ks.batch_slot as usize;
         let update = ks.update(&spec.window, kinds, *ts, &inputs, |k| {
-            snapshot_rules(k, key, sample_ids(&touched[slot]), candidates)
+            snapshot_rules(k, &touched[slot], candidates)
         });
         match update {
             Update::Applied | Update::AppliedAfterSlide => {
@@ -633,17 +636,25 @@ fn update_table(
             && ks.is_dirty()
         {
             ks.clear_dirty();
-            snapshot_rules(ks, entity.value(t.row), sample_ids(t), candidates);
+            snapshot_rules(ks, t, candidates);
         }
     }
     added
 }
 
 /// Evaluates a rule's condition over its candidates and turns matches into alerts.
+/// The text columns candidates point into.
+#[derive(Clone, Copy)]
+struct BatchText<'a> {
+    entity: &'a StringArray,
+    request_ids: Option<&'a StringArray>,
+}
+
 fn gate_rule(
     rp: &RulePlan,
     gate: &mut Gate,
     candidates: Vec<Candidate>,
+    text: BatchText<'_>,
     now_ms: i64,
     instance: &str,
     out: &mut Output,
@@ -655,11 +666,12 @@ fn gate_rule(
         if !hit {
             continue;
         }
+        let entity = text.entity.value(cand.row as usize);
         match gate.decide(
             &r.id,
             r.version,
             &r.entity.text,
-            &cand.entity,
+            entity,
             cand.snap.start,
             cand.snap.end,
             rp.suppress_ms,
@@ -694,7 +706,7 @@ fn gate_rule(
                     },
                     entity: AlertEntity {
                         kind: r.entity.text.clone(),
-                        value: cand.entity.clone(),
+                        value: entity.to_owned(),
                     },
                     window: AlertWindow {
                         start: rfc3339(cand.snap.start),
@@ -704,7 +716,14 @@ fn gate_rule(
                     first_seen: rfc3339(cand.snap.first_seen),
                     last_seen: rfc3339(cand.snap.last_seen),
                     event_count: cand.snap.events,
-                    sample_request_ids: cand.samples,
+                    sample_request_ids: cand.samples[..usize::from(cand.sample_count)]
+                        .iter()
+                        .filter_map(|row| {
+                            let ids = text.request_ids?;
+                            let row = *row as usize;
+                            ids.is_valid(row).then(|| ids.value(row).to_owned())
+                        })
+                        .collect(),
                     detected_at: rfc3339(now_ms),
                     engine: AlertEngine {
                         version: env!("CARGO_PKG_VERSION"),
@@ -712,7 +731,7 @@ fn gate_rule(
                     },
                 };
                 out.alerts.push(AlertRecord {
-                    key: cand.entity,
+                    key: entity.to_owned(),
                     alert,
                     times: AlertTimes {
                         first_seen: cand.snap.first_seen,
