@@ -600,6 +600,29 @@ checkpoint_interval: 10s\n  max_keys: 5\ntime:\n  allowed_lateness: 1m\n  max_fu
         );
     }
 
+    /// `KEYS` (used for environment overrides and by the chart's tests) restates the fields of
+    /// the config structs; serde's own list of expected fields keeps the two in step.
+    #[test]
+    fn keys_list_every_field_of_every_section() {
+        for (section, keys) in KEYS {
+            let text = if *section == "source" {
+                "source: {brokers: b:1, not_a_key: 1}\n".to_owned()
+            } else {
+                format!("source: {{brokers: b:1}}\n{section}:\n  not_a_key: 1\n")
+            };
+            let msg = parse(&text).expect_err("unknown key").to_string();
+            // serde writes `a`, `a` or `b`, or one of `a`, `b`, `c`.
+            let list = msg.split("expected ").nth(1).unwrap_or_default();
+            let list = list.strip_prefix("one of ").unwrap_or(list);
+            let expected: Vec<&str> = list
+                .split(", ")
+                .flat_map(|k| k.split(" or "))
+                .map(|k| k.trim().trim_matches('`'))
+                .collect();
+            assert_eq!(&expected, keys, "section {section}: {msg}");
+        }
+    }
+
     #[test]
     fn unknown_key_is_named() {
         let err = parse("source:\n  brokers: b:1\n  topik: x\n").expect_err("unknown key");

@@ -313,5 +313,14 @@ condition: accounts > 1
             1
         );
         assert_eq!(shared.name, "account_id/1h/5m");
+        // window.rs reads a key's busyness from this slot.
+        for t in &plan.tables {
+            assert_eq!(
+                t.slots[crate::window::EVENTS_SLOT].kind,
+                SlotKind::Count,
+                "{}",
+                t.name
+            );
+        }
     }
 }

@@ -16,7 +16,11 @@ use crate::plan::FeatureRead;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
-/// Events (in the first slot's count) from which a multi-pane key keeps its window cache.
+/// The slot whose count measures how busy a key is: [`crate::plan::Plan`] puts the first
+/// rule's event count first in every table.
+pub const EVENTS_SLOT: usize = 0;
+
+/// Events (in [`EVENTS_SLOT`]'s count) from which a multi-pane key keeps its window cache.
 pub const CACHE_MIN_EVENTS: u64 = 64;
 
 /// Request ids an alert carries as samples: the entity's latest requests in the micro-batch
@@ -227,7 +231,7 @@ impl KeyState {
         let events: u64 = self
             .panes
             .iter()
-            .map(|p| match &p.partials[0] {
+            .map(|p| match &p.partials[EVENTS_SLOT] {
                 Partial::Count(c) => *c,
                 _ => 0,
             })
