@@ -63,6 +63,44 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Polls `condition` until it returns true, for at most `timeout`.
 ///
 /// Panics with `what` when the time is up. The interval starts at 20 ms and grows to 250 ms, so
+/// The rules the end-to-end tests run: a reasoning-trace harvest per account (at least 50
+/// requests, half with the `cot_elicitation` label, 80% distinct prompts) and a hydra cluster per
+/// /24 (at least 20 accounts), both over 1 h windows in 5 min panes.
+pub const TEST_RULES: &str = r#"id: test.cot-harvest
+version: 1
+title: Reasoning-trace harvesting
+description: many chain-of-thought prompts, nearly all distinct
+severity: high
+tags: [atlas.AML.T0024.002]
+entity: account_id
+where: status < 400
+window: 1h
+every: 5m
+features:
+  requests: count()
+  cot: count_if(array_has(labels, 'cot_elicitation'))
+  prompts: distinct(prompt_fp)
+  out_tokens: sum(output_tokens)
+condition: requests >= 50 AND cot / requests >= 0.5 AND prompts / requests >= 0.8
+suppress: 6h
+evidence: [requests, cot, prompts]
+---
+id: test.hydra
+version: 1
+title: Many accounts behind one /24
+description: a hydra cluster of accounts sharing one address range
+severity: medium
+tags: [atlas.AML.T0024.002]
+entity: ip_prefix(ip, 24, 48)
+window: 1h
+every: 5m
+features:
+  accounts: distinct(account_id)
+  requests: count()
+condition: accounts >= 20
+suppress: 6h
+"#;
+
 /// fast conditions return fast and slow ones do not spin.
 #[track_caller]
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {

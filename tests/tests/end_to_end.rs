@@ -11,7 +11,9 @@ use std::{
 };
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use cordon_tests::{Broker, Engine, EngineConfig, Record, unique_name, unique_topic, wait_for};
+use cordon_tests::{
+    Broker, Engine, EngineConfig, Record, TEST_RULES, unique_name, unique_topic, wait_for,
+};
 use serde_json::{Value, json};
 
 /// Start of the fixture's event time, on a 5-minute pane boundary.
@@ -22,41 +24,6 @@ const PROMPT_MARKER: &str = "zqxrawpromptmarker";
 
 /// How long the engine gets to consume, alert, dead-letter and commit the whole fixture.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(90);
-
-const RULES: &str = r#"id: test.cot-harvest
-version: 1
-title: Reasoning-trace harvesting
-description: many chain-of-thought prompts, nearly all distinct
-severity: high
-tags: [atlas.AML.T0024.002]
-entity: account_id
-where: status < 400
-window: 1h
-every: 5m
-features:
-  requests: count()
-  cot: count_if(array_has(labels, 'cot_elicitation'))
-  prompts: distinct(prompt_fp)
-  out_tokens: sum(output_tokens)
-condition: requests >= 50 AND cot / requests >= 0.5 AND prompts / requests >= 0.8
-suppress: 6h
-evidence: [requests, cot, prompts]
----
-id: test.hydra
-version: 1
-title: Many accounts behind one /24
-description: a hydra cluster of accounts sharing one address range
-severity: medium
-tags: [atlas.AML.T0024.002]
-entity: ip_prefix(ip, 24, 48)
-window: 1h
-every: 5m
-features:
-  accounts: distinct(account_id)
-  requests: count()
-condition: accounts >= 20
-suppress: 6h
-"#;
 
 fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(T0)
@@ -780,7 +747,7 @@ fn setup(name: &str) -> Setup {
     let state_dir = dir.path().join("state");
     fs::create_dir_all(&rules_dir).expect("rules dir");
     fs::create_dir_all(&state_dir).expect("state dir");
-    fs::write(rules_dir.join("test.yaml"), RULES).expect("rules file");
+    fs::write(rules_dir.join("test.yaml"), TEST_RULES).expect("rules file");
     let config = EngineConfig::new(&broker, &input, &alerts, &dlq, &rules_dir, &state_dir);
     Setup {
         broker,

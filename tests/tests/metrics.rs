@@ -13,7 +13,8 @@ use std::{
 };
 
 use cordon_tests::{
-    Broker, Engine, EngineConfig, free_port, http_get, unique_name, unique_topic, wait_for,
+    Broker, Engine, EngineConfig, TEST_RULES, free_port, http_get, unique_name, unique_topic,
+    wait_for,
 };
 use serde_json::{Value, json};
 
@@ -26,38 +27,6 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a metric published on the loop's timers (state walk every 5 s, librdkafka
 /// statistics every 5 s) gets to show the caught-up state.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
-
-const RULES: &str = r#"id: test.cot-harvest
-version: 1
-title: Reasoning-trace harvesting
-description: many chain-of-thought prompts, nearly all distinct
-severity: high
-tags: [atlas.AML.T0024.002]
-entity: account_id
-where: status < 400
-window: 1h
-every: 5m
-features:
-  requests: count()
-  cot: count_if(array_has(labels, 'cot_elicitation'))
-  prompts: distinct(prompt_fp)
-condition: requests >= 50 AND cot / requests >= 0.5 AND prompts / requests >= 0.8
-suppress: 6h
----
-id: test.hydra
-version: 1
-title: Many accounts behind one /24
-description: a hydra cluster of accounts sharing one address range
-severity: medium
-tags: [atlas.AML.T0024.002]
-entity: ip_prefix(ip, 24, 48)
-window: 1h
-every: 5m
-features:
-  accounts: distinct(account_id)
-condition: accounts >= 20
-suppress: 6h
-"#;
 
 /// The fixture: what was produced, and the entity values that must never reach `/metrics`.
 struct Traffic {
@@ -323,7 +292,7 @@ fn metrics_and_health_after_traffic() {
     let state_dir = dir.path().join("state");
     fs::create_dir_all(&rules_dir).expect("rules dir");
     fs::create_dir_all(&state_dir).expect("state dir");
-    fs::write(rules_dir.join("test.yaml"), RULES).expect("rules file");
+    fs::write(rules_dir.join("test.yaml"), TEST_RULES).expect("rules file");
     let mut config = EngineConfig::new(&broker, &input, &alerts, &dlq, &rules_dir, &state_dir);
     let addr = format!("127.0.0.1:{}", free_port());
     config.http_listen = addr.clone();
@@ -517,7 +486,7 @@ fn config_without_kafka(dir: &tempfile::TempDir, http_listen: &str) -> EngineCon
     let state_dir = dir.path().join("state");
     fs::create_dir_all(&rules_dir).expect("rules dir");
     fs::create_dir_all(&state_dir).expect("state dir");
-    fs::write(rules_dir.join("test.yaml"), RULES).expect("rules file");
+    fs::write(rules_dir.join("test.yaml"), TEST_RULES).expect("rules file");
     EngineConfig {
         brokers: format!("127.0.0.1:{}", free_port()),
         input_topic: unique_topic("metrics-requests"),
