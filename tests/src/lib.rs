@@ -60,9 +60,6 @@ const LOG_TAIL_LINES: usize = 60;
 /// Timeout of one Kafka request made by the harness (metadata, watermarks, offsets).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Polls `condition` until it returns true, for at most `timeout`.
-///
-/// Panics with `what` when the time is up. The interval starts at 20 ms and grows to 250 ms, so
 /// The rules the end-to-end tests run: a reasoning-trace harvest per account (at least 50
 /// requests, half with the `cot_elicitation` label, 80% distinct prompts) and a hydra cluster per
 /// /24 (at least 20 accounts), both over 1 h windows in 5 min panes.
@@ -101,6 +98,9 @@ condition: accounts >= 20
 suppress: 6h
 "#;
 
+/// Polls `condition` until it returns true, for at most `timeout`.
+///
+/// Panics with `what` when the time is up. The interval starts at 20 ms and grows to 250 ms, so
 /// fast conditions return fast and slow ones do not spin.
 #[track_caller]
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
