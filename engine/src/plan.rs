@@ -19,9 +19,9 @@ pub enum Conv {
     Bool,
     /// A number (cast to Float64).
     Number,
-    /// A value identified by a 64-bit hash of its text.
-    Hash,
-    /// A key: the value as text.
+    /// The value as text, with a 64-bit hash of each value: entity keys use both, `distinct`
+    /// and frequencies the hash. One column serves both, so `account_id` as an entity and as
+    /// `distinct(account_id)` is cast and hashed once per batch.
     Text,
 }
 
@@ -154,7 +154,7 @@ impl Plan {
                         preds.push(plan.expr(e, text, Conv::Bool));
                     } else {
                         let conv = match kind.input() {
-                            InputKind::Hash => Conv::Hash,
+                            InputKind::Hash => Conv::Text,
                             _ => Conv::Number,
                         };
                         arg = Some(plan.expr(e, text, conv));

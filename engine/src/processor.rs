@@ -212,8 +212,8 @@ struct Touched {
 enum Col {
     Bool(BooleanArray),
     Number(Float64Array),
-    Hash(Vec<Option<u64>>),
-    Text(StringArray),
+    /// Text and the 64-bit hash of each value ([`key_of`]).
+    Text(StringArray, Vec<Option<u64>>),
 }
 
 impl Col {
@@ -470,7 +470,7 @@ impl Processor {
             .map(|a| a.as_string::<i32>());
         for (r, cands) in candidates.into_iter().enumerate() {
             let rp = &self.plan.rules[r];
-            let Col::Text(entity) = &cols[self.plan.tables[rp.table].entity] else {
+            let Col::Text(entity, _) = &cols[self.plan.tables[rp.table].entity] else {
                 continue;
             };
             if !cands.is_empty() {
@@ -523,15 +523,12 @@ fn evaluate_columns(plan: &Plan, batch: &RecordBatch) -> Result<Vec<Col>, Proces
             Ok(match e.conv {
                 Conv::Bool => Col::Bool(a.as_boolean().clone()),
                 Conv::Number => Col::Number(cast_to(&DataType::Float64)?.as_primitive().clone()),
-                Conv::Text => Col::Text(cast_to(&DataType::Utf8)?.as_string::<i32>().clone()),
-                Conv::Hash => {
-                    let s = cast_to(&DataType::Utf8)?;
-                    let s = s.as_string::<i32>();
-                    Col::Hash(
-                        (0..s.len())
-                            .map(|i| s.is_valid(i).then(|| xxh3_64(s.value(i).as_bytes())))
-                            .collect(),
-                    )
+                Conv::Text => {
+                    let s = cast_to(&DataType::Utf8)?.as_string::<i32>().clone();
+                    let hashes = (0..s.len())
+                        .map(|i| s.is_valid(i).then(|| key_of(s.value(i))))
+                        .collect();
+                    Col::Text(s, hashes)
                 }
             })
         })
@@ -552,7 +549,7 @@ fn update_table(
     stats: &mut BatchStats,
 ) -> u64 {
     let spec = &plan.tables[t];
-    let Col::Text(entity) = &cols[spec.entity] else {
+    let Col::Text(_, hashes) = &cols[spec.entity] else {
         return 0;
     };
     let mut inputs: Vec<Option<AggInput>> = vec![None; spec.slots.len()];
@@ -576,7 +573,7 @@ fn update_table(
         }
     };
     for (row, ts) in times.iter().enumerate() {
-        if entity.is_null(row) {
+        if hashes[row].is_none() {
             continue;
         }
         let mut any = false;
@@ -591,7 +588,7 @@ fn update_table(
                 (InputKind::Number, Some(Col::Number(a))) => {
                     a.is_valid(row).then(|| AggInput::Number(a.value(row)))
                 }
-                (InputKind::Hash, Some(Col::Hash(h))) => h[row].map(AggInput::Hash),
+                (InputKind::Hash, Some(Col::Text(_, h))) => h[row].map(AggInput::Hash),
                 _ => None,
             };
             // Every rule has a count slot under its filter: an event counts for the key when
@@ -601,8 +598,9 @@ fn update_table(
         if !any {
             continue;
         }
-        let key = entity.value(row);
-        let hash = key_of(key);
+        let Some(hash) = hashes[row] else {
+            continue;
+        };
         let ks = keys.entry(hash).or_insert_with(|| {
             added += 1;
             Box::default()
