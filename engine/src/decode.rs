@@ -295,6 +295,18 @@ fn parse_ts(field: &str, ts: &Ts<'_>) -> Result<i64, Rejection> {
     Ok(ms)
 }
 
+/// The event time of a message, or `None` when it has no valid `ts`. Reads only `ts`; for
+/// callers that need a clock from the data itself (rule tests, backtests).
+pub fn event_time(payload: &[u8]) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct OnlyTs<'a> {
+        #[serde(borrow)]
+        ts: Ts<'a>,
+    }
+    let v: OnlyTs<'_> = serde_json::from_slice(payload).ok()?;
+    parse_ts("ts", &v.ts).ok()
+}
+
 /// What the decoder checks event times against; one per input partition.
 #[derive(Debug, Clone, Copy)]
 pub struct TimeCheck {

@@ -22,6 +22,7 @@
 //!   (`cordon run`).
 //! - [`http`]: the HTTP port: `/healthz`, `/readyz` and `/metrics`.
 //! - [`metrics`]: the Prometheus series and the log lines that go with them.
+//! - [`ruletest`]: `cordon rules test`, rules' fixtures through the core.
 //! - [`demo`]: `cordon demo`, with an in-process Kafka cluster and a traffic generator.
 
 pub mod agg;
@@ -36,5 +37,6 @@ pub mod metrics;
 pub mod ocsf;
 pub mod plan;
 pub mod processor;
+pub mod ruletest;
 pub mod runtime;
 pub mod window;

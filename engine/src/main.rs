@@ -49,6 +49,14 @@ enum RulesCommand {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Run every rule's `tests:` fixtures through the engine; exits 1 on any failed case.
+    Test {
+        /// Files or directories of *.yaml rules.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of the rule format (for editors: `# yaml-language-server: $schema=`).
+    Schema,
 }
 
 /// Log output format, from env `CORDON_LOG_FORMAT`.
@@ -112,9 +120,16 @@ fn main() -> ExitCode {
                 .and_then(|flag| demo::run(&demo::DemoOptions { duration, seed }, flag))
                 .map(|_| ())
         }
-        Command::Rules {
-            command: RulesCommand::Validate { paths },
-        } => validate(&paths),
+        Command::Rules { command } => match command {
+            RulesCommand::Validate { paths } => validate(&paths),
+            RulesCommand::Test { paths } => test_rules(&paths),
+            RulesCommand::Schema => {
+                let schema = cordon_rules::jsonschema::rule_schema();
+                serde_json::to_string_pretty(&schema)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|s| print_out(&format!("{s}\n")))
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,4 +157,35 @@ fn validate(paths: &[PathBuf]) -> anyhow::Result<()> {
         set.disabled.len()
     );
     Ok(())
+}
+
+fn test_rules(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let set = cordon_rules::load_paths(paths).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let reports = cordon_engine::ruletest::run_all(&set);
+    let untested: Vec<String> = set
+        .rules
+        .iter()
+        .filter(|r| r.rule.tests.is_empty())
+        .map(|r| r.rule.id.clone())
+        .collect();
+    let mut text = cordon_engine::ruletest::render(&reports, &untested);
+    if !set.disabled.is_empty() {
+        text.push_str(&format!("not run (disabled): {}\n", set.disabled.join(", ")));
+    }
+    print_out(&text)?;
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} rule test case(s) failed");
+    }
+    Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

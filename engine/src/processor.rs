@@ -325,6 +325,20 @@ impl Processor {
             .collect()
     }
 
+    /// The current window of `entity` as rule `rule` (an index into the plan's rules) reads
+    /// it, from whichever partition holds the key; `None` when no partition has it. For rule
+    /// tests and diagnostics, not the hot path.
+    pub fn peek(&mut self, rule: usize, entity: &str) -> Option<WindowSnapshot> {
+        let rp = self.plan.rules.get(rule)?;
+        let spec = &self.plan.tables[rp.table];
+        let hash = key_of(entity);
+        self.partitions.values_mut().find_map(|p| {
+            p.tables[rp.table]
+                .get_mut(&hash)
+                .map(|k| k.snapshot(&spec.window, rp.events, &rp.reads))
+        })
+    }
+
     /// Drops keys whose windows have fully expired and gate entries past suppression.
     pub fn expire_idle(&mut self) {
         let mut dropped = 0u64;

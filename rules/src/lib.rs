@@ -12,10 +12,12 @@
 //! - [`schema`]: event schema v1 as Arrow columns, shared with the engine's decoder.
 //! - [`udf`]: functions Cordon adds to SQL (`ip_prefix`).
 //! - [`load`]: rule sets from files and directories, all-or-nothing.
+//! - [`jsonschema`]: the JSON Schema of the rule format, for editors.
 //! - [`diag`]: diagnostics with file:line:column and "did you mean".
 
 pub mod compile;
 pub mod diag;
+pub mod jsonschema;
 pub mod load;
 pub mod rule;
 pub mod schema;
