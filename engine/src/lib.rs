@@ -22,6 +22,7 @@
 //!   (`cordon run`).
 //! - [`http`]: the HTTP port: `/healthz`, `/readyz` and `/metrics`.
 //! - [`metrics`]: the Prometheus series and the log lines that go with them.
+//! - [`reload`]: rule hot reload on file change and SIGHUP.
 //! - [`ruletest`]: `cordon rules test`, rules' fixtures through the core.
 //! - [`demo`]: `cordon demo`, with an in-process Kafka cluster and a traffic generator.
 
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod ocsf;
 pub mod plan;
 pub mod processor;
+pub mod reload;
 pub mod ruletest;
 pub mod runtime;
 pub mod window;

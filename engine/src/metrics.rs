@@ -21,7 +21,7 @@
 
 use crate::decode::Reason;
 use crate::gate::Status;
-use crate::processor::{Output, TableStats};
+use crate::processor::{Output, ReloadSummary, TableStats};
 use cordon_connectors::ConnectorError;
 use cordon_rules::RuleSet;
 use prometheus::{
@@ -195,7 +195,7 @@ impl Metrics {
             rule_reloads: counter_vec(
                 &r,
                 "cordon_rule_reloads_total",
-                "Rule set reloads, by result (success or failure). Hot reload is not available yet: both stay 0.",
+                "Rule set reloads (file change or SIGHUP), by result: success, or failure when the new set was rejected and the running rules stayed.",
                 &["result"],
             )?,
             sink_errors: counter(
@@ -296,6 +296,29 @@ impl Metrics {
             rules = rules.len(),
             disabled = rules.disabled.len(),
             "rules loaded"
+        );
+    }
+
+    /// A reloaded rule set took effect: counts the reload and logs what kept its state.
+    pub fn rule_reload_succeeded(&self, rules: &RuleSet, summary: &ReloadSummary) {
+        self.rule_reloads.with_label_values(&["success"]).inc();
+        self.rules_loaded(rules);
+        tracing::info!(
+            kept = ?summary.kept,
+            fresh = ?summary.fresh,
+            removed = ?summary.removed,
+            kept_aggregates = summary.kept_slots,
+            fresh_aggregates = summary.fresh_slots,
+            "rules reloaded"
+        );
+    }
+
+    /// A changed rule set was rejected; the running rules stay.
+    pub fn rule_reload_failed(&self, error: &str) {
+        self.rule_reloads.with_label_values(&["failure"]).inc();
+        tracing::error!(
+            error,
+            "rule reload rejected: the running rules stay in effect"
         );
     }
 

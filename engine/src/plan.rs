@@ -213,6 +213,36 @@ impl Plan {
         slots.len() - 1
     }
 
+    /// Where table `t` is in `other`: the table with the same entity expression and window
+    /// geometry, which is a table's identity across rule sets (reloads, checkpoints).
+    pub fn find_table(&self, other: &Plan, t: usize) -> Option<usize> {
+        let spec = &self.tables[t];
+        other
+            .tables
+            .iter()
+            .position(|o| o.entity_text == spec.entity_text && o.window == spec.window)
+    }
+
+    /// Slot `s` of table `t` as text independent of column numbering: its storage kind,
+    /// argument and filters. Equal signatures in two plans mean the same aggregate.
+    pub fn slot_signature(&self, t: usize, s: usize) -> String {
+        let slot = &self.tables[t].slots[s];
+        let arg = slot.arg.map_or("", |a| self.exprs[a].text.as_str());
+        let mut preds: Vec<&str> = slot
+            .preds
+            .iter()
+            .map(|p| self.exprs[*p].text.as_str())
+            .collect();
+        preds.sort_unstable();
+        format!("{:?}({arg}) where [{}]", slot.kind, preds.join("] AND ["))
+    }
+
+    /// The slots rule `r` reads: its event count and its features.
+    pub fn rule_slots(&self, r: usize) -> impl Iterator<Item = usize> + '_ {
+        let rp = &self.rules[r];
+        std::iter::once(rp.events).chain(rp.reads.iter().map(|f| f.slot))
+    }
+
     /// Total slots across tables (for tests and stats).
     pub fn slot_count(&self) -> usize {
         self.tables.iter().map(|t| t.slots.len()).sum()

@@ -14,7 +14,7 @@ use crate::gate::{
 };
 use crate::plan::{Conv, Plan, RulePlan};
 use crate::window::{KeyState, SAMPLE_IDS, Update, WindowSnapshot};
-use cordon_rules::{CompiledRule, RuleSet};
+use cordon_rules::{CompiledRule, Rule, RuleSet};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray,
 };
@@ -161,6 +161,42 @@ struct PartitionState {
     gates: Vec<Gate>,
 }
 
+/// What a rule reload ([`Processor::replace_rules`]) kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Rules that kept their state.
+    pub kept: Vec<String>,
+    /// New or changed rules, starting fresh.
+    pub fresh: Vec<String>,
+    /// Rules no longer in the set (or replaced by a changed version).
+    pub removed: Vec<String>,
+    /// Aggregates whose state carried over.
+    pub kept_slots: usize,
+    /// Aggregates starting empty.
+    pub fresh_slots: usize,
+}
+
+/// Whether two rules mean the same: same id, version and definition. Text, titles, tests and
+/// positions may differ.
+fn same_meaning(a: &Rule, b: &Rule) -> bool {
+    let features = |r: &Rule| -> Vec<(String, String)> {
+        r.features
+            .iter()
+            .map(|f| (f.name.clone(), f.text.trim().to_owned()))
+            .collect()
+    };
+    a.id == b.id
+        && a.version == b.version
+        && a.entity.text.trim() == b.entity.text.trim()
+        && a.filter.as_ref().map(|f| f.text.trim()) == b.filter.as_ref().map(|f| f.text.trim())
+        && a.window == b.window
+        && a.every == b.every
+        && features(a) == features(b)
+        && a.condition.text.trim() == b.condition.text.trim()
+        && a.suppress == b.suppress
+        && a.evidence == b.evidence
+}
+
 /// Live keys, evictions and estimated bytes of one state table (all partitions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableStats {
@@ -278,6 +314,106 @@ impl Processor {
             live_keys: 0,
             evictions,
         }
+    }
+
+    /// Swaps in a new rule set (a hot reload), keeping what still means the same thing.
+    ///
+    /// A rule is unchanged when its id, version and definition (entity, filter, window,
+    /// features, condition, suppression, evidence) are all the same; it keeps its windows and
+    /// its alert gate. A new or changed rule starts with fresh state: aggregates that only
+    /// changed rules read start empty, even where the old set had the same aggregate, so a
+    /// changed rule never alerts on history it did not define. Tables no rule uses any more
+    /// are dropped, and so are keys of tables none of whose aggregates carry over.
+    pub fn replace_rules(&mut self, rules: &RuleSet) -> ReloadSummary {
+        let new = Plan::new(rules);
+        let old = std::mem::take(&mut self.plan);
+        let unchanged: Vec<Option<usize>> = new
+            .rules
+            .iter()
+            .map(|nr| {
+                old.rules
+                    .iter()
+                    .position(|or| same_meaning(&or.compiled.rule, &nr.compiled.rule))
+            })
+            .collect();
+        let mut summary = ReloadSummary::default();
+        for (r, u) in new.rules.iter().zip(&unchanged) {
+            let id = r.compiled.rule.id.clone();
+            match u {
+                Some(_) => summary.kept.push(id),
+                None => summary.fresh.push(id),
+            }
+        }
+        summary.removed = old
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !unchanged.contains(&Some(*i)))
+            .map(|(_, or)| or.compiled.rule.id.clone())
+            .collect();
+
+        // Per new table: its old table, and for each slot the old slot it carries.
+        let maps: Vec<Option<(usize, Vec<Option<usize>>)>> = (0..new.tables.len())
+            .map(|t| {
+                let ot = new.find_table(&old, t)?;
+                let carried: Vec<usize> = new.tables[t]
+                    .rules
+                    .iter()
+                    .filter(|r| unchanged[**r].is_some())
+                    .flat_map(|r| new.rule_slots(*r))
+                    .collect();
+                let map: Vec<Option<usize>> = (0..new.tables[t].slots.len())
+                    .map(|s| {
+                        if !carried.contains(&s) {
+                            return None;
+                        }
+                        let sig = new.slot_signature(t, s);
+                        (0..old.tables[ot].slots.len()).find(|os| old.slot_signature(ot, *os) == sig)
+                    })
+                    .collect();
+                map.iter().any(Option::is_some).then_some((ot, map))
+            })
+            .collect();
+        let kinds: Vec<Vec<SlotKind>> = new
+            .tables
+            .iter()
+            .map(|t| t.slots.iter().map(|s| s.kind).collect())
+            .collect();
+        for p in self.partitions.values_mut() {
+            let mut old_tables = std::mem::take(&mut p.tables);
+            p.tables = maps
+                .iter()
+                .zip(&kinds)
+                .map(|(m, kinds)| match m {
+                    Some((ot, map)) => {
+                        let mut keys = std::mem::take(&mut old_tables[*ot]);
+                        for k in keys.values_mut() {
+                            k.remap_slots(map, kinds);
+                        }
+                        keys
+                    }
+                    None => KeyMap::default(),
+                })
+                .collect();
+            let mut old_gates = std::mem::take(&mut p.gates);
+            p.gates = unchanged
+                .iter()
+                .map(|u| u.map_or_else(Gate::default, |o| std::mem::take(&mut old_gates[o])))
+                .collect();
+        }
+        self.evictions = (0..new.tables.len())
+            .map(|t| new.find_table(&old, t).map_or(0, |ot| self.evictions[ot]))
+            .collect();
+        summary.kept_slots = maps.iter().flatten().map(|(_, m)| m.iter().flatten().count()).sum();
+        summary.fresh_slots = new.slot_count() - summary.kept_slots;
+        self.kinds = kinds;
+        self.plan = new;
+        self.live_keys = self
+            .partitions
+            .values()
+            .flat_map(|p| p.tables.iter().map(|t| t.len() as u64))
+            .sum();
+        summary
     }
 
     /// The plan (tables and slots) the processor runs.
@@ -1072,5 +1208,101 @@ suppress: 6h
         assert!(p.live_keys() > 0);
         p.drop_partition(1);
         assert_eq!(p.live_keys(), 0);
+    }
+
+    fn harvest_from(start: i64, n: i64) -> Vec<Vec<u8>> {
+        (start..start + n)
+            .map(|i| ev(T0 + i * 1000, "acct-7", "203.0.113.9", &format!(r#","labels":["cot_elicitation"],"prompt":"step by step: problem {i}","output_tokens":100"#)))
+            .collect()
+    }
+
+    fn reload(p: &mut Processor, text: &str) -> ReloadSummary {
+        let rules = cordon_rules::load_sources(&[("t.yaml".into(), text.into())]).expect("rules load");
+        p.replace_rules(&rules)
+    }
+
+    fn cot_alerts(out: &Output) -> Vec<&AlertRecord> {
+        out.alerts.iter().filter(|a| a.alert.rule.id == "t.cot").collect()
+    }
+
+    const EXTRA_RULE: &str = "
+---
+id: t.errors
+version: 1
+title: errors
+severity: low
+entity: account_id
+window: 1h
+every: 5m
+features:
+  errors: count_if(status >= 500)
+condition: errors >= 1000
+";
+
+    #[test]
+    fn reload_keeps_the_state_of_unchanged_rules() {
+        let mut p = processor();
+        assert!(cot_alerts(&run(&mut p, &[harvest_from(0, 15)])).is_empty());
+        // t.hydra changes meaning (same version: still a change), a rule is added.
+        let changed = RULES.replace("templates <= 5", "templates <= 6").to_owned() + EXTRA_RULE;
+        let summary = reload(&mut p, &changed);
+        assert_eq!(summary.kept, ["t.cot"]);
+        assert_eq!(summary.fresh, ["t.hydra", "t.errors"]);
+        assert_eq!(summary.removed, ["t.hydra"]);
+        assert!(summary.kept_slots >= 4 && summary.fresh_slots >= 1, "{summary:?}");
+        // 15 before the reload plus 15 after: t.cot's threshold of 20 is crossed.
+        let out = run(&mut p, &[harvest_from(15, 15)]);
+        let cot = cot_alerts(&out);
+        assert_eq!(cot.len(), 1, "{:?}", out.alerts);
+        assert_eq!(cot[0].alert.features["requests"], serde_json::json!(30));
+        assert_eq!(cot[0].alert.features["prompts"], serde_json::json!(30));
+    }
+
+    #[test]
+    fn reload_starts_a_changed_rule_fresh() {
+        let mut p = processor();
+        run(&mut p, &[harvest_from(0, 15)]);
+        let summary = reload(&mut p, &RULES.replace("version: 2", "version: 3"));
+        assert_eq!(summary.fresh, ["t.cot"]);
+        assert_eq!(summary.kept, ["t.hydra"]);
+        // Only the 15 events after the reload count for version 3.
+        assert!(cot_alerts(&run(&mut p, &[harvest_from(15, 15)])).is_empty());
+        let out = run(&mut p, &[harvest_from(30, 5)]);
+        let cot = cot_alerts(&out);
+        assert_eq!(cot.len(), 1, "{:?}", out.alerts);
+        assert_eq!(cot[0].alert.features["requests"], serde_json::json!(20));
+        assert_eq!(cot[0].alert.rule.version, 3);
+    }
+
+    #[test]
+    fn reload_keeps_suppression_of_unchanged_rules() {
+        let mut p = processor();
+        let first = run(&mut p, &[harvest_from(0, 30)]);
+        assert_eq!(cot_alerts(&first).len(), 1);
+        let summary = reload(&mut p, RULES);
+        assert_eq!(summary.fresh, Vec::<String>::new());
+        assert_eq!(summary.removed, Vec::<String>::new());
+        assert_eq!(summary.fresh_slots, 0);
+        let out = run(&mut p, &[harvest_from(30, 400)]);
+        assert!(
+            cot_alerts(&out)
+                .iter()
+                .all(|a| a.alert.status == crate::gate::Status::Update),
+            "no second new alert inside suppress: {:?}",
+            out.alerts
+        );
+    }
+
+    #[test]
+    fn reload_drops_tables_no_rule_uses() {
+        let mut p = processor();
+        run(&mut p, &[harvest_from(0, 15)]);
+        let keys_before = p.live_keys();
+        assert_eq!(keys_before, 2, "one account key, one /24 key");
+        let only_cot = RULES.split("---").next().expect("first document").to_owned();
+        let summary = reload(&mut p, &only_cot);
+        assert_eq!(summary.removed, ["t.hydra"]);
+        assert_eq!(p.live_keys(), 1);
+        assert_eq!(p.table_stats().len(), 1);
     }
 }

@@ -4,7 +4,9 @@
 //! letters, wait until the broker has acknowledged all of them, then commit the input offsets.
 //! A failed delivery stops the loop with an error before anything is committed, so a restart
 //! replays the batch and no alert is lost. SIGTERM or SIGINT stops polling; the loop finishes
-//! its batch, flushes, commits and returns.
+//! its batch, flushes, commits and returns. Between batches the loop checks the rule files
+//! ([`RuleWatch`]) and swaps in a changed set that loads ([`Processor::replace_rules`]); a set
+//! that does not load is reported and the running rules stay.
 //!
 //! Before it touches Kafka, the runtime binds the HTTP port ([`crate::http`]), so `/healthz`
 //! answers while the brokers are still unreachable; the server stops after the loop returns.
@@ -16,6 +18,7 @@ use crate::config::{Config, SinkFormat};
 use crate::http::{Health, HttpServer};
 use crate::metrics::Metrics;
 use crate::processor::{CoreConfig, Input, Output, Processor};
+use crate::reload::RuleWatch;
 use anyhow::Context;
 use cordon_connectors::{ClientSettings, KafkaSink, KafkaSource, SourceRecord};
 use cordon_rules::RuleSet;
@@ -98,6 +101,8 @@ fn run_loop(
     metrics: &Metrics,
     health: &Health,
 ) -> anyhow::Result<RunTotals> {
+    // First, so a SIGHUP during start-up reloads rather than kills (its default action).
+    let mut rule_watch = RuleWatch::new(&config.rules.paths)?;
     let settings = ClientSettings {
         brokers: config.source.brokers.clone(),
         properties: config.source.properties.clone(),
@@ -168,6 +173,21 @@ fn run_loop(
                 *next = (*next).max(r.offset + 1);
             }
             source.commit(&next_offsets, false)?;
+        }
+        if let Some(reloaded) = rule_watch.poll() {
+            match reloaded {
+                Ok(set) => {
+                    let summary = processor.replace_rules(&set);
+                    metrics.rule_reload_succeeded(&set, &summary);
+                    metrics.state(&processor.table_stats());
+                    health.set_rules_loaded(set.len());
+                    health.set_rules_error(None);
+                }
+                Err(e) => {
+                    metrics.rule_reload_failed(&e);
+                    health.set_rules_error(Some(e));
+                }
+            }
         }
         if last_expiry.elapsed() >= Duration::from_secs(10) {
             processor.expire_idle();

@@ -282,6 +282,30 @@ impl KeyState {
         }
     }
 
+    /// Moves the key to a new slot layout (a rule reload): new slot `i` takes old slot
+    /// `map[i]`'s partials, or starts empty when `map[i]` is `None`. `kinds` are the new
+    /// slots' kinds. Pane times and the window cache of carried slots stay as they were.
+    pub fn remap_slots(&mut self, map: &[Option<usize>], kinds: &[SlotKind]) {
+        fn remap(old: &mut [Partial], map: &[Option<usize>], kinds: &[SlotKind]) -> Box<[Partial]> {
+            map.iter()
+                .zip(kinds)
+                .map(|(m, k)| match m {
+                    Some(o) => std::mem::replace(&mut old[*o], Partial::new(*k)),
+                    None => Partial::new(*k),
+                })
+                .collect()
+        }
+        for pane in &mut self.panes {
+            pane.partials = remap(&mut pane.partials, map, kinds);
+        }
+        if let Some(cache) = self.cache.as_mut() {
+            *cache = map
+                .iter()
+                .map(|m| m.and_then(|o| cache[o].take()))
+                .collect();
+        }
+    }
+
     /// Estimated bytes held by this key, excluding the table's own entry overhead.
     pub fn heap_bytes(&self) -> usize {
         let partial = std::mem::size_of::<Partial>();
