@@ -1,0 +1,219 @@
+//! Rule hot reload on a running engine against the real broker: a valid change to the rules
+//! directory takes effect without a restart and without losing the state of the rules it did
+//! not change; an invalid change is rejected whole, shows in `/readyz` and `/metrics`, and the
+//! running rules keep alerting.
+
+use std::{fs, path::Path, time::Duration};
+
+use cordon_tests::{
+    Broker, Engine, EngineConfig, TEST_RULES, free_port, http_get, unique_topic, wait_for,
+};
+use serde_json::{Value, json};
+
+/// 2026-03-01T10:00:00Z in epoch milliseconds, on a 5-minute pane boundary.
+const T0: i64 = 1_772_359_200_000;
+
+/// Longest wait for the engine to consume, reload or alert.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `n` reasoning-trace requests from `account`, one a second from `T0 + start` seconds, with
+/// distinct prompts (the fixture of `test.cot-harvest`, threshold 50 requests).
+fn harvest(account: &str, start: i64, n: i64) -> Vec<(String, String)> {
+    (start..start + n)
+        .map(|i| {
+            let e = json!({
+                "ts": T0 + i * 1000, "account_id": account, "ip": "192.0.2.7",
+                "request_id": format!("{account}-{i}"), "status": 200,
+                "labels": ["cot_elicitation"], "prompt_fp": format!("{account}-p{i}"),
+            });
+            (account.to_owned(), e.to_string())
+        })
+        .collect()
+}
+
+/// One request each from accounts `first..first + n` behind 198.51.100.0/24, from `T0 + at`.
+fn hydra(first: usize, n: usize, at: i64) -> Vec<(String, String)> {
+    (first..first + n)
+        .map(|i| {
+            let account = format!("hydra-{i}");
+            let e = json!({
+                "ts": T0 + (at + i as i64) * 1000, "account_id": account,
+                "ip": format!("198.51.100.{}", 10 + i), "status": 200,
+            });
+            (account, e.to_string())
+        })
+        .collect()
+}
+
+/// The value of the sample `series` (name with labels, as written) in a scrape.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+fn metric(addr: &str, series: &str) -> Result<f64, String> {
+    let (status, body) = http_get(addr, "/metrics")?;
+    if status != 200 {
+        return Err(format!("/metrics answered {status}"));
+    }
+    sample(&body, series).ok_or_else(|| format!("no {series} in the scrape"))
+}
+
+#[track_caller]
+fn wait_metric(addr: &str, series: &str, at_least: f64) {
+    wait_for(TIMEOUT, &format!("{series} >= {at_least}"), || {
+        let v = metric(addr, series)?;
+        if v >= at_least {
+            Ok(())
+        } else {
+            Err(format!("{series} is {v}"))
+        }
+    });
+}
+
+fn readyz(addr: &str) -> Value {
+    let (_, body) = http_get(addr, "/readyz").expect("GET /readyz");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("/readyz is not JSON ({e}): {body}"))
+}
+
+/// The `new` alerts on the alerts topic as (rule, version, entity, features).
+fn new_alerts(broker: &Broker, topic: &str) -> Vec<(String, u64, String, Value)> {
+    broker
+        .read_topic(topic)
+        .iter()
+        .map(|r| r.json())
+        .filter(|a| a["status"] == "new")
+        .map(|a| {
+            (
+                a["rule"]["id"].as_str().unwrap_or_default().to_owned(),
+                a["rule"]["version"].as_u64().unwrap_or_default(),
+                a["entity"]["value"].as_str().unwrap_or_default().to_owned(),
+                a["features"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[track_caller]
+fn wait_alert(
+    broker: &Broker,
+    topic: &str,
+    rule: &str,
+    entity: &str,
+) -> (String, u64, String, Value) {
+    wait_for(TIMEOUT, &format!("a new {rule} alert for {entity}"), || {
+        let all = new_alerts(broker, topic);
+        all.iter()
+            .find(|a| a.0 == rule && a.2 == entity)
+            .cloned()
+            .ok_or_else(|| format!("alerts so far: {all:?}"))
+    })
+}
+
+fn write_rules(dir: &Path, file: &str, text: &str) {
+    // Write beside, then rename: the engine never reads a half-written file.
+    let tmp = dir.join(format!(".{file}.tmp"));
+    fs::write(&tmp, text).expect("write rules");
+    fs::rename(&tmp, dir.join(file)).expect("rename rules");
+}
+
+#[test]
+fn rules_reload_in_place_and_a_broken_set_is_refused() {
+    let broker = Broker::start();
+    let input = unique_topic("reload-requests");
+    let alerts = unique_topic("reload-alerts");
+    let dlq = unique_topic("reload-dlq");
+    broker.create_topic(&input, 1);
+    broker.create_topic(&alerts, 1);
+    broker.create_topic(&dlq, 1);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules_dir = dir.path().join("rules");
+    let state_dir = dir.path().join("state");
+    fs::create_dir_all(&rules_dir).expect("rules dir");
+    fs::create_dir_all(&state_dir).expect("state dir");
+    let (cot_rule, hydra_rule) = TEST_RULES.split_once("---\n").expect("two rules");
+    write_rules(&rules_dir, "cot.yaml", cot_rule);
+    write_rules(&rules_dir, "hydra.yaml", hydra_rule);
+    let mut config = EngineConfig::new(&broker, &input, &alerts, &dlq, &rules_dir, &state_dir);
+    let addr = format!("127.0.0.1:{}", free_port());
+    config.http_listen = addr.clone();
+    let mut engine = Engine::start(&config.to_yaml());
+    let pid = engine.pid();
+
+    // Below both thresholds: 30 of 50 harvest requests, 15 of 20 hydra accounts.
+    broker.produce(&input, 0, &harvest("acct-a", 0, 30));
+    broker.produce(&input, 0, &hydra(0, 15, 40));
+    wait_metric(&addr, "cordon_events_consumed_total", 45.0);
+    assert!(new_alerts(&broker, &alerts).is_empty());
+
+    // A valid change: the hydra rule becomes version 2 with a lower bar (fresh state); the
+    // harvest rule is untouched (its state stays).
+    let hydra_v2 = hydra_rule
+        .replace("version: 1", "version: 2")
+        .replace("accounts >= 20", "accounts >= 10");
+    write_rules(&rules_dir, "hydra.yaml", &hydra_v2);
+    wait_metric(&addr, "cordon_rule_reloads_total{result=\"success\"}", 1.0);
+    assert_eq!(readyz(&addr)["rules_error"], Value::Null);
+
+    // 20 more harvest requests reach 50 only with the 30 from before the reload; 12 new hydra
+    // accounts pass version 2's bar of 10 on their own, and version 2 must not count the 15
+    // accounts it never saw.
+    broker.produce(&input, 0, &harvest("acct-a", 30, 20));
+    broker.produce(&input, 0, &hydra(15, 12, 80));
+    let cot = wait_alert(&broker, &alerts, "test.cot-harvest", "acct-a");
+    assert_eq!(cot.3["requests"], json!(50), "state kept across the reload: {cot:?}");
+    let hydra_alert = wait_alert(&broker, &alerts, "test.hydra", "198.51.100.0/24");
+    assert_eq!(hydra_alert.1, 2, "{hydra_alert:?}");
+    assert_eq!(hydra_alert.3["accounts"], json!(12), "version 2 starts fresh: {hydra_alert:?}");
+    engine.assert_running();
+    assert_eq!(engine.pid(), pid, "no restart");
+
+    // An invalid change: a misspelt key in a new file. The whole set is refused, the error
+    // names the file, line and column, and the running rules keep alerting.
+    let broken = cot_rule
+        .replace("id: test.cot-harvest", "id: test.other")
+        .replace("condition:", "condtion:");
+    write_rules(&rules_dir, "other.yaml", &broken);
+    wait_metric(&addr, "cordon_rule_reloads_total{result=\"failure\"}", 1.0);
+    let ready = readyz(&addr);
+    let error = ready["rules_error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("other.yaml:"), "{ready}");
+    let line = cot_rule
+        .lines()
+        .position(|l| l.starts_with("condition:"))
+        .expect("condition line")
+        + 1;
+    assert!(
+        error.contains(&format!("other.yaml:{line}:1")),
+        "the misspelt key's position: {error}"
+    );
+    assert!(error.contains("did you mean `condition`"), "{error}");
+    assert_eq!(ready["rules_loaded"], json!(2), "{ready}");
+
+    broker.produce(&input, 0, &harvest("acct-b", 200, 60));
+    let b = wait_alert(&broker, &alerts, "test.cot-harvest", "acct-b");
+    assert_eq!(b.3["requests"], json!(60), "{b:?}");
+    assert!(
+        new_alerts(&broker, &alerts)
+            .iter()
+            .all(|a| a.0 != "test.other"),
+        "the refused rule never ran"
+    );
+    engine.assert_running();
+
+    // Fixing the file loads the set: three rules.
+    write_rules(&rules_dir, "other.yaml", &broken.replace("condtion:", "condition:"));
+    wait_metric(&addr, "cordon_rule_reloads_total{result=\"success\"}", 2.0);
+    wait_for(TIMEOUT, "/readyz to show three rules and no error", || {
+        let r = readyz(&addr);
+        if r["rules_loaded"] == json!(3) && r["rules_error"].is_null() {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    });
+    assert!(engine.terminate().success(), "{}", engine.logs(40));
+}
