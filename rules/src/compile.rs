@@ -132,10 +132,10 @@ impl Compiler {
                 .with_config_options(Arc::new(self.ctx.state().config_options().as_ref().clone()))
                 .build(),
         );
-        let expr = simplifier
-            .coerce(expr, schema)
-            .and_then(|e| simplifier.simplify(e))
-            .map_err(fail)?;
+        let expr = simplifier.coerce(expr, schema).map_err(fail)?;
+        check_interval_comparisons(&expr, schema)
+            .map_err(|m| (src.pos, format!("`{}` {m}", src.text.trim()), None))?;
+        let expr = simplifier.simplify(expr).map_err(fail)?;
         let physical = self.ctx.create_physical_expr(expr, schema).map_err(fail)?;
         let dt = physical
             .data_type(schema.as_arrow())
@@ -356,6 +356,41 @@ fn check_allowed(expr: &Expr) -> Result<(), String> {
         if let Some(bad) = bad {
             err = Some(bad);
             return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    err.map_or(Ok(()), Err)
+}
+
+/// Rejects comparisons of SQL intervals. An interval is (months, days, nanoseconds) and compares
+/// field by field, so `ts - account_created`, a difference held in nanoseconds, compares *below*
+/// `INTERVAL '3 days'` for an account 100 days old. Comparing timestamps is exact.
+fn check_interval_comparisons(expr: &Expr, schema: &DFSchema) -> Result<(), String> {
+    use datafusion::logical_expr::{ExprSchemable, Operator};
+    let mut err = None;
+    let _ = expr.apply(|e| {
+        if let Expr::BinaryExpr(b) = e
+            && matches!(
+                b.op,
+                Operator::Lt
+                    | Operator::LtEq
+                    | Operator::Gt
+                    | Operator::GtEq
+                    | Operator::Eq
+                    | Operator::NotEq
+            )
+        {
+            let interval = |x: &Expr| matches!(x.get_type(schema), Ok(DataType::Interval(_)));
+            if interval(&b.left) || interval(&b.right) {
+                err = Some(
+                    "compares intervals, which SQL orders by months, then days, then \
+                     nanoseconds rather than by length (a difference of 100 days can compare \
+                     below INTERVAL '3 days'); compare timestamps instead, e.g. \
+                     `account_created > ts - INTERVAL '3 days'`"
+                        .to_owned(),
+                );
+                return Ok(TreeNodeRecursion::Stop);
+            }
         }
         Ok(TreeNodeRecursion::Continue)
     });

@@ -316,3 +316,22 @@ fn disabled_rules_are_validated_but_not_run() {
     let errs = errors(&format!("{GOOD}enabled: false\n").replace("n > 10", "nn > 10"));
     has(&errs, "unknown feature `nn`");
 }
+
+#[test]
+fn interval_comparisons_are_refused_and_timestamp_comparisons_accepted() {
+    // Regression: `ts - account_created < INTERVAL '3 days'` compiled, and was true for an
+    // account 100 days old (intervals compare by months, then days, then nanoseconds).
+    let rule = format!("{GOOD}where: ts - account_created < INTERVAL '3 days'\n");
+    let errs = errors(&rule);
+    has(
+        &errs,
+        "r.yaml:11:8: rule a.good: `ts - account_created < INTERVAL '3 days'` compares intervals",
+    );
+    has(&errs, "account_created > ts - INTERVAL '3 days'");
+    let set = load_sources(&[(
+        "r.yaml".into(),
+        format!("{GOOD}where: account_created > ts - INTERVAL '3 days'\n"),
+    )])
+    .expect("a timestamp comparison is fine");
+    assert_eq!(set.len(), 1);
+}
