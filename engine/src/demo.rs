@@ -19,21 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The shipped extraction pack, embedded so the demo needs no files.
-pub const EMBEDDED_PACK: &[(&str, &str)] = &[
-    (
-        "rules/packs/extraction/cot-harvest.yaml",
-        include_str!("../../rules/packs/extraction/cot-harvest.yaml"),
-    ),
-    (
-        "rules/packs/extraction/prompt-sweep.yaml",
-        include_str!("../../rules/packs/extraction/prompt-sweep.yaml"),
-    ),
-    (
-        "rules/packs/extraction/hydra-range.yaml",
-        include_str!("../../rules/packs/extraction/hydra-range.yaml"),
-    ),
-];
+/// The shipped extraction pack, embedded so the demo needs no files: (path, text) of every
+/// rule file under rules/packs/extraction, listed by build.rs.
+pub const EMBEDDED_PACK: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/pack.rs"));
 
 const TOPIC: &str = "requests";
 const ALERTS: &str = "cordon-alerts";
