@@ -368,7 +368,8 @@ impl Processor {
                             return None;
                         }
                         let sig = new.slot_signature(t, s);
-                        (0..old.tables[ot].slots.len()).find(|os| old.slot_signature(ot, *os) == sig)
+                        (0..old.tables[ot].slots.len())
+                            .find(|os| old.slot_signature(ot, *os) == sig)
                     })
                     .collect();
                 map.iter().any(Option::is_some).then_some((ot, map))
@@ -404,7 +405,11 @@ impl Processor {
         self.evictions = (0..new.tables.len())
             .map(|t| new.find_table(&old, t).map_or(0, |ot| self.evictions[ot]))
             .collect();
-        summary.kept_slots = maps.iter().flatten().map(|(_, m)| m.iter().flatten().count()).sum();
+        summary.kept_slots = maps
+            .iter()
+            .flatten()
+            .map(|(_, m)| m.iter().flatten().count())
+            .sum();
         summary.fresh_slots = new.slot_count() - summary.kept_slots;
         self.kinds = kinds;
         self.plan = new;
@@ -1217,12 +1222,16 @@ suppress: 6h
     }
 
     fn reload(p: &mut Processor, text: &str) -> ReloadSummary {
-        let rules = cordon_rules::load_sources(&[("t.yaml".into(), text.into())]).expect("rules load");
+        let rules =
+            cordon_rules::load_sources(&[("t.yaml".into(), text.into())]).expect("rules load");
         p.replace_rules(&rules)
     }
 
     fn cot_alerts(out: &Output) -> Vec<&AlertRecord> {
-        out.alerts.iter().filter(|a| a.alert.rule.id == "t.cot").collect()
+        out.alerts
+            .iter()
+            .filter(|a| a.alert.rule.id == "t.cot")
+            .collect()
     }
 
     const EXTRA_RULE: &str = "
@@ -1249,7 +1258,10 @@ condition: errors >= 1000
         assert_eq!(summary.kept, ["t.cot"]);
         assert_eq!(summary.fresh, ["t.hydra", "t.errors"]);
         assert_eq!(summary.removed, ["t.hydra"]);
-        assert!(summary.kept_slots >= 4 && summary.fresh_slots >= 1, "{summary:?}");
+        assert!(
+            summary.kept_slots >= 4 && summary.fresh_slots >= 1,
+            "{summary:?}"
+        );
         // 15 before the reload plus 15 after: t.cot's threshold of 20 is crossed.
         let out = run(&mut p, &[harvest_from(15, 15)]);
         let cot = cot_alerts(&out);
@@ -1299,7 +1311,11 @@ condition: errors >= 1000
         run(&mut p, &[harvest_from(0, 15)]);
         let keys_before = p.live_keys();
         assert_eq!(keys_before, 2, "one account key, one /24 key");
-        let only_cot = RULES.split("---").next().expect("first document").to_owned();
+        let only_cot = RULES
+            .split("---")
+            .next()
+            .expect("first document")
+            .to_owned();
         let summary = reload(&mut p, &only_cot);
         assert_eq!(summary.removed, ["t.hydra"]);
         assert_eq!(p.live_keys(), 1);

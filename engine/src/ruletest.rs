@@ -233,11 +233,7 @@ pub fn render(reports: &[CaseReport], untested: &[String]) -> String {
     let mut s = String::new();
     for r in reports {
         if r.passed() {
-            let _ = writeln!(
-                s,
-                "PASS {}: {} ({} alert(s))",
-                r.rule, r.name, r.alerts
-            );
+            let _ = writeln!(s, "PASS {}: {} ({} alert(s))", r.rule, r.name, r.alerts);
         } else {
             let _ = writeln!(s, "FAIL {}: {} ({})", r.rule, r.name, r.input.display());
             for f in r.failures.iter().chain(&r.details) {

@@ -23,8 +23,7 @@ pub const REQUIRED_KEYS: &[&str] = &[
 ];
 
 /// A humantime duration such as `90s`, `5m`, `1h 30m` or `7d`.
-const DURATION_PATTERN: &str =
-    r"^\s*([0-9]+\s*(ns|us|ms|s|sec|secs|m|min|mins|h|hr|hrs|hour|hours|d|day|days|w|week|weeks)\s*)+$";
+const DURATION_PATTERN: &str = r"^\s*([0-9]+\s*(ns|us|ms|s|sec|secs|m|min|mins|h|hr|hrs|hour|hours|d|day|days|w|week|weeks)\s*)+$";
 
 /// The JSON Schema (draft 2020-12) of one rule document.
 pub fn rule_schema() -> Value {
@@ -46,9 +45,8 @@ pub fn rule_schema() -> Value {
             ),
         })
     };
-    let strings = |what: &str| {
-        json!({"type": "array", "items": {"type": "string"}, "description": what})
-    };
+    let strings =
+        |what: &str| json!({"type": "array", "items": {"type": "string"}, "description": what});
     let mut properties = serde_json::Map::new();
     for key in RULE_KEYS {
         let v = match *key {
@@ -63,16 +61,22 @@ pub fn rule_schema() -> Value {
                 "maximum": u32::MAX,
                 "description": "Bump on any change of meaning: a new version starts fresh state and new alert ids",
             }),
-            "title" => json!({"type": "string", "minLength": 1, "description": "One line for humans"}),
+            "title" => {
+                json!({"type": "string", "minLength": 1, "description": "One line for humans"})
+            }
             "description" => json!({
                 "type": "string",
                 "description": "What the rule detects and what an analyst should do about it",
             }),
             "severity" => json!({"enum": Severity::NAMES, "description": "Alert severity"}),
             "tags" => strings("Tags, e.g. atlas.AML.T0024.002 (MITRE ATLAS technique ids)"),
-            "enabled" => json!({"type": "boolean", "default": true, "description": "Disabled rules are validated but not run"}),
+            "enabled" => {
+                json!({"type": "boolean", "default": true, "description": "Disabled rules are validated but not run"})
+            }
             "entity" => expr("Group-by key, e.g. account_id or ip_prefix(ip, 24, 48)"),
-            "where" => expr("Per-event filter (boolean); events for which it is not true are ignored"),
+            "where" => {
+                expr("Per-event filter (boolean); events for which it is not true are ignored")
+            }
             "window" => duration("Sliding window length"),
             "every" => duration("Pane (slide) length; must divide `window`, at most 1440 panes"),
             "features" => json!({
@@ -91,7 +95,9 @@ pub fn rule_schema() -> Value {
                 "minLength": 1,
                 "description": "Boolean SQL expression over the feature names; true raises an alert",
             }),
-            "suppress" => duration("One new alert per entity per this period; later matches update it (default: the window)"),
+            "suppress" => duration(
+                "One new alert per entity per this period; later matches update it (default: the window)",
+            ),
             "evidence" => strings("Features reported in the alert (default: all)"),
             "tests" => json!({
                 "type": "array",

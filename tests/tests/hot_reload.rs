@@ -164,10 +164,18 @@ fn rules_reload_in_place_and_a_broken_set_is_refused() {
     broker.produce(&input, 0, &harvest("acct-a", 30, 20));
     broker.produce(&input, 0, &hydra(15, 12, 80));
     let cot = wait_alert(&broker, &alerts, "test.cot-harvest", "acct-a");
-    assert_eq!(cot.3["requests"], json!(50), "state kept across the reload: {cot:?}");
+    assert_eq!(
+        cot.3["requests"],
+        json!(50),
+        "state kept across the reload: {cot:?}"
+    );
     let hydra_alert = wait_alert(&broker, &alerts, "test.hydra", "198.51.100.0/24");
     assert_eq!(hydra_alert.1, 2, "{hydra_alert:?}");
-    assert_eq!(hydra_alert.3["accounts"], json!(12), "version 2 starts fresh: {hydra_alert:?}");
+    assert_eq!(
+        hydra_alert.3["accounts"],
+        json!(12),
+        "version 2 starts fresh: {hydra_alert:?}"
+    );
     engine.assert_running();
     assert_eq!(engine.pid(), pid, "no restart");
 
@@ -205,7 +213,11 @@ fn rules_reload_in_place_and_a_broken_set_is_refused() {
     engine.assert_running();
 
     // Fixing the file loads the set: three rules.
-    write_rules(&rules_dir, "other.yaml", &broken.replace("condtion:", "condition:"));
+    write_rules(
+        &rules_dir,
+        "other.yaml",
+        &broken.replace("condtion:", "condition:"),
+    );
     wait_metric(&addr, "cordon_rule_reloads_total{result=\"success\"}", 2.0);
     wait_for(TIMEOUT, "/readyz to show three rules and no error", || {
         let r = readyz(&addr);
