@@ -45,6 +45,10 @@ tests/ocsf/run-venv.sh >/dev/null
 log "building the cordon binary (the end-to-end tests run it as a separate process)"
 cargo build --workspace --bins
 export CORDON_BIN="$PWD/target/debug/cordon"
+# The simulated-day backtest pushes a million events through the engine: release build.
+log "building the release cordon binary (for the simulated-day backtest)"
+cargo build --release --bin cordon
+export CORDON_RELEASE_BIN="$PWD/target/release/cordon"
 
 failed=0
 log "running the Rust test suite"

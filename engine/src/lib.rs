@@ -24,9 +24,12 @@
 //! - [`metrics`]: the Prometheus series and the log lines that go with them.
 //! - [`reload`]: rule hot reload on file change and SIGHUP.
 //! - [`ruletest`]: `cordon rules test`, rules' fixtures through the core.
+//! - [`simulate`]: `cordon simulate`, traffic with campaigns and ground truth.
+//! - [`backtest`]: `cordon backtest`, rules over recorded traffic, scored against truth.
 //! - [`demo`]: `cordon demo`, with an in-process Kafka cluster and a traffic generator.
 
 pub mod agg;
+pub mod backtest;
 pub mod codec;
 pub mod config;
 pub mod decode;
@@ -41,4 +44,5 @@ pub mod processor;
 pub mod reload;
 pub mod ruletest;
 pub mod runtime;
+pub mod simulate;
 pub mod window;

@@ -34,6 +34,60 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// Generate API traffic with extraction campaigns and its ground truth.
+    Simulate {
+        /// Hours of traffic.
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
+        /// Seed: the same seed gives the same traffic.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Event time of the first hour (RFC 3339).
+        #[arg(long, default_value = "2026-03-01T00:00:00Z")]
+        start: String,
+        /// Benign accounts.
+        #[arg(long, default_value_t = 10_000)]
+        accounts: u32,
+        /// Campaign kinds to run, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        campaigns: Vec<String>,
+        /// Multiply each campaign's number of accounts.
+        #[arg(long, default_value_t = 1.0)]
+        campaign_scale: f64,
+        /// 0 (blatant) to 0.9: campaigns send proportionally fewer requests.
+        #[arg(long, default_value_t = 0.0)]
+        stealth: f64,
+        /// Write events here: JSONL, or Parquet when the name ends in .parquet; `-` is stdout.
+        #[arg(long, conflicts_with_all = ["brokers", "topic"], required_unless_present = "brokers")]
+        out: Option<PathBuf>,
+        /// Produce events to Kafka at these brokers (with --topic), keyed by account.
+        #[arg(long, requires = "topic")]
+        brokers: Option<String>,
+        /// The Kafka topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Write the ground truth (JSON) here.
+        #[arg(long)]
+        truth: Option<PathBuf>,
+    },
+    /// Run rules over recorded events (JSONL, Parquet) and report; with ground truth, score.
+    Backtest {
+        /// Rule files or directories.
+        #[arg(long, required = true, num_args = 1..)]
+        rules: Vec<PathBuf>,
+        /// Event files or globs (*.jsonl, *.parquet).
+        #[arg(long, required = true, num_args = 1..)]
+        events: Vec<String>,
+        /// Write alerts (alert schema v1, JSONL) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Ground truth from `cordon simulate --truth`.
+        #[arg(long)]
+        truth: Option<PathBuf>,
+        /// Print the report as JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with rule files.
     Rules {
         #[command(subcommand)]
@@ -120,6 +174,44 @@ fn main() -> ExitCode {
                 .and_then(|flag| demo::run(&demo::DemoOptions { duration, seed }, flag))
                 .map(|_| ())
         }
+        Command::Simulate {
+            hours,
+            seed,
+            start,
+            accounts,
+            campaigns,
+            campaign_scale,
+            stealth,
+            out,
+            brokers,
+            topic,
+            truth,
+        } => {
+            init_logging("warn", log_format);
+            simulate(SimulateArgs {
+                hours,
+                seed,
+                start,
+                accounts,
+                campaigns,
+                campaign_scale,
+                stealth,
+                out,
+                brokers,
+                topic,
+                truth,
+            })
+        }
+        Command::Backtest {
+            rules,
+            events,
+            out,
+            truth,
+            json,
+        } => {
+            init_logging("warn", log_format);
+            backtest(&rules, events, out, truth, json)
+        }
         Command::Rules { command } => match command {
             RulesCommand::Validate { paths } => validate(&paths),
             RulesCommand::Test { paths } => test_rules(&paths),
@@ -170,7 +262,10 @@ fn test_rules(paths: &[PathBuf]) -> anyhow::Result<()> {
         .collect();
     let mut text = cordon_engine::ruletest::render(&reports, &untested);
     if !set.disabled.is_empty() {
-        text.push_str(&format!("not run (disabled): {}\n", set.disabled.join(", ")));
+        text.push_str(&format!(
+            "not run (disabled): {}\n",
+            set.disabled.join(", ")
+        ));
     }
     print_out(&text)?;
     let failed = reports.iter().filter(|r| !r.passed()).count();
@@ -187,5 +282,144 @@ fn print_out(text: &str) -> anyhow::Result<()> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
+    }
+}
+
+/// `cordon simulate`'s arguments.
+struct SimulateArgs {
+    hours: u32,
+    seed: u64,
+    start: String,
+    accounts: u32,
+    campaigns: Vec<String>,
+    campaign_scale: f64,
+    stealth: f64,
+    out: Option<PathBuf>,
+    brokers: Option<String>,
+    topic: Option<String>,
+    truth: Option<PathBuf>,
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    use cordon_engine::simulate::{self, CAMPAIGN_KINDS, JsonlSink, ParquetSink, SimOptions};
+    let start_ms = chrono::DateTime::parse_from_rfc3339(&args.start)
+        .with_context(|| format!("--start `{}` is not RFC 3339", args.start))?
+        .timestamp_millis();
+    for c in &args.campaigns {
+        anyhow::ensure!(
+            CAMPAIGN_KINDS.contains(&c.as_str()),
+            "--campaigns: unknown kind `{c}`; kinds: {}",
+            CAMPAIGN_KINDS.join(", ")
+        );
+    }
+    anyhow::ensure!(args.hours >= 1, "--hours must be at least 1");
+    let opts = SimOptions {
+        hours: args.hours,
+        seed: args.seed,
+        start_ms,
+        benign_accounts: args.accounts,
+        campaigns: if args.campaigns.is_empty() {
+            CAMPAIGN_KINDS.iter().map(|k| (*k).to_owned()).collect()
+        } else {
+            args.campaigns
+        },
+        campaign_scale: args.campaign_scale,
+        stealth: args.stealth,
+    };
+    let mut sim = simulate::Simulation::new(opts);
+    if let Some(path) = &args.truth {
+        let text = serde_json::to_string_pretty(sim.truth())?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    let n = match (&args.out, &args.brokers, &args.topic) {
+        (Some(out), _, _) if out.as_os_str() == "-" => {
+            let mut sink = JsonlSink(std::io::BufWriter::new(std::io::stdout().lock()));
+            simulate::run(&mut sim, &mut sink)?
+        }
+        (Some(out), _, _) if out.extension().is_some_and(|e| e == "parquet") => {
+            let mut sink =
+                ParquetSink::create(out).with_context(|| format!("creating {}", out.display()))?;
+            simulate::run(&mut sim, &mut sink)?
+        }
+        (Some(out), _, _) => {
+            let file = std::fs::File::create(out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let mut sink = JsonlSink(std::io::BufWriter::new(file));
+            simulate::run(&mut sim, &mut sink)?
+        }
+        (None, Some(brokers), Some(topic)) => {
+            let mut sink = KafkaEvents::new(brokers, topic)?;
+            simulate::run(&mut sim, &mut sink)?
+        }
+        _ => anyhow::bail!("give --out FILE, or --brokers and --topic"),
+    };
+    eprintln!(
+        "simulated {n} events: {} hours, {} benign accounts, {} campaign(s)",
+        sim.hours(),
+        sim.truth().benign_accounts,
+        sim.truth().campaigns.len()
+    );
+    Ok(())
+}
+
+/// Simulated events to a Kafka topic, keyed by account, through Cordon's idempotent sink.
+struct KafkaEvents {
+    sink: cordon_connectors::KafkaSink,
+    topic: String,
+}
+
+impl KafkaEvents {
+    fn new(brokers: &str, topic: &str) -> anyhow::Result<Self> {
+        let settings = cordon_connectors::ClientSettings {
+            brokers: brokers.to_owned(),
+            properties: Default::default(),
+        };
+        let sink = cordon_connectors::KafkaSink::new(&settings)?;
+        sink.check_topics(&[topic], runtime::STARTUP_TIMEOUT)?;
+        Ok(Self {
+            sink,
+            topic: topic.to_owned(),
+        })
+    }
+}
+
+impl cordon_engine::simulate::EventSink for KafkaEvents {
+    fn write(&mut self, events: &[cordon_engine::simulate::SimEvent]) -> anyhow::Result<()> {
+        for e in events {
+            let payload = serde_json::to_vec(e)?;
+            self.sink
+                .send(&self.topic, Some(e.account_id.as_bytes()), &payload, &[])?;
+        }
+        self.sink.flush(runtime::FLUSH_TIMEOUT)?;
+        Ok(())
+    }
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.sink.flush(runtime::FLUSH_TIMEOUT)?;
+        Ok(())
+    }
+}
+
+fn backtest(
+    rules: &[PathBuf],
+    events: Vec<String>,
+    out: Option<PathBuf>,
+    truth: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use cordon_engine::backtest;
+    let set = cordon_rules::load_paths(rules).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = backtest::run(
+        &set,
+        &backtest::BacktestOptions {
+            events,
+            out,
+            truth,
+            progress: !json,
+        },
+    )?;
+    if json {
+        print_out(&(serde_json::to_string_pretty(&report)? + "\n"))
+    } else {
+        print_out(&backtest::render(&report))
     }
 }

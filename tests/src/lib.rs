@@ -257,6 +257,32 @@ pub fn cordon_bin() -> PathBuf {
     path
 }
 
+/// The release build of cordon, for the tests that push a day of traffic through it: env
+/// `CORDON_RELEASE_BIN`, else `target/release/cordon` beside this test's target directory.
+///
+/// Panics with build instructions when it does not exist.
+pub fn cordon_release_bin() -> PathBuf {
+    let path = match std::env::var_os("CORDON_RELEASE_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let debug = cordon_bin();
+            let target = debug
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or_else(|| panic!("{} has no target directory", debug.display()));
+            target.join(format!("release/cordon{}", std::env::consts::EXE_SUFFIX))
+        }
+    };
+    if !path.is_file() {
+        panic!(
+            "the release cordon binary is missing at {}: build it first: \
+             cargo build --release --bin cordon, or set CORDON_RELEASE_BIN",
+            path.display()
+        );
+    }
+    path
+}
+
 /// A tansu broker running as a child process on `127.0.0.1:PORT`, with in-memory storage.
 ///
 /// Dropping it kills the broker. If the thread is panicking at that moment (a failed test),
