@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 /// Magic bytes at the start of every encoded state.
 pub const MAGIC: &[u8; 4] = b"CRDN";
 /// Version of the encoded state format.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 
 /// A state blob that cannot be read.
 #[derive(Debug, thiserror::Error)]

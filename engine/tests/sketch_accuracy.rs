@@ -94,7 +94,7 @@ fn quantiles_are_within_the_documented_rank_error() {
         values.iter().map(|x| Input::Number(*x)),
         12,
     );
-    let Partial::Quantiles(set) = &p else {
+    let Some(set) = p.quantiles() else {
         panic!("quantile partial")
     };
     let bound = set.rank_error();
