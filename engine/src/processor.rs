@@ -763,7 +763,7 @@ fn update_table(
         if ks.touch != batch_seq {
             // First event of this key in the batch.
             ks.touch = batch_seq;
-            ks.batch_slot = touched.len() as u32;
+            ks.set_batch_slot(touched.len() as u32);
             touched.push(Touched {
                 hash,
                 rows: [0; SAMPLE_IDS],
@@ -771,7 +771,7 @@ fn update_table(
                 row,
             });
         }
-        let slot = ks.batch_slot as usize;
+        let slot = ks.batch_slot() as usize;
         let update = ks.update(&spec.window, kinds, *ts, &inputs, |k| {
             snapshot_rules(k, &touched[slot], candidates)
         });

@@ -51,15 +51,86 @@ impl WindowSpec {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Pane {
     idx: i64,
     /// Earliest and latest event time, as ms after the pane's start (a pane is shorter than
     /// 49 days, the range of u32 ms).
     min_off: u32,
     max_off: u32,
-    partials: Box<[Partial]>,
 }
+
+/// A key's panes, oldest first: the one pane inline (most keys have one), several in a vector.
+/// 24 bytes, like a `Vec`: the inline pane sits beside the vector's niche.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Panes {
+    One(Pane),
+    Many(Vec<Pane>),
+}
+
+impl Panes {
+    fn as_slice(&self) -> &[Pane] {
+        match self {
+            Panes::One(p) => std::slice::from_ref(p),
+            Panes::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Pane] {
+        match self {
+            Panes::One(p) => std::slice::from_mut(p),
+            Panes::Many(v) => v,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn insert(&mut self, i: usize, pane: Pane) {
+        match self {
+            Panes::Many(v) if v.is_empty() => *self = Panes::One(pane),
+            Panes::One(p) => {
+                let mut v = Vec::with_capacity(2);
+                v.push(*p);
+                v.insert(i, pane);
+                *self = Panes::Many(v);
+            }
+            Panes::Many(v) => {
+                v.reserve_exact(1);
+                v.insert(i, pane);
+            }
+        }
+    }
+
+    /// Drops the oldest `n` panes.
+    fn drop_oldest(&mut self, n: usize) {
+        match self {
+            Panes::One(_) => *self = Panes::Many(Vec::new()),
+            Panes::Many(v) => {
+                v.drain(..n);
+                match v.as_slice() {
+                    [one] => *self = Panes::One(*one),
+                    _ => v.shrink_to_fit(),
+                }
+            }
+        }
+    }
+
+    /// Heap bytes held.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Panes::One(_) => 0,
+            Panes::Many(v) => v.capacity() * std::mem::size_of::<Pane>(),
+        }
+    }
+}
+
+/// Window-level partials per slot, `None` until read (see [`KeyState::window_partial`]).
+type Cache = Box<[Option<Partial>]>;
+
+/// The dirty flag's bit in [`KeyState`]'s packed `slot_dirty`.
+const DIRTY: u32 = 1 << 31;
 
 /// A snapshot of one key's window as one rule sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,44 +162,66 @@ pub enum Update {
 }
 
 /// One entity's window state in one table.
+///
+/// Sized for the many keys that see one event: the one pane's header is inline, all panes'
+/// partials share one allocation, and the struct fits a 64-byte allocator chunk (56 bytes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyState {
-    /// Non-empty panes, oldest first; the last is the head.
-    panes: Vec<Pane>,
-    /// Window-level partials per slot, when the key has more than one pane.
-    cache: Option<Box<[Option<Partial>]>>,
+    /// Non-empty panes, oldest first; the last is the head. Inline while there is one.
+    panes: Panes,
+    /// The panes' partials, pane by pane: slot `s` of pane `i` is at `i * slots + s`.
+    partials: Box<[Partial]>,
+    /// Window-level partials per slot, kept once a key with several panes is busy. Boxed twice:
+    /// a thin pointer keeps the key state small.
+    cache: Option<Box<Cache>>,
     /// Batch sequence of the last update, for least-recently-used eviction.
     pub touch: u32,
-    /// Scratch for the current batch: where the processor tracks this key's rows.
-    pub batch_slot: u32,
-    dirty: bool,
+    /// The batch slot (low 31 bits, see [`KeyState::batch_slot`]) and the dirty flag (top
+    /// bit), packed so that the struct stays within 56 bytes.
+    slot_dirty: u32,
 }
 
 impl KeyState {
     /// An empty key.
     pub fn new() -> Self {
         Self {
-            panes: Vec::new(),
+            panes: Panes::Many(Vec::new()),
+            partials: Box::default(),
             cache: None,
             touch: 0,
-            batch_slot: 0,
-            dirty: false,
+            slot_dirty: 0,
         }
     }
 
     /// Whether the key changed since its last snapshot.
     pub fn is_dirty(&self) -> bool {
-        self.dirty
+        self.slot_dirty & DIRTY != 0
     }
 
     /// Marks the key evaluated.
     pub fn clear_dirty(&mut self) {
-        self.dirty = false;
+        self.slot_dirty &= !DIRTY;
+    }
+
+    /// Scratch for the current batch: where the processor tracks this key's rows.
+    pub fn batch_slot(&self) -> u32 {
+        self.slot_dirty & !DIRTY
+    }
+
+    /// Sets the batch slot (below 2^31; a batch has far fewer keys).
+    pub fn set_batch_slot(&mut self, slot: u32) {
+        debug_assert!(slot < DIRTY, "batch slot {slot} out of range");
+        self.slot_dirty = (self.slot_dirty & DIRTY) | (slot & !DIRTY);
     }
 
     /// The newest pane index, `i64::MIN` before any event.
     pub fn head(&self) -> i64 {
-        self.panes.last().map_or(i64::MIN, |p| p.idx)
+        self.panes.as_slice().last().map_or(i64::MIN, |p| p.idx)
+    }
+
+    /// Slots per pane.
+    fn slots(&self) -> usize {
+        self.partials.len() / self.panes.len().max(1)
     }
 
     /// Whether the key's whole window has expired by `watermark`.
@@ -148,60 +241,66 @@ impl KeyState {
         inputs: &[Option<Input>],
         before_slide: impl FnOnce(&mut KeyState),
     ) -> Update {
+        let n = kinds.len();
         let p = spec.pane_of(ts);
         let head = self.head();
         let mut slid = false;
         if p > head {
-            if self.dirty {
+            if self.is_dirty() {
                 before_slide(self);
-                self.dirty = false;
+                self.clear_dirty();
                 slid = true;
             }
             let keep_from = self
                 .panes
+                .as_slice()
                 .partition_point(|pane| pane.idx <= p - spec.panes);
             if keep_from > 0 {
-                self.panes.drain(..keep_from);
+                self.panes.drop_oldest(keep_from);
+                let mut partials = std::mem::take(&mut self.partials).into_vec();
+                partials.drain(..keep_from * n);
+                self.partials = partials.into_boxed_slice();
                 self.cache = None;
             }
         } else if p <= head - spec.panes {
             return Update::TooOld;
         }
         let off = (ts - p * spec.pane_ms) as u32;
-        let pos = match self.panes.binary_search_by_key(&p, |pane| pane.idx) {
+        let pos = match self
+            .panes
+            .as_slice()
+            .binary_search_by_key(&p, |pane| pane.idx)
+        {
             Ok(i) => i,
             Err(i) => {
-                if self.panes.capacity() == self.panes.len() {
-                    self.panes.reserve_exact(1);
-                }
-                let partials = kinds.iter().map(|k| Partial::new(*k)).collect();
                 self.panes.insert(
                     i,
                     Pane {
                         idx: p,
                         min_off: off,
                         max_off: off,
-                        partials,
                     },
                 );
-                if self.panes.len() == 2 && self.cache.is_none() {
-                    self.cache = Some(vec![None; kinds.len()].into_boxed_slice());
-                }
+                let mut partials = std::mem::take(&mut self.partials).into_vec();
+                partials.reserve_exact(n);
+                partials.splice(i * n..i * n, kinds.iter().map(|k| Partial::new(*k)));
+                self.partials = partials.into_boxed_slice();
                 i
             }
         };
-        let pane = &mut self.panes[pos];
+        let pane = &mut self.panes.as_mut_slice()[pos];
         pane.min_off = pane.min_off.min(off);
         pane.max_off = pane.max_off.max(off);
-        for (slot, input) in inputs.iter().enumerate() {
+        let partials = &mut self.partials[pos * n..(pos + 1) * n];
+        for ((partial, input), slot) in partials.iter_mut().zip(inputs).zip(0..) {
             if let Some(input) = input {
-                pane.partials[slot].add(*input);
+                partial.add(*input);
                 if let Some(Some(c)) = self.cache.as_mut().map(|c| &mut c[slot]) {
                     c.add(*input);
                 }
             }
         }
-        self.dirty = true;
+        self.slot_dirty |= DIRTY;
         if slid {
             Update::AppliedAfterSlide
         } else {
@@ -215,7 +314,7 @@ impl KeyState {
     /// small panes instead, which costs less than holding a second copy of its state.
     fn window_partial(&mut self, slot: usize) -> Option<Cow<'_, Partial>> {
         if self.panes.len() <= 1 {
-            return self.panes.first().map(|p| Cow::Borrowed(&p.partials[slot]));
+            return self.partials.get(slot).map(Cow::Borrowed);
         }
         if self.cache.as_ref().is_some_and(|c| c[slot].is_some()) {
             return self
@@ -224,14 +323,16 @@ impl KeyState {
                 .and_then(|c| c[slot].as_ref())
                 .map(Cow::Borrowed);
         }
-        let mut merged = self.panes[0].partials[slot].clone();
-        for pane in &self.panes[1..] {
-            merged.merge(&pane.partials[slot]);
+        let n = self.slots();
+        let mut panes = self.partials.chunks_exact(n);
+        let mut merged = panes.next()?[slot].clone();
+        for pane in panes {
+            merged.merge(&pane[slot]);
         }
         let events: u64 = self
-            .panes
-            .iter()
-            .map(|p| match &p.partials[EVENTS_SLOT] {
+            .partials
+            .chunks_exact(n)
+            .map(|p| match &p[EVENTS_SLOT] {
                 Partial::Count(c) => *c,
                 _ => 0,
             })
@@ -239,10 +340,9 @@ impl KeyState {
         if events < CACHE_MIN_EVENTS {
             return Some(Cow::Owned(merged));
         }
-        let n = self.panes[0].partials.len();
         let cache = self
             .cache
-            .get_or_insert_with(|| vec![None; n].into_boxed_slice());
+            .get_or_insert_with(|| Box::new(vec![None; n].into_boxed_slice()));
         cache[slot] = Some(merged);
         cache[slot].as_ref().map(Cow::Borrowed)
     }
@@ -272,10 +372,12 @@ impl KeyState {
             features,
             first_seen: self
                 .panes
+                .as_slice()
                 .first()
                 .map_or(start, |p| p.idx * spec.pane_ms + i64::from(p.min_off)),
             last_seen: self
                 .panes
+                .as_slice()
                 .last()
                 .map_or(start, |p| p.idx * spec.pane_ms + i64::from(p.max_off)),
             events,
@@ -286,20 +388,19 @@ impl KeyState {
     /// `map[i]`'s partials, or starts empty when `map[i]` is `None`. `kinds` are the new
     /// slots' kinds. Pane times and the window cache of carried slots stay as they were.
     pub fn remap_slots(&mut self, map: &[Option<usize>], kinds: &[SlotKind]) {
-        fn remap(old: &mut [Partial], map: &[Option<usize>], kinds: &[SlotKind]) -> Box<[Partial]> {
-            map.iter()
-                .zip(kinds)
-                .map(|(m, k)| match m {
-                    Some(o) => std::mem::replace(&mut old[*o], Partial::new(*k)),
-                    None => Partial::new(*k),
-                })
-                .collect()
+        let old_n = self.slots();
+        let mut old = std::mem::take(&mut self.partials).into_vec();
+        let mut partials = Vec::with_capacity(self.panes.len() * map.len());
+        for i in 0..self.panes.len() {
+            let pane = &mut old[i * old_n..(i + 1) * old_n];
+            partials.extend(map.iter().zip(kinds).map(|(m, k)| match m {
+                Some(o) => std::mem::replace(&mut pane[*o], Partial::Count(0)),
+                None => Partial::new(*k),
+            }));
         }
-        for pane in &mut self.panes {
-            pane.partials = remap(&mut pane.partials, map, kinds);
-        }
+        self.partials = partials.into_boxed_slice();
         if let Some(cache) = self.cache.as_mut() {
-            *cache = map
+            **cache = map
                 .iter()
                 .map(|m| m.and_then(|o| cache[o].take()))
                 .collect();
@@ -308,21 +409,16 @@ impl KeyState {
 
     /// Estimated bytes held by this key, excluding the table's own entry overhead.
     pub fn heap_bytes(&self) -> usize {
-        let partial = std::mem::size_of::<Partial>();
-        let panes: usize = self
-            .panes
-            .iter()
-            .map(|p| {
-                p.partials.len() * partial
-                    + p.partials.iter().map(Partial::heap_bytes).sum::<usize>()
-            })
-            .sum::<usize>()
-            + self.panes.capacity() * std::mem::size_of::<Pane>();
+        use std::mem::size_of;
+        let panes = self.panes.heap_bytes();
+        let partials = self.partials.len() * size_of::<Partial>()
+            + self.partials.iter().map(Partial::heap_bytes).sum::<usize>();
         let cache = self.cache.as_ref().map_or(0, |c| {
-            c.len() * std::mem::size_of::<Option<Partial>>()
-                + c.iter().flatten().map(|p| p.heap_bytes()).sum::<usize>()
+            size_of::<Cache>()
+                + c.len() * size_of::<Option<Partial>>()
+                + c.iter().flatten().map(Partial::heap_bytes).sum::<usize>()
         });
-        panes + cache
+        panes + partials + cache
     }
 }
 
@@ -481,6 +577,55 @@ mod tests {
     }
 
     #[test]
+    fn remapped_slots_keep_their_panes() {
+        let mut k = KeyState::new();
+        for i in 0..100 {
+            ev(&mut k, T0 + (i % 3) * 60_000, i % 2 == 0, 1.0, i as u64 % 7);
+        }
+        let before = read(&mut k);
+        // New layout: count, distinct (old 3), a new count_if, moments (old 2).
+        let kinds = [
+            SlotKind::Count,
+            SlotKind::Distinct,
+            SlotKind::Count,
+            SlotKind::Moments,
+        ];
+        k.remap_slots(&[Some(0), Some(3), None, Some(2)], &kinds);
+        let reads = [READS[0], READS[3], READS[1], READS[2]];
+        let reads = [0, 1, 2, 3].map(|slot| FeatureRead {
+            slot,
+            ..reads[slot]
+        });
+        let after = k.snapshot(&SPEC, 0, &reads);
+        assert_eq!(
+            after.features,
+            vec![
+                before.features[0],
+                before.features[3],
+                Some(0.0),
+                before.features[2]
+            ]
+        );
+        assert_eq!(
+            (after.first_seen, after.last_seen),
+            (before.first_seen, before.last_seen)
+        );
+        // Events keep landing in the new layout, in old and new panes.
+        let inputs = [
+            Some(Input::One),
+            Some(Input::Hash(99)),
+            Some(Input::One),
+            None,
+        ];
+        k.update(&SPEC, &kinds, T0 + 60_000, &inputs, |_| {});
+        k.update(&SPEC, &kinds, T0 + 3 * 60_000, &inputs, |_| {});
+        let s = k.snapshot(&SPEC, 0, &reads);
+        assert_eq!(s.features[0], Some(102.0));
+        assert_eq!(s.features[1], Some(8.0));
+        assert_eq!(s.features[2], Some(2.0));
+    }
+
+    #[test]
     fn state_round_trips_through_its_serialized_form() {
         let mut k = KeyState::new();
         for i in 0..300u64 {
@@ -495,5 +640,15 @@ mod tests {
         let bytes = crate::codec::encode_state(&k).expect("encode");
         let mut back: KeyState = crate::codec::decode_state(&bytes).expect("decode");
         assert_eq!(read(&mut back), read(&mut k));
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// A key state is allocated per key: 56 bytes fill a 64-byte allocator chunk.
+    #[test]
+    fn key_state_stays_small() {
+        let size = std::mem::size_of::<super::KeyState>();
+        assert!(size <= 56, "{size}");
     }
 }
