@@ -503,8 +503,10 @@ pub enum Partial {
     Quantiles(Option<Box<QuantileSet>>),
     /// Value frequencies (`None` before the first).
     Frequencies(Option<Box<FreqSet>>),
-    /// Inter-arrival statistics.
-    Arrivals(Box<Arrivals>),
+    /// The event time of exactly one event, for inter-arrival statistics.
+    ArrivalsOne(i64),
+    /// Inter-arrival statistics of no event (`None`) or of two or more.
+    Arrivals(Option<Box<Arrivals>>),
 }
 
 impl Partial {
@@ -517,7 +519,7 @@ impl Partial {
             SlotKind::Distinct => Partial::DistinctExact(None),
             SlotKind::Quantiles => Partial::Quantiles(None),
             SlotKind::Frequencies => Partial::Frequencies(None),
-            SlotKind::Arrivals => Partial::Arrivals(Box::default()),
+            SlotKind::Arrivals => Partial::Arrivals(None),
         }
     }
 
@@ -537,6 +539,20 @@ impl Partial {
             Partial::Extrema(None) => Some((f64::INFINITY, f64::NEG_INFINITY)),
             Partial::ExtremaOne(x) => Some((*x, *x)),
             Partial::Extrema(Some(e)) => Some((e.min, e.max)),
+            _ => None,
+        }
+    }
+
+    /// Inter-arrival statistics, for an arrivals partial.
+    fn arrivals(&self) -> Option<Arrivals> {
+        match self {
+            Partial::Arrivals(None) => Some(Arrivals::default()),
+            Partial::ArrivalsOne(ts) => {
+                let mut a = Arrivals::default();
+                a.add(*ts);
+                Some(a)
+            }
+            Partial::Arrivals(Some(a)) => Some((**a).clone()),
             _ => None,
         }
     }
@@ -596,7 +612,14 @@ impl Partial {
             (Partial::Frequencies(s), Input::Hash(h)) => s
                 .get_or_insert_with(|| Box::new(FreqSet::Exact(Vec::new())))
                 .add(h, 1),
-            (Partial::Arrivals(a), Input::Time(ts)) => a.add(ts),
+            (Partial::Arrivals(None), Input::Time(ts)) => *self = Partial::ArrivalsOne(ts),
+            (Partial::ArrivalsOne(first), Input::Time(ts)) => {
+                let mut a = Arrivals::default();
+                a.add(*first);
+                a.add(ts);
+                *self = Partial::Arrivals(Some(Box::new(a)));
+            }
+            (Partial::Arrivals(Some(a)), Input::Time(ts)) => a.add(ts),
             _ => {}
         }
     }
@@ -640,8 +663,21 @@ impl Partial {
             (Partial::Frequencies(_), Partial::Frequencies(None)) => {}
             (Partial::Frequencies(a @ None), Partial::Frequencies(b)) => a.clone_from(b),
             (Partial::Frequencies(Some(a)), Partial::Frequencies(Some(b))) => a.merge(b),
-            (Partial::Arrivals(a), Partial::Arrivals(b)) => a.append(b),
-            _ => {}
+            (Partial::Arrivals(Some(a)), b) => {
+                if let Some(b) = b.arrivals() {
+                    a.append(&b);
+                }
+            }
+            (a, b) => {
+                if let (Some(mut x), Some(y)) = (a.arrivals(), b.arrivals()) {
+                    x.append(&y);
+                    *a = match x.n {
+                        0 => Partial::Arrivals(None),
+                        1 => Partial::ArrivalsOne(x.first),
+                        _ => Partial::Arrivals(Some(Box::new(x))),
+                    };
+                }
+            }
         }
     }
 
@@ -671,7 +707,8 @@ impl Partial {
             (Partial::Quantiles(s), _) => s.as_ref().and_then(|s| s.quantile(q)),
             (Partial::Frequencies(s), AggKind::TopShare) => s.as_ref().and_then(|s| s.top_share()),
             (Partial::Frequencies(s), AggKind::Entropy) => s.as_ref().and_then(|s| s.entropy()),
-            (Partial::Arrivals(a), _) => a.cv(),
+            // One event has no gap: only two or more can have a coefficient of variation.
+            (Partial::Arrivals(Some(a)), _) => a.cv(),
             _ => None,
         }
     }
@@ -686,7 +723,7 @@ impl Partial {
             Partial::DistinctHll(s) => s.estimated_size(),
             Partial::Quantiles(Some(s)) => size_of::<QuantileSet>() + s.heap_bytes(),
             Partial::Frequencies(Some(s)) => size_of::<FreqSet>() + s.heap_bytes(),
-            Partial::Arrivals(_) => size_of::<Arrivals>(),
+            Partial::Arrivals(Some(_)) => size_of::<Arrivals>(),
             _ => 0,
         }
     }
