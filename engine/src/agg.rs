@@ -495,7 +495,9 @@ pub enum Partial {
     Extrema(Option<Box<Extrema>>),
     /// Exactly one distinct value.
     DistinctOne(u64),
-    /// No distinct value (`None`), or sorted unique 64-bit hashes while few.
+    /// Exactly two distinct values, sorted: one 16-byte allocation (a vector would take two).
+    DistinctTwo(Box<[u64; 2]>),
+    /// No distinct value (`None`), or three or more sorted unique 64-bit hashes while few.
     DistinctExact(Option<Box<Vec<u64>>>),
     /// Distinct values in a HyperLogLog sketch.
     DistinctHll(#[serde(with = "hll_serde")] Box<HllSketch>),
@@ -568,7 +570,10 @@ impl Partial {
     fn is_distinct(&self) -> bool {
         matches!(
             self,
-            Partial::DistinctOne(_) | Partial::DistinctExact(_) | Partial::DistinctHll(_)
+            Partial::DistinctOne(_)
+                | Partial::DistinctTwo(_)
+                | Partial::DistinctExact(_)
+                | Partial::DistinctHll(_)
         )
     }
 
@@ -719,8 +724,9 @@ impl Partial {
         match self {
             Partial::Moments(Some(_)) => size_of::<Moments>(),
             Partial::Extrema(Some(_)) => size_of::<Extrema>(),
+            Partial::DistinctTwo(_) => size_of::<[u64; 2]>(),
             Partial::DistinctExact(Some(v)) => size_of::<Vec<u64>>() + v.capacity() * 8,
-            Partial::DistinctHll(s) => s.estimated_size(),
+            Partial::DistinctHll(s) => size_of::<HllSketch>() + s.estimated_size(),
             Partial::Quantiles(Some(s)) => size_of::<QuantileSet>() + s.heap_bytes(),
             Partial::Frequencies(Some(s)) => size_of::<FreqSet>() + s.heap_bytes(),
             Partial::Arrivals(Some(_)) => size_of::<Arrivals>(),
@@ -729,17 +735,34 @@ impl Partial {
     }
 }
 
-/// Distinct values in a [`Partial`]: none, one hash held inline, up to
+/// Distinct values in a [`Partial`]: none, one or two hashes, up to
 /// [`EXACT_DISTINCT_LIMIT`] sorted unique hashes, or a HyperLogLog sketch beyond.
 impl Partial {
+    /// The values of an exact distinct partial, sorted (empty for a sketch).
+    fn exact_values(&self) -> &[u64] {
+        match self {
+            Partial::DistinctOne(h) => std::slice::from_ref(h),
+            Partial::DistinctTwo(v) => &v[..],
+            Partial::DistinctExact(Some(v)) => v,
+            _ => &[],
+        }
+    }
+
     fn distinct_insert(&mut self, h: u64) {
         match self {
             Partial::DistinctExact(None) => *self = Partial::DistinctOne(h),
             Partial::DistinctOne(a) if *a == h => {}
             Partial::DistinctOne(a) => {
                 let a = *a;
-                let v = if a < h { vec![a, h] } else { vec![h, a] };
-                *self = Partial::DistinctExact(Some(Box::new(v)));
+                *self = Partial::DistinctTwo(Box::new(if a < h { [a, h] } else { [h, a] }));
+            }
+            Partial::DistinctTwo(v) => {
+                if let Err(i) = v.binary_search(&h) {
+                    let mut set = Vec::with_capacity(4);
+                    set.extend_from_slice(&v[..]);
+                    set.insert(i, h);
+                    *self = Partial::DistinctExact(Some(Box::new(set)));
+                }
             }
             Partial::DistinctExact(Some(v)) => {
                 if let Err(i) = v.binary_search(&h) {
@@ -768,25 +791,23 @@ impl Partial {
             self.distinct_insert(a);
             return;
         }
-        match (&mut *self, other) {
-            (_, Partial::DistinctExact(None)) => {}
-            (_, Partial::DistinctOne(h)) => self.distinct_insert(*h),
-            (_, Partial::DistinctExact(Some(v))) => v.iter().for_each(|h| self.distinct_insert(*h)),
-            (Partial::DistinctExact(v), Partial::DistinctHll(o)) => {
-                let mut u = HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("valid lg_k"));
-                u.update(o);
-                v.iter()
-                    .flat_map(|v| v.iter())
-                    .for_each(|h| u.update_value(*h));
-                *self = Partial::DistinctHll(Box::new(u.to_sketch(HllType::Hll8)));
+        let Partial::DistinctHll(o) = other else {
+            for h in other.exact_values() {
+                self.distinct_insert(*h);
             }
-            (Partial::DistinctHll(s), Partial::DistinctHll(o)) => {
-                let mut u = HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("valid lg_k"));
+            return;
+        };
+        let mut u = HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("valid lg_k"));
+        u.update(o);
+        match self {
+            Partial::DistinctHll(s) => {
                 u.update(s);
-                u.update(o);
                 **s = u.to_sketch(HllType::Hll8);
             }
-            _ => {}
+            _ => {
+                self.exact_values().iter().for_each(|h| u.update_value(*h));
+                *self = Partial::DistinctHll(Box::new(u.to_sketch(HllType::Hll8)));
+            }
         }
     }
 
@@ -796,6 +817,7 @@ impl Partial {
         match self {
             Partial::DistinctExact(None) => Some(0.0),
             Partial::DistinctOne(_) => Some(1.0),
+            Partial::DistinctTwo(_) => Some(2.0),
             Partial::DistinctExact(Some(v)) => Some(v.len() as f64),
             // The composite estimator depends only on the registers, so a window reads the
             // same whether its values arrived in one pane or were merged from several (the HIP
