@@ -278,16 +278,24 @@ pub fn run(rules: &RuleSet, opts: &BacktestOptions) -> anyhow::Result<Report> {
     };
     let mut new_alerts: Vec<AlertRecord> = Vec::new();
     let mut now = i64::MIN;
-    for (i, chunk) in messages.chunks(BATCH).enumerate() {
+    // Messages without an event time are refused anyway; giving them their own batch keeps the
+    // batches of the rest, and so every alert, the same with or without them.
+    let unsorted = messages.iter().take_while(|m| m.ts.is_none()).count();
+    let (head, tail) = messages.split_at(unsorted);
+    let chunks = head.chunks(BATCH).chain(tail.chunks(BATCH));
+    let mut offset = 0i64;
+    for (i, chunk) in chunks.enumerate() {
         now = chunk.iter().filter_map(|m| m.ts).fold(now, i64::max);
         let inputs: Vec<Input<'_>> = chunk
             .iter()
-            .enumerate()
-            .map(|(j, m)| Input {
-                partition: 0,
-                offset: (i * BATCH + j) as i64,
-                key: None,
-                payload: &m.payload,
+            .map(|m| {
+                offset += 1;
+                Input {
+                    partition: 0,
+                    offset,
+                    key: None,
+                    payload: &m.payload,
+                }
             })
             .collect();
         let mut out = Output::default();
