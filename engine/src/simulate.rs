@@ -747,6 +747,13 @@ impl Simulation {
             })
             .max()
             .unwrap_or(end);
+        // The pivot's behaviour starts with the release; before it the accounts harvest the
+        // old model like any sweep.
+        let from = if kind == "new-model-pivot" {
+            from.max(self.release_ms)
+        } else {
+            from
+        };
         self.truth.campaigns.push(CampaignTruth {
             id: format!("{kind}-{}", i + 1),
             kind: kind.to_owned(),
