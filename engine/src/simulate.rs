@@ -57,8 +57,8 @@ pub struct SimOptions {
     pub campaigns: Vec<String>,
     /// Multiplies every campaign's number of accounts (at least one account each).
     pub campaign_scale: f64,
-    /// 0 = blatant; towards 1 campaigns send proportionally fewer requests per account and
-    /// mix in more benign-looking requests.
+    /// 0 = blatant; towards 0.9 campaigns send proportionally fewer requests per account, and
+    /// half that share of their requests look like casual chat.
     pub stealth: f64,
 }
 
@@ -232,6 +232,8 @@ struct Actor {
     shapes: Vec<Shape>,
     /// Share of requests to [`NEW_MODEL`] once it is out.
     new_model_share: f64,
+    /// Share of requests that look like casual chat instead (a campaign blending in).
+    blend: f64,
 }
 
 /// The simulation: actors and the truth, generated hour by hour.
@@ -358,6 +360,7 @@ impl Simulation {
                     reasoning: false,
                 }],
                 new_model_share: 0.2,
+                blend: 0.0,
             });
         }
         // Enterprise batch jobs: one template at high volume for two hours, a few API keys.
@@ -391,6 +394,7 @@ impl Simulation {
                         reasoning: false,
                     }],
                     new_model_share: 0.0,
+                    blend: 0.0,
                 });
             }
         }
@@ -417,6 +421,7 @@ impl Simulation {
                     prompts: Prompts::Distinct { repeat: 0.05 },
                     shapes: vec![CHAT],
                     new_model_share: 0.3,
+                    blend: 0.0,
                 });
             }
             placed += people;
@@ -444,6 +449,7 @@ impl Simulation {
                     reasoning: false,
                 }],
                 new_model_share: 0.5,
+                blend: 0.0,
             });
         }
         // Resellers: many genuine customers behind the reseller's gateway.
@@ -472,6 +478,7 @@ impl Simulation {
                     },
                     shapes: vec![CHAT],
                     new_model_share: 0.3,
+                    blend: 0.0,
                 });
             }
         }
@@ -503,6 +510,7 @@ impl Simulation {
                     reasoning: false,
                 }],
                 new_model_share: 0.0,
+                blend: 0.0,
             });
         }
         // Casual users: the rest, each a few requests a day in their own rhythm.
@@ -536,6 +544,7 @@ impl Simulation {
                     },
                 ],
                 new_model_share: 0.4,
+                blend: 0.0,
             });
         }
     }
@@ -544,6 +553,8 @@ impl Simulation {
     fn campaign(&mut self, rng: &mut ChaCha8Rng, kind: &str, i: usize, start: i64, end: i64) {
         let scale = self.opts.campaign_scale.max(0.0);
         let quiet = 1.0 - self.opts.stealth.clamp(0.0, 0.9);
+        // Stealthy campaigns also blend in: part of their requests look like casual chat.
+        let blend = self.opts.stealth.clamp(0.0, 0.9) / 2.0;
         let accounts = |n: u32| ((f64::from(n) * scale).round() as u32).max(1);
         let span = end - start;
         // Campaigns start in the first half (after the model release for the pivot) and run
@@ -574,6 +585,7 @@ impl Simulation {
             prompts: Prompts::Distinct { repeat: 0.0 },
             shapes: vec![heavy],
             new_model_share: 0.0,
+            blend: 0.0,
         };
         base.who.client_fp = "sdk-python".into();
         base.who.user_agent = "python-requests/2.31";
@@ -588,6 +600,7 @@ impl Simulation {
                 actor.who.ips = vec![proxy(rng)];
             }
             actor.rate *= quiet;
+            actor.blend = blend;
             sim.push(actor);
         };
         match kind {
@@ -784,7 +797,11 @@ impl Simulation {
     fn event(&mut self, rng: &mut ChaCha8Rng, a: usize, ts: i64) -> SimEvent {
         self.requests += 1;
         let actor = &self.actors[a];
-        let shape = actor.shapes[rng.random_range(0..actor.shapes.len())];
+        let shape = if actor.blend > 0.0 && rng.random_bool(actor.blend) {
+            CHAT
+        } else {
+            actor.shapes[rng.random_range(0..actor.shapes.len())]
+        };
         let prompt_fp = match &actor.prompts {
             Prompts::Distinct { repeat } if rng.random_bool(*repeat) => {
                 format!("{:016x}", (a as u64) << 20 | rng.random_range(0..8))
@@ -1067,6 +1084,36 @@ mod tests {
     }
 
     #[test]
+    fn stealth_makes_campaigns_quieter_and_blended() {
+        let campaign_events = |stealth: f64| {
+            let opts = SimOptions {
+                hours: 24,
+                benign_accounts: 100,
+                campaigns: vec!["cot-harvest".into()],
+                stealth,
+                ..SimOptions::default()
+            };
+            let mut sim = Simulation::new(opts);
+            let accounts = sim.truth().campaigns[0].accounts.clone();
+            let (mut n, mut cot) = (0usize, 0usize);
+            for h in 0..sim.hours() {
+                for e in sim.hour(h) {
+                    if accounts.contains(&e.account_id) {
+                        n += 1;
+                        cot += usize::from(e.labels.contains(&"cot_elicitation"));
+                    }
+                }
+            }
+            (n, cot as f64 / n as f64)
+        };
+        let (loud, loud_share) = campaign_events(0.0);
+        let (quiet, quiet_share) = campaign_events(0.6);
+        assert!(quiet * 2 < loud, "{quiet} vs {loud}");
+        assert!(loud_share > 0.99, "{loud_share}");
+        assert!((0.6..0.8).contains(&quiet_share), "{quiet_share}");
+    }
+
+    #[test]
     fn machine_timing_is_regular_and_humans_are_not() {
         let arr = |rhythm| {
             let actor = Actor {
@@ -1086,6 +1133,7 @@ mod tests {
                 prompts: Prompts::Distinct { repeat: 0.0 },
                 shapes: vec![CHAT],
                 new_model_share: 0.0,
+                blend: 0.0,
             };
             arrivals(&mut ChaCha8Rng::seed_from_u64(1), &actor, 0)
         };
