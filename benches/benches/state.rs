@@ -1,0 +1,162 @@
+//! Keyed window state: one event into one key's panes, and the aggregates underneath.
+//!
+//! The slot layout is the shipped pack's busiest table (accounts over 1h in 5m panes, every
+//! account rule's aggregates), taken from [`cordon_engine::plan::Plan`]. Each event feeds every
+//! slot (a count, moments, distinct hashes, arrival times), as a request that passes every
+//! rule's filter does.
+//!
+//! - `cordon_engine::window::KeyState::update`: a key's first event (most keys see one or a
+//!   few); a busy key within one pane; a busy key over two hours (panes slide and expire).
+//! - `cordon_engine::window::KeyState::snapshot`: reading one rule's features of a busy key
+//!   (what a touched key costs per rule and batch).
+//! - `cordon_engine::agg::Partial::add`: one value into a partial, per storage kind.
+//!
+//! Run: `cargo bench -p cordon-benches --bench state`.
+
+use cordon_engine::agg::{Input, InputKind, Partial, SlotKind};
+use cordon_engine::plan::Plan;
+use cordon_engine::window::{KeyState, WindowSpec};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::time::Duration;
+
+const T0: i64 = 1_772_359_200_000;
+
+/// Inputs of one event for `kinds`: the `i`th distinct value, `i` as a number, `ts`.
+fn inputs(kinds: &[SlotKind], i: u64, ts: i64) -> Vec<Option<Input>> {
+    kinds
+        .iter()
+        .map(|k| {
+            Some(match k.input() {
+                InputKind::Nothing => Input::One,
+                InputKind::Number => Input::Number(500.0 + (i % 1000) as f64),
+                InputKind::Hash => Input::Hash(xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes())),
+                InputKind::Time => Input::Time(ts),
+            })
+        })
+        .collect()
+}
+
+fn state(c: &mut Criterion) {
+    let rules = cordon_benches::load_pack();
+    let plan = Plan::new(&rules);
+    // The table with the most slots: the pack's per-account 1h/5m table.
+    let Some(table) = plan.tables.iter().max_by_key(|t| t.slots.len()) else {
+        return;
+    };
+    let kinds: Vec<SlotKind> = table.slots.iter().map(|s| s.kind).collect();
+    let spec: WindowSpec = table.window;
+    let label = format!("{} ({} slots)", table.name, kinds.len());
+
+    let mut group = c.benchmark_group("cordon_engine::window::KeyState::update");
+    const KEYS: usize = 10_000;
+    group.throughput(Throughput::Elements(KEYS as u64));
+    group.bench_function(format!("first event of {KEYS} keys, {label}"), |b| {
+        let events: Vec<Vec<Option<Input>>> = (0..KEYS as u64)
+            .map(|i| inputs(&kinds, i, T0 + i as i64))
+            .collect();
+        b.iter_batched_ref(
+            || (0..KEYS).map(|_| KeyState::new()).collect::<Vec<_>>(),
+            |keys| {
+                for (i, (k, inp)) in keys.iter_mut().zip(&events).enumerate() {
+                    black_box(k.update(&spec, &kinds, T0 + i as i64, inp, |_| {}));
+                }
+            },
+            BatchSize::LargeInput,
+        );
+    });
+    const EVENTS: usize = 10_000;
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    for (name, span_ms) in [
+        ("one pane", spec.pane_ms - 1),
+        ("over 2h (panes slide)", 2 * spec.pane_ms * spec.panes),
+    ] {
+        let events: Vec<(i64, Vec<Option<Input>>)> = (0..EVENTS as u64)
+            .map(|i| {
+                let ts = T0 + (i as i64 * span_ms) / EVENTS as i64;
+                (ts, inputs(&kinds, i, ts))
+            })
+            .collect();
+        group.bench_function(
+            format!("one key, {EVENTS} distinct events, {name}, {label}"),
+            |b| {
+                b.iter_batched_ref(
+                    KeyState::new,
+                    |k| {
+                        for (ts, inp) in &events {
+                            black_box(k.update(&spec, &kinds, *ts, inp, |_| {}));
+                        }
+                    },
+                    BatchSize::SmallInput,
+                );
+            },
+        );
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("cordon_engine::window::KeyState::snapshot");
+    group.throughput(Throughput::Elements(1));
+    let rule = table.rules.first().map_or(0, |r| *r);
+    let rp = &plan.rules[rule];
+    for events in [1u64, 1_000] {
+        let mut key = KeyState::new();
+        for i in 0..events {
+            // Spread over the window: a busy key holds all its panes.
+            let ts = T0 + (i as i64 * spec.pane_ms * spec.panes) / events as i64;
+            key.update(&spec, &kinds, ts, &inputs(&kinds, i, ts), |_| {});
+        }
+        group.bench_function(
+            format!("{}, key with {events} events", rp.compiled.rule.id),
+            |b| b.iter(|| black_box(key.snapshot(&spec, rp.events, &rp.reads))),
+        );
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("cordon_engine::agg::Partial::add");
+    const VALUES: u64 = 10_000;
+    group.throughput(Throughput::Elements(VALUES));
+    for kind in [
+        SlotKind::Count,
+        SlotKind::Moments,
+        SlotKind::Distinct,
+        SlotKind::Quantiles,
+        SlotKind::Frequencies,
+        SlotKind::Arrivals,
+    ] {
+        let values: Vec<Input> = (0..VALUES)
+            .map(|i| {
+                let ts = T0 + i as i64 * 100;
+                match kind.input() {
+                    InputKind::Nothing => Input::One,
+                    InputKind::Number => Input::Number((i % 997) as f64),
+                    // Frequencies see a heavy head (a few templates), distinct all new values.
+                    InputKind::Hash if kind == SlotKind::Frequencies => Input::Hash(i % 7),
+                    InputKind::Hash => Input::Hash(xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes())),
+                    InputKind::Time => Input::Time(ts),
+                }
+            })
+            .collect();
+        group.bench_function(format!("{kind:?}, {VALUES} values"), |b| {
+            b.iter_batched_ref(
+                || Partial::new(kind),
+                |p| {
+                    for v in &values {
+                        p.add(*v);
+                    }
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = state
+}
+criterion_main!(benches);

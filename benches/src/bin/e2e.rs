@@ -1,0 +1,809 @@
+//! End to end through a local broker: what a bare rdkafka consumer reads, what `cordon run`
+//! processes from the same topic in the same run, and event-to-alert latency at half that rate.
+//!
+//! One run:
+//! 1. starts tansu 0.6 (env `TANSU_BIN`, else `tansu` on `PATH`) on a free `127.0.0.1` port with
+//!    memory storage, and creates uniquely named topics;
+//! 2. produces `--events` simulator events (a day of benign populations and every campaign
+//!    kind, JSON, keyed by account) into the input topic;
+//! 3. (a) reads the whole topic with a bare rdkafka consumer (subscribe, earliest, no work per
+//!    message): events/s from the first message to the last, the ceiling of this path;
+//! 4. (b) runs the `cordon` release binary (`cordon run --config FILE`, the shipped pack) on
+//!    the same topic and samples `cordon_events_consumed_total` on its `/metrics` every 50 ms:
+//!    events/s from the first sample above zero to the first sample at the topic's size;
+//! 5. (c) starts a fresh engine on new topics and produces a paced stream at half of (b)'s
+//!    rate for `--latency-secs`: simulator events re-stamped with `ts` = the wall clock at send,
+//!    and 10% of the stream from reasoning-trace harvesters (`extraction.cot-harvest`: each
+//!    harvester account sends 350 requests, so one crosses the rule's 300-request threshold
+//!    every 3,500 events and alerts, and more follow for as long as the stream runs). A reader
+//!    on the alerts topic notes each alert's arrival time. Latency = arrival − the alert's
+//!    `last_seen`. `last_seen` is the newest event time of the alerting key's window, and since
+//!    `ts` is the send time and rises, it is the send time of the key's newest event in the
+//!    micro-batch that raised the alert: the event that crossed the threshold, or one sent after
+//!    it in the same batch (so the figure can undercount by up to one batch's fill time,
+//!    `source.max_batch_wait`, 20 ms). `detected_at − last_seen` (engine-side part: broker
+//!    delivery, batching, processing) is shown beside it; `detected_at` is the wall clock when
+//!    the engine processed the batch.
+//!
+//! It prints one table; `--json FILE` writes it as JSON. Every wait is bounded; tansu and the
+//! engines are killed at the end, also on error.
+//!
+//! Build and run: `cargo build --release -p cordon-engine --bin cordon && cargo run --release
+//! -p cordon-benches --bin e2e -- [--events N] [--partitions N] [--latency-secs S] [--json FILE]
+//! [--source-property KEY=VALUE]...` (the last sets librdkafka properties of the engine's
+//! consumer, `source.properties`, to see what a setting changes).
+//! The engine binary is taken from env `CORDON_BIN`, else `cordon` beside this executable.
+
+use anyhow::{Context, Result, bail};
+use cordon_engine::simulate::SimEvent;
+use rdkafka::{
+    ClientConfig, ClientContext, Message as _,
+    consumer::{BaseConsumer, Consumer as _},
+    error::{KafkaError, RDKafkaErrorCode},
+    message::DeliveryResult,
+    producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer},
+};
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Timeout of one Kafka request (metadata).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the engine's `/metrics` is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+/// Requests each harvester account sends in the latency stream (the rule fires at 300).
+const HARVEST_REQUESTS: u64 = 350;
+/// One event in this many of the latency stream is a harvester's.
+const HARVEST_EVERY: u64 = 10;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// Every value of a repeatable option.
+fn arg_all(name: &str) -> Vec<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .filter(|w| w[0] == name)
+        .map(|w| w[1].clone())
+        .collect()
+}
+
+fn arg_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
+    match arg(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name} {v}: not a number")),
+    }
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 for a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), wall_ms())
+}
+
+/// A child process killed when dropped, with its output in a log file.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Self> {
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {name} ({cmd:?})"))?;
+        Ok(Self { name, child, log })
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited with {status}; the end of its log ({}):\n{}",
+                self.name,
+                self.log.display(),
+                tail(&self.log)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Finds an executable: env `var`, else `name` on `PATH`, else `fallback`.
+fn executable(var: &str, name: &str, fallback: Option<PathBuf>) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .or(fallback.filter(|p| p.is_file()))
+}
+
+fn client(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("socket.timeout.ms", "10000");
+    c
+}
+
+struct Tansu {
+    proc: Proc,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Tansu {
+    fn start(bin: &Path, dir: &Path) -> Result<Self> {
+        let mut last = String::new();
+        // A port found free can be taken before tansu binds it: try a few.
+        for attempt in 0..3 {
+            let port = free_port()?;
+            let url = format!("tcp://127.0.0.1:{port}");
+            let mut cmd = Command::new(bin);
+            cmd.arg("broker")
+                .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "memory://tansu/"])
+                .env_remove("CLUSTER_ID");
+            let log = dir.join(format!("tansu-{attempt}.log"));
+            let mut t = Self {
+                proc: Proc::spawn("tansu", cmd, log)?,
+                bin: bin.to_owned(),
+                port,
+            };
+            match t.wait_ready() {
+                Ok(()) => return Ok(t),
+                Err(e) => last = format!("{e:#}"),
+            }
+        }
+        bail!("tansu did not start: {last}")
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let c: BaseConsumer = client(&self.bootstrap()).create()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.proc.check_alive()?;
+            match c.fetch_metadata(None, Duration::from_secs(1)) {
+                Ok(m) if !m.brokers().is_empty() => return self.proc.check_alive(),
+                Ok(_) => {}
+                Err(e) if Instant::now() >= deadline => {
+                    bail!("tansu on port {} did not answer in 30 s: {e}", self.port)
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let out = Command::new(&self.bin)
+            .args(["topic", "create", name, "--broker", &url])
+            .args(["--partitions", &partitions.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .context("running tansu topic create")?;
+        if !out.status.success() {
+            bail!(
+                "tansu topic create {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let c: BaseConsumer = client(&self.bootstrap()).create()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(m) = c.fetch_metadata(Some(name), REQUEST_TIMEOUT)
+                && m.topics().iter().any(|t| {
+                    t.name() == name
+                        && t.error().is_none()
+                        && t.partitions().len() == partitions as usize
+                })
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("topic {name} did not show in the metadata within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Counts failed deliveries.
+#[derive(Default)]
+struct Deliveries {
+    failed: AtomicU64,
+    last_error: std::sync::Mutex<String>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = e.to_string();
+            }
+        }
+    }
+}
+
+fn producer(bootstrap: &str) -> Result<ThreadedProducer<Deliveries>> {
+    Ok(client(bootstrap)
+        .set("linger.ms", "5")
+        .set("acks", "all")
+        .set("message.timeout.ms", "120000")
+        .set("queue.buffering.max.messages", "200000")
+        .create_with_context(Deliveries::default())?)
+}
+
+/// Sends one record, waiting (bounded) while the local queue is full.
+fn send(p: &ThreadedProducer<Deliveries>, topic: &str, key: &[u8], payload: &[u8]) -> Result<()> {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match p.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                if Instant::now() < deadline =>
+            {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => bail!("producing to {topic}: {e}"),
+        }
+    }
+}
+
+fn finish(p: &ThreadedProducer<Deliveries>, what: &str) -> Result<()> {
+    p.flush(Duration::from_secs(120))
+        .with_context(|| format!("flushing {what}"))?;
+    let failed = p.context().failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        let last = p
+            .context()
+            .last_error
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        bail!("{failed} records of {what} were not delivered (last error: {last})");
+    }
+    Ok(())
+}
+
+/// Reads `expected` messages of `topic` as a group member from the earliest offset, doing
+/// nothing with them; returns (seconds from first to last message, bytes).
+fn bare_consumer(bootstrap: &str, topic: &str, expected: u64) -> Result<(f64, u64)> {
+    let c: BaseConsumer = client(bootstrap)
+        .set("group.id", unique("bench-bare"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    c.subscribe(&[topic])?;
+    let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_micros(expected * 200);
+    let (mut n, mut bytes) = (0u64, 0u64);
+    let mut first = None;
+    let mut last = Instant::now();
+    while n < expected {
+        if Instant::now() >= deadline {
+            bail!("the bare consumer read {n} of {expected} messages before its deadline");
+        }
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                n += 1;
+                bytes += m.payload().map_or(0, <[u8]>::len) as u64;
+                last = Instant::now();
+                first.get_or_insert(last);
+            }
+            Some(Err(e)) => eprintln!("bare consumer: {e}"),
+            None => {}
+        }
+    }
+    let first = first.unwrap_or(last);
+    Ok(((last - first).as_secs_f64(), bytes))
+}
+
+/// `GET path` over HTTP/1.0 (no chunked bodies); returns the status and body.
+fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    let sa: std::net::SocketAddr = addr.parse()?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, REQUEST_TIMEOUT)?;
+    s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// A running engine and its `/metrics` address.
+struct Engine {
+    proc: Proc,
+    http: String,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        bootstrap: &str,
+        input: &str,
+        alerts: &str,
+        dlq: &str,
+    ) -> Result<Self> {
+        let http = format!("127.0.0.1:{}", free_port()?);
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        // `--source-property KEY=VALUE`: librdkafka settings for the engine's consumer.
+        let properties: serde_json::Map<String, serde_json::Value> = arg_all("--source-property")
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v)))
+            .collect();
+        let properties = serde_json::Value::Object(properties);
+        let state = dir.join(format!("{name}-state"));
+        std::fs::create_dir_all(&state)?;
+        let yaml = format!(
+            "source:\n  brokers: {}\n  topic: {}\n  group_id: {}\n  properties: {}\n\
+             sink:\n  topic: {}\n  format: native\n\
+             dead_letter:\n  topic: {}\n\
+             rules:\n  paths: [{}]\n\
+             state:\n  dir: {}\n\
+             time:\n  allowed_lateness: 5m\n  max_future_skew: 1m\n\
+             http:\n  listen: {}\n",
+            q(bootstrap),
+            q(input),
+            q(&unique("bench-cordon")),
+            properties,
+            q(alerts),
+            q(dlq),
+            q(&cordon_benches::pack_dir().to_string_lossy()),
+            q(&state.to_string_lossy()),
+            q(&http),
+        );
+        let config = dir.join(format!("{name}.yaml"));
+        std::fs::write(&config, yaml)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("run").arg("--config").arg(&config);
+        let proc = Proc::spawn("cordon", cmd, dir.join(format!("{name}.log")))?;
+        Ok(Self { proc, http })
+    }
+
+    /// `cordon_events_consumed_total`, or `None` while the port does not answer.
+    fn consumed(&mut self) -> Result<Option<u64>> {
+        self.proc.check_alive()?;
+        let Ok((200, body)) = http_get(&self.http, "/metrics") else {
+            return Ok(None);
+        };
+        Ok(body
+            .lines()
+            .find_map(|l| l.strip_prefix("cordon_events_consumed_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64))
+    }
+
+    /// Waits (bounded) until the engine has consumed at least `n` events; returns when it saw
+    /// them first and the count then.
+    fn wait_consumed(&mut self, n: u64, timeout: Duration) -> Result<(Instant, u64)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.consumed()?.unwrap_or(0);
+            if c >= n {
+                return Ok((Instant::now(), c));
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the engine consumed {c} of {n} events within {timeout:?}; its log:\n{}",
+                    tail(&self.proc.log)
+                );
+            }
+            std::thread::sleep(SAMPLE_EVERY);
+        }
+    }
+}
+
+/// An alert as read back: arrival wall clock, status, `last_seen` and `detected_at` in ms.
+struct Arrival {
+    received: i64,
+    status: String,
+    last_seen: i64,
+    detected: i64,
+}
+
+fn parse_ms(v: &serde_json::Value) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str()?)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// Reads `topic` from the start until `stop`, noting each alert's arrival.
+fn alert_reader(
+    bootstrap: String,
+    topic: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<Vec<Arrival>>> {
+    std::thread::spawn(move || {
+        let c: BaseConsumer = client(&bootstrap)
+            .set("group.id", unique("bench-alerts"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()?;
+        c.subscribe(&[&topic])?;
+        let mut out = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let Some(m) = c.poll(Duration::from_millis(20)) else {
+                continue;
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("alert reader: {e}");
+                    continue;
+                }
+            };
+            let received = wall_ms();
+            let Some(Ok(v)) = m.payload().map(serde_json::from_slice::<serde_json::Value>) else {
+                continue;
+            };
+            if let (Some(last_seen), Some(detected)) =
+                (parse_ms(&v["last_seen"]), parse_ms(&v["detected_at"]))
+            {
+                out.push(Arrival {
+                    received,
+                    status: v["status"].as_str().unwrap_or("").to_owned(),
+                    last_seen,
+                    detected,
+                });
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// The `p` quantile (nearest rank) of sorted values.
+fn pct(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// A reasoning-trace harvester's request (what `extraction.cot-harvest` looks for).
+fn harvest_event(n: u64, ts: i64) -> (String, Vec<u8>) {
+    let account = format!("bench-harvester-{:05}", n / HARVEST_REQUESTS);
+    let v = serde_json::json!({
+        "ts": ts,
+        "account_id": account,
+        "ip": format!("198.51.{}.{}", (n / HARVEST_REQUESTS / 250) % 250, 1 + (n / HARVEST_REQUESTS) % 250),
+        "request_id": format!("bench-harvest-{n}"),
+        "model": "frontier-1",
+        "endpoint": "/v1/messages",
+        "status": 200,
+        "input_tokens": 400,
+        "output_tokens": 900 + (n % 300),
+        "reasoning_tokens": 2000,
+        "prompt_fp": format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&n.to_le_bytes())),
+        "labels": ["cot_elicitation", "math"],
+    });
+    (account, serde_json::to_vec(&v).unwrap_or_default())
+}
+
+struct Table {
+    rows: Vec<(String, String)>,
+    numbers: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Table {
+    fn row(&mut self, k: &str, v: String) {
+        println!("| {k} | {v} |");
+        self.rows.push((k.to_owned(), v));
+    }
+    fn num(&mut self, k: &str, v: impl Into<serde_json::Value>) {
+        self.numbers.insert(k.to_owned(), v.into());
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("e2e: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let events: u64 = arg_num("--events", 500_000)?;
+    let partitions: i32 = arg_num("--partitions", 1)?;
+    let latency_secs: u64 = arg_num("--latency-secs", 30)?;
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let tansu_bin = executable("TANSU_BIN", "tansu", home.map(|h| h.join("bin/tansu"))).context(
+        "tansu not found: cargo install tansu --version 0.6.0 --features dynostore --locked, \
+             or set TANSU_BIN",
+    )?;
+    let cordon_bin = std::env::var_os("CORDON_BIN").map_or_else(
+        || std::env::current_exe().map(|e| e.with_file_name("cordon")),
+        |p| Ok(PathBuf::from(p)),
+    )?;
+    if !cordon_bin.is_file() {
+        bail!(
+            "{} not found: cargo build --release -p cordon-engine --bin cordon, or set CORDON_BIN",
+            cordon_bin.display()
+        );
+    }
+    let dir = tempfile::Builder::new().prefix("cordon-e2e-").tempdir()?;
+    let tansu = Tansu::start(&tansu_bin, dir.path())?;
+    let bootstrap = tansu.bootstrap();
+    let input = unique("bench-requests");
+    let alerts = unique("bench-alerts");
+    let dlq = unique("bench-dlq");
+    tansu.create_topic(&input, partitions)?;
+    tansu.create_topic(&alerts, 1)?;
+    tansu.create_topic(&dlq, 1)?;
+
+    let mut t = Table {
+        rows: Vec::new(),
+        numbers: serde_json::Map::new(),
+    };
+    eprintln!("generating {events} simulator events");
+    let sim = cordon_benches::sim_events(events as usize, 7);
+    let records: Vec<(String, Vec<u8>)> = sim
+        .iter()
+        .map(|e| {
+            (
+                e.account_id.clone(),
+                serde_json::to_vec(e).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let bytes: usize = records.iter().map(|r| r.1.len()).sum();
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    t.row(
+        "input",
+        format!(
+            "{events} simulator events, {:.0} bytes each on average, {partitions} partition(s), tansu 0.6 memory storage, 127.0.0.1",
+            bytes as f64 / events as f64
+        ),
+    );
+    let started = Instant::now();
+    let p = producer(&bootstrap)?;
+    for (k, v) in &records {
+        send(&p, &input, k.as_bytes(), v)?;
+    }
+    finish(&p, "the input")?;
+    drop(p);
+    let secs = started.elapsed().as_secs_f64();
+    t.row(
+        "produce (acks=all, linger 5 ms)",
+        format!("{:.0} events/s", events as f64 / secs),
+    );
+    t.num("produce_events_per_s", events as f64 / secs);
+
+    // (a) The ceiling: a bare consumer.
+    let (secs, read_bytes) = bare_consumer(&bootstrap, &input, events)?;
+    let bare = events as f64 / secs.max(1e-9);
+    t.row(
+        "(a) bare rdkafka consumer",
+        format!(
+            "{bare:.0} events/s ({:.1} MB/s)",
+            read_bytes as f64 / secs / 1e6
+        ),
+    );
+    t.num("bare_events_per_s", bare);
+
+    // (b) The engine on the same topic.
+    let mut engine = Engine::start(
+        &cordon_bin,
+        dir.path(),
+        "throughput",
+        &bootstrap,
+        &input,
+        &alerts,
+        &dlq,
+    )?;
+    let (t1, c1) = engine.wait_consumed(1, Duration::from_secs(60))?;
+    let timeout = Duration::from_secs(60) + Duration::from_micros(events * 200);
+    let (t2, c2) = engine.wait_consumed(events, timeout)?;
+    drop(engine);
+    let rate = (c2 - c1) as f64 / (t2 - t1).as_secs_f64().max(1e-9);
+    t.row(
+        "(b) cordon run, shipped pack",
+        format!(
+            "{rate:.0} events/s = {:.0}% of (a) (target >= 90%)",
+            100.0 * rate / bare
+        ),
+    );
+    t.num("engine_events_per_s", rate);
+    t.num("engine_share_of_bare", rate / bare);
+
+    // (c) Latency at half of (b)'s rate, on fresh topics and a fresh engine.
+    let lat_in = unique("bench-lat-requests");
+    let lat_alerts = unique("bench-lat-alerts");
+    let lat_dlq = unique("bench-lat-dlq");
+    tansu.create_topic(&lat_in, partitions)?;
+    tansu.create_topic(&lat_alerts, 1)?;
+    tansu.create_topic(&lat_dlq, 1)?;
+    let mut engine = Engine::start(
+        &cordon_bin,
+        dir.path(),
+        "latency",
+        &bootstrap,
+        &lat_in,
+        &lat_alerts,
+        &lat_dlq,
+    )?;
+    let p = producer(&bootstrap)?;
+    let restamp = |e: &SimEvent| {
+        let mut e = e.clone();
+        e.ts = wall_ms();
+        (
+            e.account_id.clone(),
+            serde_json::to_vec(&e).unwrap_or_default(),
+        )
+    };
+    // Warm-up: the engine has joined its group and consumes before the clock starts.
+    const WARM: u64 = 1_000;
+    for e in sim.iter().take(WARM as usize) {
+        let (k, v) = restamp(e);
+        send(&p, &lat_in, k.as_bytes(), &v)?;
+    }
+    p.flush(Duration::from_secs(30))?;
+    engine.wait_consumed(WARM, Duration::from_secs(60))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = alert_reader(bootstrap.clone(), lat_alerts.clone(), stop.clone());
+    let target = rate / 2.0;
+    let measured_from = wall_ms();
+    let started = Instant::now();
+    let (mut sent, mut harvest) = (0u64, 0u64);
+    let run_for = Duration::from_secs(latency_secs);
+    let mut background = sim.iter().cycle().skip(WARM as usize);
+    while started.elapsed() < run_for {
+        let due = (started.elapsed().as_secs_f64() * target) as u64;
+        while sent < due {
+            let (k, v) = if sent % HARVEST_EVERY == 0 {
+                harvest += 1;
+                harvest_event(harvest - 1, wall_ms())
+            } else {
+                background
+                    .next()
+                    .map(restamp)
+                    .context("the simulator gave no events")?
+            };
+            send(&p, &lat_in, k.as_bytes(), &v)?;
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let paced = sent as f64 / started.elapsed().as_secs_f64();
+    finish(&p, "the latency stream")?;
+    let drained = engine.wait_consumed(WARM + sent, Duration::from_secs(120));
+    // Alerts of the last batches are on their way: give them a moment, then stop reading.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let arrivals = match reader.join() {
+        Ok(r) => r?,
+        Err(_) => bail!("the alert reader panicked"),
+    };
+    drained?;
+    drop(engine);
+    let measured: Vec<&Arrival> = arrivals
+        .iter()
+        .filter(|a| a.last_seen >= measured_from)
+        .collect();
+    let mut latency: Vec<i64> = measured.iter().map(|a| a.received - a.last_seen).collect();
+    let mut engine_side: Vec<i64> = measured.iter().map(|a| a.detected - a.last_seen).collect();
+    latency.sort_unstable();
+    engine_side.sort_unstable();
+    let updates = measured.iter().filter(|a| a.status == "update").count();
+    t.row(
+        "(c) latency stream",
+        format!(
+            "{paced:.0} events/s paced (half of (b): {target:.0}) for {latency_secs} s, 10% from {} harvester accounts",
+            harvest.div_ceil(HARVEST_REQUESTS)
+        ),
+    );
+    t.row(
+        "(c) alerts measured",
+        format!(
+            "{} ({} new, {updates} update)",
+            measured.len(),
+            measured.len() - updates
+        ),
+    );
+    t.row(
+        "(c) event-to-alert latency, arrival − last_seen, p50 / p90 / p99 / max",
+        format!(
+            "{} / {} / {} / {} ms (target p99 <= 1000 ms)",
+            pct(&latency, 0.5),
+            pct(&latency, 0.9),
+            pct(&latency, 0.99),
+            latency.last().copied().unwrap_or(0)
+        ),
+    );
+    t.row(
+        "(c) engine side, detected_at − last_seen, p50 / p90 / p99",
+        format!(
+            "{} / {} / {} ms",
+            pct(&engine_side, 0.5),
+            pct(&engine_side, 0.9),
+            pct(&engine_side, 0.99)
+        ),
+    );
+    t.num("latency_events_per_s", paced);
+    t.num("latency_alerts", measured.len());
+    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        t.num(&format!("latency_ms_{name}"), pct(&latency, q));
+        t.num(&format!("detect_ms_{name}"), pct(&engine_side, q));
+    }
+    drop(tansu);
+
+    if let Some(path) = arg("--json") {
+        let rows: serde_json::Map<String, serde_json::Value> = t
+            .rows
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        let doc = serde_json::json!({ "table": rows, "numbers": t.numbers });
+        std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {path}"))?;
+    }
+    Ok(())
+}
