@@ -283,7 +283,10 @@ fn print_alerts(
             .as_object()
             .map(|f| {
                 f.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
+                    .map(|(k, v)| match v.as_f64() {
+                        Some(x) if v.is_f64() => format!("{k}={x:.2}"),
+                        _ => format!("{k}={v}"),
+                    })
                     .collect::<Vec<_>>()
                     .join(" ")
             })
