@@ -35,41 +35,7 @@ enum Command {
         seed: u64,
     },
     /// Generate API traffic with extraction campaigns and its ground truth.
-    Simulate {
-        /// Hours of traffic.
-        #[arg(long, default_value_t = 24)]
-        hours: u32,
-        /// Seed: the same seed gives the same traffic.
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        /// Event time of the first hour (RFC 3339).
-        #[arg(long, default_value = "2026-03-01T00:00:00Z")]
-        start: String,
-        /// Benign accounts.
-        #[arg(long, default_value_t = 10_000)]
-        accounts: u32,
-        /// Campaign kinds to run, comma-separated (default: all).
-        #[arg(long, value_delimiter = ',')]
-        campaigns: Vec<String>,
-        /// Multiply each campaign's number of accounts.
-        #[arg(long, default_value_t = 1.0)]
-        campaign_scale: f64,
-        /// 0 (blatant) to 0.9: campaigns send proportionally fewer requests.
-        #[arg(long, default_value_t = 0.0)]
-        stealth: f64,
-        /// Write events here: JSONL, or Parquet when the name ends in .parquet; `-` is stdout.
-        #[arg(long, conflicts_with_all = ["brokers", "topic"], required_unless_present = "brokers")]
-        out: Option<PathBuf>,
-        /// Produce events to Kafka at these brokers (with --topic), keyed by account.
-        #[arg(long, requires = "topic")]
-        brokers: Option<String>,
-        /// The Kafka topic.
-        #[arg(long)]
-        topic: Option<String>,
-        /// Write the ground truth (JSON) here.
-        #[arg(long)]
-        truth: Option<PathBuf>,
-    },
+    Simulate(SimulateArgs),
     /// Run rules over recorded events (JSONL, Parquet) and report; with ground truth, score.
     Backtest {
         /// Rule files or directories.
@@ -174,33 +140,9 @@ fn main() -> ExitCode {
                 .and_then(|flag| demo::run(&demo::DemoOptions { duration, seed }, flag))
                 .map(|_| ())
         }
-        Command::Simulate {
-            hours,
-            seed,
-            start,
-            accounts,
-            campaigns,
-            campaign_scale,
-            stealth,
-            out,
-            brokers,
-            topic,
-            truth,
-        } => {
+        Command::Simulate(args) => {
             init_logging("warn", log_format);
-            simulate(SimulateArgs {
-                hours,
-                seed,
-                start,
-                accounts,
-                campaigns,
-                campaign_scale,
-                stealth,
-                out,
-                brokers,
-                topic,
-                truth,
-            })
+            simulate(args)
         }
         Command::Backtest {
             rules,
@@ -286,17 +228,40 @@ fn print_out(text: &str) -> anyhow::Result<()> {
 }
 
 /// `cordon simulate`'s arguments.
+#[derive(clap::Args)]
 struct SimulateArgs {
+    /// Hours of traffic.
+    #[arg(long, default_value_t = 24)]
     hours: u32,
+    /// Seed: the same seed gives the same traffic.
+    #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Event time of the first hour (RFC 3339).
+    #[arg(long, default_value = "2026-03-01T00:00:00Z")]
     start: String,
+    /// Benign accounts.
+    #[arg(long, default_value_t = 10_000)]
     accounts: u32,
+    /// Campaign kinds to run, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
     campaigns: Vec<String>,
+    /// Multiply each campaign's number of accounts.
+    #[arg(long, default_value_t = 1.0)]
     campaign_scale: f64,
+    /// 0 (blatant) to 0.9: campaigns send proportionally fewer requests.
+    #[arg(long, default_value_t = 0.0)]
     stealth: f64,
+    /// Write events here: JSONL, or Parquet when the name ends in .parquet; `-` is stdout.
+    #[arg(long, conflicts_with_all = ["brokers", "topic"], required_unless_present = "brokers")]
     out: Option<PathBuf>,
+    /// Produce events to Kafka at these brokers (with --topic), keyed by account.
+    #[arg(long, requires = "topic")]
     brokers: Option<String>,
+    /// The Kafka topic.
+    #[arg(long)]
     topic: Option<String>,
+    /// Write the ground truth (JSON) here.
+    #[arg(long)]
     truth: Option<PathBuf>,
 }
 
@@ -313,6 +278,16 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         );
     }
     anyhow::ensure!(args.hours >= 1, "--hours must be at least 1");
+    anyhow::ensure!(
+        (0.0..=0.9).contains(&args.stealth),
+        "--stealth must be between 0 and 0.9, not {}",
+        args.stealth
+    );
+    anyhow::ensure!(
+        args.campaign_scale >= 0.0 && args.campaign_scale.is_finite(),
+        "--campaign-scale must be 0 or more, not {}",
+        args.campaign_scale
+    );
     let opts = SimOptions {
         hours: args.hours,
         seed: args.seed,

@@ -44,6 +44,15 @@ fn path(p: &Path) -> String {
 /// A small simulation: 4 hours, 1,000 benign accounts, every campaign kind.
 const SMALL: &[&str] = &["--hours", "4", "--accounts", "1000", "--seed", "11"];
 
+/// `cordon simulate` with [`SMALL`]'s options and `output` (e.g. `--out FILE`).
+#[track_caller]
+fn simulate_small(bin: &Path, output: &[&str]) {
+    let mut args = vec!["simulate"];
+    args.extend_from_slice(output);
+    args.extend_from_slice(SMALL);
+    cordon(bin, &args);
+}
+
 /// The `new` alert ids of an alerts JSONL file.
 fn new_ids(alerts: &str) -> BTreeSet<String> {
     alerts
@@ -147,11 +156,7 @@ fn parquet_and_jsonl_of_the_same_events_give_the_same_alerts() {
     let jsonl = dir.path().join("events.jsonl");
     let parquet = dir.path().join("events.parquet");
     for out in [&jsonl, &parquet] {
-        let mut args = vec!["simulate", "--out"];
-        let out = path(out);
-        args.push(&out);
-        args.extend_from_slice(SMALL);
-        cordon(&bin, &args);
+        simulate_small(&bin, &["--out", &path(out)]);
     }
     // A malformed line and a blank one: counted, not fatal, and Parquet has neither.
     let mut text = fs::read_to_string(&jsonl).expect("jsonl");
@@ -203,10 +208,7 @@ fn globs_name_several_files_and_a_glob_matching_nothing_is_an_error() {
     let bin = cordon_bin();
     let dir = tempfile::tempdir().expect("temp dir");
     let whole = dir.path().join("whole.jsonl");
-    let mut args = vec!["simulate".to_owned(), "--out".to_owned(), path(&whole)];
-    args.extend(SMALL.iter().map(|s| (*s).to_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    cordon(&bin, &args);
+    simulate_small(&bin, &["--out", &path(&whole)]);
     // Split the day in two files, the second half first in name order: the backtest sorts by
     // event time, so the alerts are the same.
     let text = fs::read_to_string(&whole).expect("events");
@@ -264,20 +266,8 @@ fn a_backtest_and_a_live_run_give_the_same_alert_ids() {
     let dir = tempfile::tempdir().expect("temp dir");
     let events = dir.path().join("events.jsonl");
 
-    let mut args = vec![
-        "simulate".to_owned(),
-        "--brokers".to_owned(),
-        broker.bootstrap(),
-        "--topic".to_owned(),
-        input.clone(),
-    ];
-    args.extend(SMALL.iter().map(|s| (*s).to_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    cordon(&bin, &args);
-    let mut args = vec!["simulate".to_owned(), "--out".to_owned(), path(&events)];
-    args.extend(SMALL.iter().map(|s| (*s).to_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    cordon(&bin, &args);
+    simulate_small(&bin, &["--brokers", &broker.bootstrap(), "--topic", &input]);
+    simulate_small(&bin, &["--out", &path(&events)]);
     let produced = fs::read_to_string(&events).expect("events").lines().count() as f64;
 
     let backtest_out = dir.path().join("backtest.jsonl");
