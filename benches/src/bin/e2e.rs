@@ -7,7 +7,9 @@
 //! 2. produces `--events` simulator events (a day of benign populations and every campaign
 //!    kind, JSON, keyed by account) into the input topic;
 //! 3. (a) reads the whole topic with a bare rdkafka consumer (subscribe, earliest, no work per
-//!    message): events/s from the first message to the last, the ceiling of this path;
+//!    message, the engine's consumer properties): events/s from the first message to the last,
+//!    the ceiling of this path; and, for scale, the same with `fetch.wait.max.ms=10`, with
+//!    which tansu 0.6 serves many times more than with librdkafka's default of 500;
 //! 4. (b) runs the `cordon` release binary (`cordon run --config FILE`, the shipped pack) on
 //!    the same topic and samples `cordon_events_consumed_total` on its `/metrics` every 50 ms:
 //!    events/s from the first sample above zero to the first sample at the topic's size;
@@ -31,7 +33,8 @@
 //! Build and run: `cargo build --release -p cordon-engine --bin cordon && cargo run --release
 //! -p cordon-benches --bin e2e -- [--events N] [--partitions N] [--latency-secs S] [--json FILE]
 //! [--source-property KEY=VALUE]...` (the last sets librdkafka properties of the engine's
-//! consumer, `source.properties`, to see what a setting changes).
+//! consumer, `source.properties`, and of the bare consumer alike, to see what a setting
+//! changes; by default both run with librdkafka's defaults, as `cordon run` does).
 //! The engine binary is taken from env `CORDON_BIN`, else `cordon` beside this executable.
 
 use anyhow::{Context, Result, bail};
@@ -75,6 +78,16 @@ fn arg_all(name: &str) -> Vec<String> {
     args.windows(2)
         .filter(|w| w[0] == name)
         .map(|w| w[1].clone())
+        .collect()
+}
+
+/// `--source-property KEY=VALUE`: librdkafka settings of the engine's consumer
+/// (`source.properties`), given to the bare consumer too so that both read alike.
+fn source_properties() -> Vec<(String, String)> {
+    arg_all("--source-property")
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }
 
@@ -323,12 +336,21 @@ fn finish(p: &ThreadedProducer<Deliveries>, what: &str) -> Result<()> {
 
 /// Reads `expected` messages of `topic` as a group member from the earliest offset, doing
 /// nothing with them; returns (seconds from first to last message, bytes).
-fn bare_consumer(bootstrap: &str, topic: &str, expected: u64) -> Result<(f64, u64)> {
-    let c: BaseConsumer = client(bootstrap)
+fn bare_consumer(
+    bootstrap: &str,
+    topic: &str,
+    expected: u64,
+    properties: &[(String, String)],
+) -> Result<(f64, u64)> {
+    let mut config = client(bootstrap);
+    config
         .set("group.id", unique("bench-bare"))
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
+        .set("enable.auto.commit", "false");
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    let c: BaseConsumer = config.create()?;
     c.subscribe(&[topic])?;
     let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_micros(expected * 200);
     let (mut n, mut bytes) = (0u64, 0u64);
@@ -389,11 +411,9 @@ impl Engine {
     ) -> Result<Self> {
         let http = format!("127.0.0.1:{}", free_port()?);
         let q = |s: &str| serde_json::Value::from(s).to_string();
-        // `--source-property KEY=VALUE`: librdkafka settings for the engine's consumer.
-        let properties: serde_json::Map<String, serde_json::Value> = arg_all("--source-property")
-            .iter()
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v)))
+        let properties: serde_json::Map<String, serde_json::Value> = source_properties()
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::from(v)))
             .collect();
         let properties = serde_json::Value::Object(properties);
         let state = dir.join(format!("{name}-state"));
@@ -435,6 +455,31 @@ impl Engine {
             .find_map(|l| l.strip_prefix("cordon_events_consumed_total "))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map(|v| v as u64))
+    }
+
+    /// CPU time of the engine's main thread (the poll-process-write loop), in ns, from
+    /// `/proc` (Linux); `None` elsewhere.
+    fn loop_cpu_ns(&self) -> Option<u64> {
+        let pid = self.proc.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/schedstat"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Sums every sample of a metric family (all label sets) on `/metrics`.
+    fn metric_sum(&mut self, name: &str) -> Result<f64> {
+        let (_, body) = http_get(&self.http, "/metrics")?;
+        Ok(body
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
     }
 
     /// Waits (bounded) until the engine has consumed at least `n` events; returns when it saw
@@ -623,6 +668,19 @@ fn run() -> Result<()> {
             bytes as f64 / events as f64
         ),
     );
+    let props = source_properties();
+    t.row(
+        "consumer properties (bare and engine)",
+        if props.is_empty() {
+            "librdkafka defaults".to_owned()
+        } else {
+            props
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    );
     let started = Instant::now();
     let p = producer(&bootstrap)?;
     for (k, v) in &records {
@@ -637,8 +695,8 @@ fn run() -> Result<()> {
     );
     t.num("produce_events_per_s", events as f64 / secs);
 
-    // (a) The ceiling: a bare consumer.
-    let (secs, read_bytes) = bare_consumer(&bootstrap, &input, events)?;
+    // (a) The ceiling: a bare consumer with the engine's consumer settings.
+    let (secs, read_bytes) = bare_consumer(&bootstrap, &input, events, &props)?;
     let bare = events as f64 / secs.max(1e-9);
     t.row(
         "(a) bare rdkafka consumer",
@@ -648,6 +706,19 @@ fn run() -> Result<()> {
         ),
     );
     t.num("bare_events_per_s", bare);
+    // For scale: what the broker serves when fetches do not wait. With librdkafka's default
+    // `fetch.wait.max.ms` (500) tansu 0.6 serves a fraction of this.
+    if !props.iter().any(|(k, _)| k == "fetch.wait.max.ms") {
+        let mut quick = props.clone();
+        quick.push(("fetch.wait.max.ms".to_owned(), "10".to_owned()));
+        let (secs, _) = bare_consumer(&bootstrap, &input, events, &quick)?;
+        let rate = events as f64 / secs.max(1e-9);
+        t.row(
+            "(a, for scale) bare consumer with fetch.wait.max.ms=10",
+            format!("{rate:.0} events/s"),
+        );
+        t.num("bare_fetch_wait_10_events_per_s", rate);
+    }
 
     // (b) The engine on the same topic.
     let mut engine = Engine::start(
@@ -660,19 +731,45 @@ fn run() -> Result<()> {
         &dlq,
     )?;
     let (t1, c1) = engine.wait_consumed(1, Duration::from_secs(60))?;
+    let (cpu1, batch1) = (
+        engine.loop_cpu_ns(),
+        engine.metric_sum("cordon_batch_duration_seconds_sum")?,
+    );
     let timeout = Duration::from_secs(60) + Duration::from_micros(events * 200);
     let (t2, c2) = engine.wait_consumed(events, timeout)?;
+    let (cpu2, batch2) = (
+        engine.loop_cpu_ns(),
+        engine.metric_sum("cordon_batch_duration_seconds_sum")?,
+    );
+    let batches = engine.metric_sum("cordon_batch_duration_seconds_count")?;
+    let alerts_out = engine.metric_sum("cordon_alerts_total")?;
+    let dead = engine.metric_sum("cordon_dead_letters_total")?;
     drop(engine);
-    let rate = (c2 - c1) as f64 / (t2 - t1).as_secs_f64().max(1e-9);
+    let wall = (t2 - t1).as_secs_f64().max(1e-9);
+    let rate = (c2 - c1) as f64 / wall;
     t.row(
         "(b) cordon run, shipped pack",
         format!(
-            "{rate:.0} events/s = {:.0}% of (a) (target >= 90%)",
+            "{rate:.0} events/s = {:.1}% of (a) (target >= 90%)",
             100.0 * rate / bare
         ),
     );
     t.num("engine_events_per_s", rate);
     t.num("engine_share_of_bare", rate / bare);
+    // Where the engine's time went: its loop thread's CPU and the time inside batches
+    // (processing and waiting for the broker to acknowledge alerts and dead letters).
+    let cpu = match (cpu1, cpu2) {
+        (Some(a), Some(b)) => format!("{:.0}%", 100.0 * (b - a) as f64 / 1e9 / wall),
+        _ => "n/a".to_owned(),
+    };
+    t.row(
+        "(b) engine loop: CPU / time in batches / batches / alerts / dead letters",
+        format!(
+            "{cpu} / {:.0}% / {batches:.0} ({:.0} events each) / {alerts_out:.0} / {dead:.0}",
+            100.0 * (batch2 - batch1) / wall,
+            events as f64 / batches.max(1.0)
+        ),
+    );
 
     // (c) Latency at half of (b)'s rate, on fresh topics and a fresh engine.
     let lat_in = unique("bench-lat-requests");
