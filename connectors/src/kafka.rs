@@ -18,11 +18,14 @@
 
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -62,10 +65,27 @@ pub enum ConnectorError {
         /// The last error.
         last: String,
     },
+    /// Reading a topic to its end took too long.
+    #[error(
+        "reading `{topic}` to its end did not finish within {waited:?} (is Kafka at {brokers} reachable?)"
+    )]
+    ReadTimeout {
+        /// The topic.
+        topic: String,
+        /// The brokers.
+        brokers: String,
+        /// How long it tried.
+        waited: Duration,
+    },
     /// Any other Kafka error.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
 }
+
+/// Called when partitions are assigned, before the consumer fetches from them: returns the
+/// offset to start each partition at (partitions it leaves out start at the group's committed
+/// offset). The engine uses it to resume at its checkpoints.
+pub type AssignHook = Box<dyn Fn(&[i32]) -> BTreeMap<i32, i64> + Send + Sync>;
 
 /// Settings shared by every client: brokers and librdkafka passthrough properties.
 #[derive(Debug, Clone, Default)]
@@ -111,6 +131,8 @@ pub struct SourceRecord {
 /// the consumer lag from librdkafka's statistics.
 pub struct SourceContext {
     topic: String,
+    on_assign: Mutex<Option<AssignHook>>,
+    newly_assigned: Mutex<Vec<i32>>,
     revoked: Mutex<Vec<i32>>,
     assigned: Mutex<BTreeSet<i32>>,
     lag: Mutex<BTreeMap<i32, i64>>,
@@ -123,6 +145,8 @@ impl SourceContext {
     fn new(topic: &str) -> Self {
         Self {
             topic: topic.to_owned(),
+            on_assign: Mutex::default(),
+            newly_assigned: Mutex::default(),
             revoked: Mutex::default(),
             assigned: Mutex::default(),
             lag: Mutex::default(),
@@ -231,6 +255,67 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
+    /// As rdkafka's default, except that an assignment first asks the [`AssignHook`] where to
+    /// start each partition and sets those offsets in the assignment itself, so the consumer
+    /// never fetches from the committed offset first.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let parts: Vec<i32> = tpl
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+                if let Ok(hook) = self.on_assign.lock()
+                    && let Some(hook) = hook.as_ref()
+                {
+                    for (p, o) in hook(&parts) {
+                        if let Err(e) = tpl.set_partition_offset(&self.topic, p, Offset::Offset(o))
+                        {
+                            tracing::warn!(partition = p, error = %e, "cannot set the start offset");
+                        }
+                    }
+                }
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "assigning partitions failed");
+                }
+                if let Ok(mut n) = self.newly_assigned.lock() {
+                    n.extend(&parts);
+                }
+                self.post_rebalance(consumer, &Rebalance::Assign(tpl));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "unassigning partitions failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error; unassigning");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
@@ -389,6 +474,24 @@ impl KafkaSource {
         }
     }
 
+    /// Sets the hook that chooses where newly assigned partitions start (call before
+    /// [`subscribe`](Self::subscribe)).
+    pub fn on_assign(&self, hook: AssignHook) {
+        if let Ok(mut h) = self.consumer.context().on_assign.lock() {
+            *h = Some(hook);
+        }
+    }
+
+    /// Partitions assigned since the last call (after the [`AssignHook`] ran for them).
+    pub fn take_assigned(&self) -> Vec<i32> {
+        self.consumer
+            .context()
+            .newly_assigned
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
+    }
+
     /// Partitions revoked since the last call.
     pub fn take_revoked(&self) -> Vec<i32> {
         self.consumer
@@ -477,6 +580,8 @@ fn check_topics<C: ClientContext>(
 
 /// Counts delivery failures for [`KafkaSink::flush`].
 pub struct SinkContext {
+    /// Per (topic, partition): the offset after the highest message delivered.
+    delivered: Mutex<HashMap<(String, i32), i64>>,
     failed: AtomicU64,
     last_error: Mutex<String>,
     client_errors: RateLimitedLog,
@@ -485,6 +590,7 @@ pub struct SinkContext {
 impl Default for SinkContext {
     fn default() -> Self {
         Self {
+            delivered: Mutex::default(),
             failed: AtomicU64::new(0),
             last_error: Mutex::default(),
             client_errors: client_errors_log(),
@@ -516,6 +622,12 @@ impl ProducerContext for SinkContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
+        if let Ok(m) = result
+            && let Ok(mut d) = self.delivered.lock()
+        {
+            let end = d.entry((m.topic().to_owned(), m.partition())).or_insert(0);
+            *end = (*end).max(m.offset() + 1);
+        }
         if let Err((e, _)) = result {
             self.failed.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut last) = self.last_error.lock() {
@@ -596,6 +708,22 @@ impl KafkaSink {
         }
     }
 
+    /// Per partition of `topic`, the offset after the highest message this sink delivered
+    /// there (a lower bound of the partition's end).
+    pub fn delivered_ends(&self, topic: &str) -> BTreeMap<i32, i64> {
+        self.producer
+            .context()
+            .delivered
+            .lock()
+            .map(|d| {
+                d.iter()
+                    .filter(|((t, _), _)| t == topic)
+                    .map(|((_, p), o)| (*p, *o))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Waits until every queued message is delivered (or `timeout` passes); fails if any message
     /// since the previous flush was not delivered.
     pub fn flush(&self, timeout: Duration) -> Result<(), ConnectorError> {
@@ -613,6 +741,117 @@ impl KafkaSink {
         }
         Ok(())
     }
+}
+
+/// A message read back by [`read_to_end`].
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads every partition of `topic` from `starts[partition]` (from its current end where no
+/// start is given) to its end, and returns the messages (without payloads) in (partition,
+/// offset) order and each partition's end offset.
+///
+/// The end is where the consumer reports the end of the partition (`enable.partition.eof`),
+/// that is the high watermark of a fetch response, not a ListOffsets answer: tansu 0.6 answers
+/// ListOffsets(latest) with the newest batch's base offset plus one, short of the end.
+pub fn read_to_end(
+    settings: &ClientSettings,
+    topic: &str,
+    starts: &BTreeMap<i32, i64>,
+    timeout: Duration,
+) -> Result<(Vec<ReadRecord>, BTreeMap<i32, i64>), ConnectorError> {
+    let group = format!("cordon-reader-{}", std::process::id());
+    let consumer: BaseConsumer = settings
+        .config(
+            &[("fetch.wait.max.ms", "50")],
+            &[
+                ("group.id", &group),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.partition.eof", "true"),
+                ("auto.offset.reset", "earliest"),
+            ],
+        )
+        .create()
+        .map_err(ConnectorError::Config)?;
+    let deadline = Instant::now() + timeout;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|source| ConnectorError::Unreachable {
+            brokers: settings.brokers.clone(),
+            source,
+        })?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    // Partition -> (next offset, if known; at the end).
+    let mut progress: BTreeMap<i32, (Option<i64>, bool)> = BTreeMap::new();
+    for p in &partitions {
+        let start = starts.get(p).copied();
+        let offset = start.map_or(Offset::End, Offset::Offset);
+        tpl.add_partition_offset(topic, *p, offset)?;
+        progress.insert(*p, (start, false));
+    }
+    consumer.assign(&tpl)?;
+    let mut records = Vec::new();
+    while !progress.values().all(|(_, eof)| *eof) {
+        if Instant::now() >= deadline {
+            return Err(ConnectorError::ReadTimeout {
+                topic: topic.to_owned(),
+                brokers: settings.brokers.clone(),
+                waited: timeout,
+            });
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                if let Some(entry) = progress.get_mut(&p) {
+                    entry.1 = true;
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, topic, "reading to the end: retrying"),
+            Some(Ok(m)) => {
+                if let Some(entry) = progress.get_mut(&m.partition()) {
+                    *entry = (Some(m.offset() + 1), false);
+                }
+                records.push(ReadRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    headers: headers_of(&m),
+                });
+            }
+        }
+    }
+    // Partitions read from their end without a message: the position is the end.
+    let position = consumer.position()?;
+    let mut ends = BTreeMap::new();
+    for (p, (next, _)) in progress {
+        let end = match next {
+            Some(n) => n,
+            None => match position.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => consumer.fetch_watermarks(topic, p, timeout)?.1,
+            },
+        };
+        ends.insert(p, end);
+    }
+    let _ = consumer.unassign();
+    records.sort_by_key(|r| (r.partition, r.offset));
+    Ok((records, ends))
 }
 
 /// Reads the headers of a message into owned pairs (for tools and tests).

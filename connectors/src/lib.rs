@@ -7,4 +7,7 @@
 
 pub mod kafka;
 
-pub use kafka::{ClientSettings, ConnectorError, KafkaSink, KafkaSource, SourceRecord};
+pub use kafka::{
+    AssignHook, ClientSettings, ConnectorError, KafkaSink, KafkaSource, ReadRecord, SourceRecord,
+    read_to_end,
+};

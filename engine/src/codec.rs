@@ -1,17 +1,27 @@
 //! The one place persisted state is encoded: bincode 2 (pinned; upstream is unmaintained, so it
 //! stays behind this module) with a magic and a format-version header.
 //!
+//! Layout: `CRDN`, the format version (u16 LE), the body length (u64 LE), the xxh3-64 of the
+//! body (u64 LE), the bincode body. The length and checksum make a torn or partly written file
+//! a [`CodecError::Corrupt`] instead of a misread: a reader then falls back to an older copy.
+//!
 //! Persisted types use only serde features bincode round-trips (no `flatten`, `untagged` or
 //! `skip_serializing_if`). Any change to a persisted type bumps [`FORMAT_VERSION`]; a reader
 //! refuses versions it does not know with a clear error instead of misreading them.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use xxhash_rust::xxh3::xxh3_64;
 
 /// Magic bytes at the start of every encoded state.
 pub const MAGIC: &[u8; 4] = b"CRDN";
 /// Version of the encoded state format.
-pub const FORMAT_VERSION: u16 = 2;
+/// Version 3 added the body length and checksum to the header (version 2 changed the key
+/// state's layout; neither 1 nor 2 was ever written to disk by a released engine).
+pub const FORMAT_VERSION: u16 = 3;
+
+/// Bytes before the body: magic, version, length, checksum.
+pub const HEADER_LEN: usize = 4 + 2 + 8 + 8;
 
 /// A state blob that cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +48,15 @@ fn config() -> impl bincode::config::Config {
 
 /// Encodes `value` with the header.
 pub fn encode_state<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let mut out = vec![0u8; HEADER_LEN];
     bincode::serde::encode_into_std_write(value, &mut out, config())
         .map_err(|e| CodecError::Corrupt(e.to_string()))?;
+    let body_len = (out.len() - HEADER_LEN) as u64;
+    let sum = xxh3_64(&out[HEADER_LEN..]);
+    out[..4].copy_from_slice(MAGIC);
+    out[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out[6..14].copy_from_slice(&body_len.to_le_bytes());
+    out[14..22].copy_from_slice(&sum.to_le_bytes());
     Ok(out)
 }
 
@@ -51,12 +65,29 @@ pub fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> 
     let Some(rest) = bytes.strip_prefix(MAGIC.as_slice()) else {
         return Err(CodecError::BadMagic);
     };
-    let (version, body) = rest
+    let (version, rest) = rest
         .split_at_checked(2)
         .ok_or_else(|| CodecError::Corrupt("no version".into()))?;
     let found = u16::from_le_bytes([version[0], version[1]]);
     if found != FORMAT_VERSION {
         return Err(CodecError::UnknownVersion { found });
+    }
+    let (head, body) = rest
+        .split_at_checked(16)
+        .ok_or_else(|| CodecError::Corrupt("truncated header".into()))?;
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&head[..8]);
+    let mut sum = [0u8; 8];
+    sum.copy_from_slice(&head[8..]);
+    let len = u64::from_le_bytes(len);
+    if body.len() as u64 != len {
+        return Err(CodecError::Corrupt(format!(
+            "body is {} bytes, the header says {len} (torn write?)",
+            body.len()
+        )));
+    }
+    if xxh3_64(body) != u64::from_le_bytes(sum) {
+        return Err(CodecError::Corrupt("checksum mismatch".into()));
     }
     let (value, used) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| CodecError::Corrupt(e.to_string()))?;
@@ -83,6 +114,12 @@ mod tests {
         );
         let mut other = bytes.clone();
         other[4] = 9;
+        assert!(
+            decode_state::<(u32, String, Vec<f64>)>(&other)
+                .expect_err("unknown version")
+                .to_string()
+                .contains("state format version 9 is not supported"),
+        );
         assert!(matches!(
             decode_state::<(u32, String, Vec<f64>)>(&other),
             Err(CodecError::UnknownVersion { found: 9 })
@@ -94,6 +131,13 @@ mod tests {
         assert!(matches!(
             decode_state::<(u32, String, Vec<f64>)>(&bytes[..bytes.len() - 3]),
             Err(CodecError::Corrupt(_))
+        ));
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(
+            decode_state::<(u32, String, Vec<f64>)>(&flipped),
+            Err(CodecError::Corrupt(m)) if m.contains("checksum")
         ));
     }
 }

@@ -260,6 +260,17 @@ impl Default for StateConfig {
     }
 }
 
+/// What happens to an event stamped further than `time.max_future_skew` ahead of the clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FutureEvents {
+    /// Dead-lettered as `future`.
+    #[default]
+    Reject,
+    /// Counted at the wall clock plus `max_future_skew`.
+    Clamp,
+}
+
 /// Event time.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -267,9 +278,12 @@ pub struct TimeConfig {
     /// Events older than the partition's watermark minus this go to the dead-letter topic.
     #[serde(default = "default_allowed_lateness", with = "duration")]
     pub allowed_lateness: Duration,
-    /// Events stamped further than this ahead of the wall clock are rejected.
+    /// Events stamped further than this ahead of the wall clock are rejected or clamped.
     #[serde(default = "default_max_future_skew", with = "duration")]
     pub max_future_skew: Duration,
+    /// `reject` (dead-letter as `future`) or `clamp` (count at the limit).
+    #[serde(default)]
+    pub future_events: FutureEvents,
 }
 
 impl Default for TimeConfig {
@@ -277,6 +291,7 @@ impl Default for TimeConfig {
         Self {
             allowed_lateness: default_allowed_lateness(),
             max_future_skew: default_max_future_skew(),
+            future_events: FutureEvents::Reject,
         }
     }
 }
@@ -489,7 +504,10 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ("dead_letter", &["topic"]),
     ("rules", &["paths"]),
     ("state", &["dir", "checkpoint_interval", "max_keys"]),
-    ("time", &["allowed_lateness", "max_future_skew"]),
+    (
+        "time",
+        &["allowed_lateness", "max_future_skew", "future_events"],
+    ),
     ("http", &["listen"]),
 ];
 
@@ -586,11 +604,12 @@ mod tests {
     fn every_documented_key_is_accepted() {
         let text = "source:\n  brokers: b:9092\n  topic: t\n  group_id: g\n  properties: {security.protocol: SASL_SSL}\n\
 sink:\n  topic: a\n  format: ocsf\ndead_letter:\n  topic: d\nrules:\n  paths: [x]\nstate:\n  dir: /tmp/s\n  \
-checkpoint_interval: 10s\n  max_keys: 5\ntime:\n  allowed_lateness: 1m\n  max_future_skew: 30s\nhttp:\n  listen: 127.0.0.1:1\n";
+checkpoint_interval: 10s\n  max_keys: 5\ntime:\n  allowed_lateness: 1m\n  max_future_skew: 30s\n  future_events: clamp\nhttp:\n  listen: 127.0.0.1:1\n";
         let c = parse(text).expect("valid");
         assert_eq!(c.sink.format, SinkFormat::Ocsf);
         assert_eq!(c.source.properties["security.protocol"], "SASL_SSL");
         assert_eq!(c.time.max_future_skew, Duration::from_secs(30));
+        assert_eq!(c.time.future_events, FutureEvents::Clamp);
         let c = parse("source:\n  brokers: b:1\n  properties: {linger.ms: 5, enable.ssl.certificate.verification: false}\n")
             .expect("numbers and booleans");
         assert_eq!(c.source.properties["linger.ms"], "5");

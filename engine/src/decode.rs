@@ -316,6 +316,8 @@ pub struct TimeCheck {
     pub allowed_lateness_ms: i64,
     /// Events stamped after this (wall clock plus `time.max_future_skew`) are refused.
     pub max_ts: i64,
+    /// Clamp such events to `max_ts` instead (`time.future_events: clamp`).
+    pub clamp_future: bool,
 }
 
 /// Builds one record batch of event schema v1 from messages.
@@ -438,6 +440,11 @@ impl EventBatchBuilder {
         let account_created = match &wire.account_created {
             Some(t) => Some(parse_ts("account_created", t)?),
             None => None,
+        };
+        let ts = if ts > time.max_ts && time.clamp_future {
+            time.max_ts
+        } else {
+            ts
         };
         if ts > time.max_ts {
             return Err(Rejection::new(
@@ -615,6 +622,7 @@ mod tests {
             watermark: i64::MIN,
             allowed_lateness_ms: 300_000,
             max_ts: MAX_TS_MS,
+            clamp_future: false,
         }
     }
 
@@ -798,6 +806,7 @@ mod tests {
             watermark: i64::MIN,
             allowed_lateness_ms: 60_000,
             max_ts: T0 + 10_000,
+            clamp_future: false,
         };
         let ev = |ts: i64| format!(r#"{{"ts":{ts},"account_id":"a","ip":"10.0.0.1"}}"#);
         b.push(ev(T0).as_bytes(), &mut time).expect("first");
@@ -821,6 +830,27 @@ mod tests {
             "refused events do not move the watermark"
         );
         assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn future_events_are_clamped_when_configured() {
+        let mut b = EventBatchBuilder::new(1024);
+        let mut time = TimeCheck {
+            watermark: i64::MIN,
+            allowed_lateness_ms: 60_000,
+            max_ts: T0 + 10_000,
+            clamp_future: true,
+        };
+        let ev = |ts: i64| format!(r#"{{"ts":{ts},"account_id":"a","ip":"10.0.0.1"}}"#);
+        b.push(ev(T0 + 86_400_000).as_bytes(), &mut time)
+            .expect("clamped, not refused");
+        assert_eq!(
+            time.watermark,
+            T0 + 10_000,
+            "the watermark moves to the limit only"
+        );
+        let (_, times) = b.finish();
+        assert_eq!(times, vec![T0 + 10_000]);
     }
 
     #[test]

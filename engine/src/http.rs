@@ -64,6 +64,8 @@ pub struct Health {
     heartbeat_ms: AtomicU64,
     /// Milliseconds after `started` of the last non-empty batch, plus one (0: none yet).
     last_batch_ms: AtomicU64,
+    /// Milliseconds after `started` of the last complete checkpoint, plus one (0: none yet).
+    last_checkpoint_ms: AtomicU64,
     rules: Mutex<RulesHealth>,
     assigned: Mutex<Vec<i32>>,
 }
@@ -88,7 +90,7 @@ pub struct Readiness {
     pub assigned_partitions: Vec<i32>,
     /// Seconds since the last batch with messages; `null` before the first.
     pub last_batch_age_seconds: Option<f64>,
-    /// Seconds since the last complete checkpoint; `null` (checkpoints are not written yet).
+    /// Seconds since the last complete checkpoint; `null` before the first.
     pub last_checkpoint_age_seconds: Option<f64>,
     /// Why the last rule reload was refused (the running set stays); `null` if it was not.
     pub rules_error: Option<String>,
@@ -108,6 +110,7 @@ impl Health {
             consuming: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),
             last_batch_ms: AtomicU64::new(0),
+            last_checkpoint_ms: AtomicU64::new(0),
             rules: Mutex::default(),
             assigned: Mutex::default(),
         }
@@ -131,6 +134,12 @@ impl Health {
     /// A batch with messages was processed and written.
     pub fn batch_done(&self) {
         self.last_batch_ms
+            .store(self.now_ms().saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// A checkpoint of every partition that needed one was written.
+    pub fn checkpoint_done(&self) {
+        self.last_checkpoint_ms
             .store(self.now_ms().saturating_add(1), Ordering::Relaxed);
     }
 
@@ -166,13 +175,17 @@ impl Health {
             0 => None,
             ms => Some(age(ms - 1).as_secs_f64()),
         };
+        let last_checkpoint = match self.last_checkpoint_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(age(ms - 1).as_secs_f64()),
+        };
         Readiness {
             ready: consuming && rules.loaded.is_some(),
             consuming,
             rules_loaded: rules.loaded.unwrap_or(0),
             assigned_partitions: self.assigned.lock().map(|a| a.clone()).unwrap_or_default(),
             last_batch_age_seconds: last_batch,
-            last_checkpoint_age_seconds: None,
+            last_checkpoint_age_seconds: last_checkpoint,
             rules_error: rules.error,
         }
     }

@@ -12,6 +12,7 @@
 //! - [`plan`]: shared state tables, slots and expressions of a rule set.
 //! - [`window`]: per-entity sliding windows of panes.
 //! - [`codec`]: the versioned binary encoding of persisted state.
+//! - [`checkpoint`]: per-partition checkpoints (state, offsets) and their files.
 //! - [`gate`]: suppression, deterministic alert ids, alert schema v1.
 //! - [`ocsf`]: alerts as OCSF Detection Findings (`sink.format: ocsf`).
 //! - [`processor`]: the core loop over a micro-batch.
@@ -30,6 +31,7 @@
 
 pub mod agg;
 pub mod backtest;
+pub mod checkpoint;
 pub mod codec;
 pub mod config;
 pub mod decode;

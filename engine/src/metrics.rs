@@ -226,7 +226,7 @@ impl Metrics {
             checkpoint_age: {
                 let g = Gauge::new(
                     "cordon_checkpoint_age_seconds",
-                    "Seconds since the last complete checkpoint. Checkpoints are not written yet: always 0 until they are.",
+                    "Seconds since the last complete checkpoint (0 until the first).",
                 )?;
                 r.register(Box::new(g.clone()))?;
                 g
@@ -248,7 +248,7 @@ impl Metrics {
             checkpoint_duration: histogram(
                 &r,
                 "cordon_checkpoint_duration_seconds",
-                "Time to write one checkpoint. Checkpoints are not written yet: no observations until they are.",
+                "Time to write one round of checkpoints (every partition that changed since the last), including the offset commit.",
                 CHECKPOINT_DURATION_BUCKETS,
             )?,
             registry: r,
@@ -263,7 +263,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.rule_reloads.with_label_values(&[result]);
         }
-        // Set explicitly: 0 until checkpoints exist (see its help text).
+        // Set explicitly: 0 until the first checkpoint (see its help text).
         m.checkpoint_age.set(0.0);
         Ok(m)
     }
@@ -403,8 +403,7 @@ impl Metrics {
     }
 
     /// A checkpoint completed in `elapsed`: observes its duration and restarts
-    /// `cordon_checkpoint_age_seconds` from 0. (For the checkpoint writer, which does not exist
-    /// yet; nothing calls this today.)
+    /// `cordon_checkpoint_age_seconds` from 0.
     pub fn checkpoint_done(&self, elapsed: Duration) {
         self.checkpoint_duration.observe(elapsed.as_secs_f64());
         self.checkpoint_age.set(0.0);

@@ -154,7 +154,9 @@ mod tests {
                 first_seen: 1,
                 last_seen: 2,
                 detected: 3,
+                window_end: 4,
             },
+            partition: 0,
             description: "what to do".into(),
         }
     }

@@ -8,6 +8,8 @@
 //! once over all touched keys.
 
 use crate::agg::{Input as AggInput, InputKind, SlotKind};
+use crate::checkpoint::{self, Checkpoint, CheckpointMeta, CheckpointRef};
+use crate::codec::CodecError;
 use crate::decode::{EventBatchBuilder, Reason, TimeCheck, dead_letter_payload};
 use crate::gate::{
     ALERT_SCHEMA, Alert, AlertEngine, AlertEntity, AlertRule, AlertWindow, Decision, Gate, rfc3339,
@@ -48,6 +50,8 @@ pub struct AlertRecord {
     pub alert: Alert,
     /// The alert's times in epoch ms (the alert carries them as RFC 3339 text).
     pub times: AlertTimes,
+    /// The input partition whose state raised it.
+    pub partition: i32,
     /// The rule's description (for formats that carry it, such as OCSF).
     pub description: String,
 }
@@ -61,6 +65,8 @@ pub struct AlertTimes {
     pub last_seen: i64,
     /// Wall clock of detection.
     pub detected: i64,
+    /// End (exclusive) of the window that matched.
+    pub window_end: i64,
 }
 
 /// A refused message ready for the dead-letter topic.
@@ -123,6 +129,9 @@ pub struct CoreConfig {
     pub instance: String,
     /// `state.max_keys`: most keys across tables and partitions before LRU eviction.
     pub max_keys: u64,
+    /// `time.future_events: clamp`: an event stamped past the wall clock plus
+    /// `max_future_skew` counts at that limit instead of being dead-lettered as `future`.
+    pub clamp_future: bool,
 }
 
 impl Default for CoreConfig {
@@ -133,6 +142,7 @@ impl Default for CoreConfig {
             max_future_skew_ms: 60_000,
             instance: "cordon".into(),
             max_keys: 10_000_000,
+            clamp_future: false,
         }
     }
 }
@@ -426,6 +436,101 @@ impl Processor {
         &self.plan
     }
 
+    fn empty_partition(&self) -> PartitionState {
+        PartitionState {
+            watermark: i64::MIN,
+            tables: (0..self.plan.tables.len())
+                .map(|_| KeyMap::default())
+                .collect(),
+            gates: (0..self.plan.rules.len())
+                .map(|_| Gate::default())
+                .collect(),
+        }
+    }
+
+    /// Encodes a partition's checkpoint (an empty state if the partition has none yet);
+    /// `meta.watermark` is filled in here.
+    pub fn checkpoint(
+        &self,
+        partition: i32,
+        mut meta: CheckpointMeta,
+    ) -> Result<Vec<u8>, CodecError> {
+        let empty;
+        let state = match self.partitions.get(&partition) {
+            Some(s) => s,
+            None => {
+                empty = self.empty_partition();
+                &empty
+            }
+        };
+        meta.watermark = state.watermark;
+        CheckpointRef {
+            meta,
+            tables: checkpoint::table_ids(&self.plan)
+                .into_iter()
+                .zip(state.tables.iter())
+                .collect(),
+            gates: checkpoint::gate_ids(&self.plan)
+                .into_iter()
+                .zip(state.gates.iter())
+                .collect(),
+        }
+        .encode()
+    }
+
+    /// Replaces a partition's state with a checkpoint's, remapped to the running plan
+    /// ([`checkpoint::remap_tables`]). Returns the keys restored.
+    pub fn restore(&mut self, c: Checkpoint) -> u64 {
+        let partition = c.meta.partition;
+        self.drop_partition(partition);
+        let tables = checkpoint::remap_tables(&self.plan, c.tables);
+        let gates = checkpoint::remap_gates(&self.plan, c.gates);
+        let keys = tables.iter().map(|t| t.len() as u64).sum::<u64>();
+        self.live_keys += keys;
+        self.partitions.insert(
+            partition,
+            PartitionState {
+                watermark: c.meta.watermark,
+                tables,
+                gates,
+            },
+        );
+        keys
+    }
+
+    /// Seeds the gate of rule `rule_id` version `version` on `partition` with an alert read
+    /// back from the alerts topic ([`Gate::seed`]). Returns false when no running rule has that
+    /// id and version (the alert is then irrelevant to the replay).
+    #[allow(clippy::too_many_arguments)]
+    pub fn seed_alert(
+        &mut self,
+        partition: i32,
+        rule_id: &str,
+        version: u32,
+        entity: &str,
+        alert_id: &str,
+        new: bool,
+        window_end: i64,
+    ) -> bool {
+        let Some(r) = self
+            .plan
+            .rules
+            .iter()
+            .position(|r| r.compiled.rule.id == rule_id && r.compiled.rule.version == version)
+        else {
+            return false;
+        };
+        let suppress_ms = self.plan.rules[r].suppress_ms;
+        if !self.partitions.contains_key(&partition) {
+            let empty = self.empty_partition();
+            self.partitions.insert(partition, empty);
+        }
+        if let Some(state) = self.partitions.get_mut(&partition) {
+            state.gates[r].seed(entity, alert_id, new, window_end, suppress_ms);
+        }
+        true
+    }
+
     /// Forgets a partition's state (it was revoked from this instance).
     pub fn drop_partition(&mut self, partition: i32) {
         if let Some(p) = self.partitions.remove(&partition) {
@@ -568,19 +673,19 @@ impl Processor {
         now_ms: i64,
         out: &mut Output,
     ) -> Result<(), ProcessError> {
-        let (tables, rules) = (self.plan.tables.len(), self.plan.rules.len());
-        let state = self
-            .partitions
-            .entry(partition)
-            .or_insert_with(|| PartitionState {
-                watermark: i64::MIN,
-                tables: (0..tables).map(|_| KeyMap::default()).collect(),
-                gates: (0..rules).map(|_| Gate::default()).collect(),
-            });
+        let rules = self.plan.rules.len();
+        if !self.partitions.contains_key(&partition) {
+            let empty = self.empty_partition();
+            self.partitions.insert(partition, empty);
+        }
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return Ok(());
+        };
         let mut time = TimeCheck {
             watermark: state.watermark,
             allowed_lateness_ms: self.config.allowed_lateness_ms,
             max_ts: now_ms.saturating_add(self.config.max_future_skew_ms),
+            clamp_future: self.config.clamp_future,
         };
         out.stats.messages += inputs.len() as u64;
         for input in inputs {
@@ -632,6 +737,7 @@ impl Processor {
                 let text = BatchText {
                     entity,
                     request_ids,
+                    partition,
                 };
                 gate_rule(
                     rp,
@@ -801,6 +907,8 @@ fn update_table(
 struct BatchText<'a> {
     entity: &'a StringArray,
     request_ids: Option<&'a StringArray>,
+    /// The input partition of the batch.
+    partition: i32,
 }
 
 fn gate_rule(
@@ -890,7 +998,9 @@ fn gate_rule(
                         first_seen: cand.snap.first_seen,
                         last_seen: cand.snap.last_seen,
                         detected: now_ms,
+                        window_end: cand.snap.end,
                     },
+                    partition: text.partition,
                     description: r.description.clone(),
                 });
             }
@@ -1189,6 +1299,112 @@ suppress: 6h
         assert!(out.dead_letters[1].redacted);
         assert!(!String::from_utf8_lossy(&out.dead_letters[1].payload).contains("secret"));
         assert_eq!(out.stats.rejected[&Reason::InvalidJson], 1);
+    }
+
+    fn meta() -> CheckpointMeta {
+        CheckpointMeta {
+            topic: "requests".into(),
+            partition: 0,
+            next_offset: 7,
+            watermark: 0,
+            alerts_topic: "alerts".into(),
+            alerts_end: BTreeMap::new(),
+            written_at_ms: 0,
+        }
+    }
+
+    fn restored(p: &Processor, rules: &RuleSet) -> Processor {
+        let bytes = p.checkpoint(0, meta()).expect("encode");
+        let c = Checkpoint::decode(&bytes).expect("decode");
+        assert_eq!(c.meta.next_offset, 7);
+        let mut q = Processor::new(rules, CoreConfig::default());
+        q.restore(c);
+        q
+    }
+
+    fn new_ids(o: &Output) -> Vec<String> {
+        o.alerts
+            .iter()
+            .filter(|a| a.alert.status == crate::gate::Status::New)
+            .map(|a| a.alert.alert_id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn restored_state_continues_the_windows_and_the_gate() {
+        let rules = cordon_rules::load_sources(&[("t.yaml".into(), RULES.into())]).expect("rules");
+        let events = harvest(40);
+        let (head, tail) = events.split_at(15);
+        // Clean run.
+        let clean = run(&mut processor(), &[events.clone()]);
+        // Crash after 15 events, restore from the checkpoint, go on.
+        let mut p = processor();
+        let first = run(&mut p, &[head.to_vec()]);
+        assert!(first.alerts.is_empty(), "15 events are below the threshold");
+        let mut q = restored(&p, &rules);
+        assert_eq!(q.live_keys(), p.live_keys());
+        let second = run(&mut q, &[tail.to_vec()]);
+        assert_eq!(
+            new_ids(&clean),
+            new_ids(&second),
+            "the windows carried over"
+        );
+        // A checkpoint after the alert keeps the gate: the same input again is suppressed.
+        let mut r = restored(&q, &rules);
+        assert!(new_ids(&run(&mut r, &[tail[20..].to_vec()])).is_empty());
+        // The watermark came back too: an event an hour older is late.
+        let late = run(&mut r, &[vec![ev(T0 - 3_600_000, "x", "10.0.0.1", "")]]);
+        assert_eq!(late.dead_letters[0].reason, Reason::Late);
+    }
+
+    #[test]
+    fn seeded_alerts_are_not_written_again_by_the_replay() {
+        let rules = cordon_rules::load_sources(&[("t.yaml".into(), RULES.into())]).expect("rules");
+        let mut p = processor();
+        let before = restored(&p, &rules);
+        let out = run(&mut p, &[harvest(30)]);
+        let a = &out.alerts[0];
+        // The checkpoint predates the alert; the alerts topic holds it.
+        let mut q = before;
+        assert!(q.seed_alert(
+            0,
+            &a.alert.rule.id,
+            a.alert.rule.version,
+            &a.key,
+            &a.alert.alert_id,
+            true,
+            a.times.window_end
+        ));
+        assert!(!q.seed_alert(0, "no.such.rule", 1, "e", "id", true, 0));
+        let replay = run(&mut q, &[harvest(30)]);
+        assert!(replay.alerts.is_empty(), "{:?}", replay.alerts);
+        assert!(replay.stats.suppressed > 0);
+    }
+
+    #[test]
+    fn a_checkpoint_loads_under_another_rule_set() {
+        let mut p = processor();
+        run(&mut p, &[harvest(15)]);
+        // Another rule set: the cot rule with one more feature (a new slot),
+        // the hydra rule gone, a new rule on another entity.
+        let changed = RULES.split("---").next().unwrap_or_default().replace(
+            "  out: sum(output_tokens)",
+            "  out: sum(output_tokens)\n  fast: count_if(coalesce(latency_ms, 0) < 100)",
+        ) + "---\nid: t.org\nversion: 1\ntitle: org\nseverity: low\nentity: org_id\nwindow: 1h\nevery: 5m\nfeatures:\n  n: count()\ncondition: n > 1000\n";
+        let rules =
+            cordon_rules::load_sources(&[("t.yaml".into(), changed)]).expect("changed rules");
+        let mut q = restored(&p, &rules);
+        // The account table survived with its count: 15 more events reach the threshold of 20
+        // only if the first 15 were kept.
+        let more: Vec<Vec<u8>> = harvest(30)[15..].to_vec();
+        let out = run(&mut q, &[more]);
+        let cot: Vec<_> = out
+            .alerts
+            .iter()
+            .filter(|a| a.alert.rule.id == "t.cot")
+            .collect();
+        assert_eq!(cot.len(), 1, "{:?}", out.alerts);
+        assert_eq!(cot[0].alert.features["requests"], serde_json::json!(30));
     }
 
     #[test]

@@ -1,12 +1,24 @@
-//! The runtime: wires the pure core to Kafka, the wall clock and signals.
+//! The runtime: wires the pure core to Kafka, the wall clock, checkpoints and signals.
 //!
 //! One loop on the calling thread: poll a micro-batch, process it, write its alerts and dead
-//! letters, wait until the broker has acknowledged all of them, then commit the input offsets.
-//! A failed delivery stops the loop with an error before anything is committed, so a restart
-//! replays the batch and no alert is lost. SIGTERM or SIGINT stops polling; the loop finishes
-//! its batch, flushes, commits and returns. Between batches the loop checks the rule files
-//! ([`RuleWatch`]) and swaps in a changed set that loads ([`Processor::replace_rules`]); a set
-//! that does not load is reported and the running rules stay.
+//! letters, and wait until the broker has acknowledged all of them. Every
+//! `state.checkpoint_interval` the loop writes a checkpoint of each input partition that
+//! changed ([`crate::checkpoint`]) and only then commits that partition's offset: offsets are
+//! committed for exactly what a checkpoint covers. A failed delivery stops the loop with an
+//! error before the next checkpoint, so a restart replays from the last one and no alert is
+//! lost.
+//!
+//! When partitions are assigned (start-up, rebalance), the consumer starts each at its newest
+//! complete checkpoint's offset (set in the assignment itself, [`KafkaSource::on_assign`]); the
+//! loop restores the state, then reads the alerts topic from the end offsets the checkpoint
+//! recorded to its current end and seeds the alert gates with the alerts found there (from the
+//! headers written beside every alert, [`HEADER_ALERT_ID`]), so the replay writes none of them
+//! again. A revoked partition is checkpointed before its state is dropped. SIGTERM or SIGINT
+//! stops polling; the loop finishes its batch, flushes, checkpoints, commits and returns; during
+//! the start-up wait for Kafka it returns within a second.
+//! Between batches the loop checks the rule files ([`RuleWatch`]) and swaps in a changed set
+//! that loads ([`Processor::replace_rules`]); a set that does not load is reported and the
+//! running rules stay.
 //!
 //! Before it touches Kafka, the runtime binds the HTTP port ([`crate::http`]), so `/healthz`
 //! answers while the brokers are still unreachable; the server stops after the loop returns.
@@ -14,23 +26,47 @@
 //! state walk ([`Processor::table_stats`]) runs every [`STATE_STATS_INTERVAL`], the cheaper
 //! reports (lag, assignment) every [`TICK_INTERVAL`].
 
-use crate::config::{Config, SinkFormat};
+use crate::checkpoint::{Checkpoint, CheckpointMeta, CheckpointStore};
+use crate::config::{Config, FutureEvents, SinkFormat};
+use crate::gate::Status;
 use crate::http::{Health, HttpServer};
 use crate::metrics::Metrics;
 use crate::processor::{CoreConfig, Input, Output, Processor};
 use crate::reload::RuleWatch;
 use anyhow::Context;
-use cordon_connectors::{ClientSettings, KafkaSink, KafkaSource, SourceRecord};
+use cordon_connectors::{
+    ClientSettings, ConnectorError, KafkaSink, KafkaSource, ReadRecord, SourceRecord,
+};
 use cordon_rules::RuleSet;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Longest the engine waits for the broker to acknowledge a batch's output.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(310);
 /// How long start-up waits for the brokers to answer.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a takeover of partitions waits to read back the alerts topic.
+pub const SEED_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Headers written beside every alert (whatever `sink.format`), which a restart reads back to
+/// seed the alert gate: the alert's id, `new` or `update`, its rule id and version, the end of
+/// its window (epoch ms), and the input topic and partition whose state raised it. The entity
+/// is the message key.
+pub const HEADER_ALERT_ID: &str = "cordon.alert_id";
+/// See [`HEADER_ALERT_ID`].
+pub const HEADER_STATUS: &str = "cordon.status";
+/// See [`HEADER_ALERT_ID`].
+pub const HEADER_RULE_ID: &str = "cordon.rule.id";
+/// See [`HEADER_ALERT_ID`].
+pub const HEADER_RULE_VERSION: &str = "cordon.rule.version";
+/// See [`HEADER_ALERT_ID`].
+pub const HEADER_WINDOW_END: &str = "cordon.window.end";
+/// See [`HEADER_ALERT_ID`].
+pub const HEADER_SOURCE_TOPIC: &str = "cordon.source.topic";
+/// See [`HEADER_ALERT_ID`].
+pub const HEADER_SOURCE_PARTITION: &str = "cordon.source.partition";
 /// How often the loop walks the state for `cordon_state_*` (it visits every key).
 pub const STATE_STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the loop publishes consumer lag and assigned partitions, and flushes throttled
@@ -94,6 +130,230 @@ pub fn run(config: &Config, rules: &RuleSet, shutdown: &AtomicBool) -> anyhow::R
     result
 }
 
+/// Waits for the brokers to list `topics`, retrying an unreachable cluster for up to
+/// [`STARTUP_TIMEOUT`] in short attempts so that SIGTERM is seen within a second. Returns
+/// false when shutdown was asked for first.
+fn wait_for_topics(
+    check: impl Fn(Duration) -> Result<(), ConnectorError>,
+    shutdown: &AtomicBool,
+) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if shutdown.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        match check(Duration::from_secs(1)) {
+            Ok(()) => return Ok(true),
+            Err(ConnectorError::Unreachable { .. }) if Instant::now() < deadline => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Checkpoints loaded by the assignment hook (inside the consumer's poll), waiting for the loop
+/// to restore them: partition -> the newest complete checkpoint and its size, or the error.
+type Loaded = Arc<Mutex<BTreeMap<i32, Result<Option<(Checkpoint, usize)>, String>>>>;
+
+/// The loop's checkpoint bookkeeping for the partitions it owns.
+struct Checkpoints {
+    store: CheckpointStore,
+    topic: String,
+    alerts_topic: String,
+    interval: Duration,
+    /// Next input offset per owned partition (`-1`: unknown, resume from the committed one).
+    positions: BTreeMap<i32, i64>,
+    /// Owned partitions with input since their last checkpoint.
+    dirty: BTreeSet<i32>,
+    /// Alerts-topic end offsets known so far (a lower bound of the ends).
+    alerts_end: BTreeMap<i32, i64>,
+    last: Instant,
+}
+
+impl Checkpoints {
+    /// Writes the checkpoints of `partitions`, then commits their offsets. A partition the
+    /// processor holds no state for is written with empty state.
+    fn write(
+        &mut self,
+        processor: &Processor,
+        partitions: &[i32],
+        source: &KafkaSource,
+        sink: &KafkaSink,
+        sync: bool,
+    ) -> anyhow::Result<()> {
+        for (p, end) in sink.delivered_ends(&self.alerts_topic) {
+            let e = self.alerts_end.entry(p).or_insert(end);
+            *e = (*e).max(end);
+        }
+        let mut commit = BTreeMap::new();
+        for &p in partitions {
+            let next_offset = self.positions.get(&p).copied().unwrap_or(-1);
+            let meta = CheckpointMeta {
+                topic: self.topic.clone(),
+                partition: p,
+                next_offset,
+                watermark: i64::MIN,
+                alerts_topic: self.alerts_topic.clone(),
+                alerts_end: self.alerts_end.clone(),
+                written_at_ms: now_ms(),
+            };
+            let bytes = processor
+                .checkpoint(p, meta)
+                .with_context(|| format!("encoding the checkpoint of partition {p}"))?;
+            self.store.write(p, &bytes)?;
+            self.dirty.remove(&p);
+            if next_offset >= 0 {
+                commit.insert(p, next_offset);
+            }
+        }
+        // Offsets are committed only for what a checkpoint covers. A failed commit is retried
+        // with the next checkpoint; the checkpoint, not the commit, is where a restart resumes.
+        if let Err(e) = source.commit(&commit, sync) {
+            tracing::warn!(error = %e, "committing checkpointed offsets failed; the next checkpoint retries");
+        }
+        Ok(())
+    }
+}
+
+/// Restores newly assigned partitions from their checkpoints, reads back the alerts written
+/// since each checkpoint to seed the alert gates, and writes a first checkpoint for partitions
+/// that had none (so that a crash before the first periodic checkpoint still knows where the
+/// alerts topic ended).
+#[allow(clippy::too_many_arguments)]
+fn take_over(
+    assigned: &[i32],
+    loaded: &Loaded,
+    processor: &mut Processor,
+    ckpts: &mut Checkpoints,
+    settings: &ClientSettings,
+    source: &KafkaSource,
+    sink: &KafkaSink,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut found: BTreeMap<i32, Option<Checkpoint>> = BTreeMap::new();
+    {
+        let mut l = loaded
+            .lock()
+            .map_err(|_| anyhow::anyhow!("checkpoint loader poisoned"))?;
+        for p in assigned {
+            match l.remove(p) {
+                Some(Ok(c)) => {
+                    found.insert(*p, c.map(|(c, _)| c));
+                }
+                Some(Err(e)) => anyhow::bail!(e),
+                None => {
+                    found.insert(*p, None);
+                }
+            }
+        }
+    }
+    // Where to read the alerts topic from, per input partition and in all.
+    let mut seed_from: BTreeMap<i32, BTreeMap<i32, i64>> = BTreeMap::new();
+    let mut read_from: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut keys = 0u64;
+    let mut fresh = Vec::new();
+    for (p, c) in found {
+        processor.drop_partition(p);
+        match c {
+            Some(c) => {
+                if c.meta.alerts_topic == ckpts.alerts_topic {
+                    for (ap, o) in &c.meta.alerts_end {
+                        let e = read_from.entry(*ap).or_insert(*o);
+                        *e = (*e).min(*o);
+                    }
+                    seed_from.insert(p, c.meta.alerts_end.clone());
+                }
+                ckpts.positions.insert(p, c.meta.next_offset);
+                tracing::info!(
+                    partition = p,
+                    next_offset = c.meta.next_offset,
+                    "restoring partition state from its checkpoint"
+                );
+                keys += processor.restore(c);
+            }
+            None => {
+                ckpts.positions.insert(p, -1);
+                fresh.push(p);
+            }
+        }
+    }
+    let (records, ends) =
+        cordon_connectors::read_to_end(settings, &ckpts.alerts_topic, &read_from, SEED_TIMEOUT)
+            .context("reading back the alerts written since the last checkpoint")?;
+    let mut seeded = 0u64;
+    for r in &records {
+        let Some(a) = ReadAlert::from_record(r, &ckpts.topic) else {
+            continue;
+        };
+        let covered = seed_from
+            .get(&a.partition)
+            .is_some_and(|from| r.offset >= from.get(&r.partition).copied().unwrap_or(0));
+        if covered
+            && processor.seed_alert(
+                a.partition,
+                &a.rule_id,
+                a.version,
+                &a.entity,
+                &a.alert_id,
+                a.new,
+                a.window_end,
+            )
+        {
+            seeded += 1;
+        }
+    }
+    for (p, end) in ends {
+        let e = ckpts.alerts_end.entry(p).or_insert(end);
+        *e = (*e).max(end);
+    }
+    ckpts.write(processor, &fresh, source, sink, false)?;
+    metrics.state(&processor.table_stats());
+    tracing::info!(
+        partitions = ?assigned,
+        restored_keys = keys,
+        alerts_read_back = records.len(),
+        alerts_seeded = seeded,
+        seconds = started.elapsed().as_secs_f64(),
+        "partitions taken over"
+    );
+    Ok(())
+}
+
+/// An alert read back from the alerts topic, from the headers the engine writes beside it.
+struct ReadAlert {
+    partition: i32,
+    rule_id: String,
+    version: u32,
+    entity: String,
+    alert_id: String,
+    new: bool,
+    window_end: i64,
+}
+
+impl ReadAlert {
+    /// `None` for records without Cordon's headers or from another input topic.
+    fn from_record(r: &ReadRecord, topic: &str) -> Option<Self> {
+        let h = |name: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        };
+        if h(HEADER_SOURCE_TOPIC)? != topic {
+            return None;
+        }
+        Some(Self {
+            partition: h(HEADER_SOURCE_PARTITION)?.parse().ok()?,
+            rule_id: h(HEADER_RULE_ID)?.to_owned(),
+            version: h(HEADER_RULE_VERSION)?.parse().ok()?,
+            entity: String::from_utf8(r.key.clone()?).ok()?,
+            alert_id: h(HEADER_ALERT_ID)?.to_owned(),
+            new: h(HEADER_STATUS)? == "new",
+            window_end: h(HEADER_WINDOW_END)?.parse().ok()?,
+        })
+    }
+}
+
 fn run_loop(
     config: &Config,
     rules: &RuleSet,
@@ -115,16 +375,46 @@ fn run_loop(
     let source = KafkaSource::new(&settings, &config.source.group_id, &config.source.topic)
         .context("config key `source.properties`")?;
     let sink = KafkaSink::new(&sink_settings).context("config key `sink.properties`")?;
-    source.check_topics(&[&config.source.topic], STARTUP_TIMEOUT)?;
-    sink.check_topics(
-        &[&config.sink.topic, &config.dead_letter.topic],
-        STARTUP_TIMEOUT,
+    let topics_ready = wait_for_topics(
+        |t| source.check_topics(&[&config.source.topic], t),
+        shutdown,
+    )? && wait_for_topics(
+        |t| sink.check_topics(&[&config.sink.topic, &config.dead_letter.topic], t),
+        shutdown,
     )?;
+    if !topics_ready {
+        tracing::info!("shut down before Kafka answered");
+        return Ok(RunTotals::default());
+    }
+
+    let store = CheckpointStore::new(&config.state.dir, &config.source.topic);
+    let loaded: Loaded = Arc::default();
+    {
+        let store = store.clone();
+        let loaded = loaded.clone();
+        source.on_assign(Box::new(move |partitions| {
+            let mut offsets = BTreeMap::new();
+            let Ok(mut l) = loaded.lock() else {
+                return offsets;
+            };
+            for &p in partitions {
+                let c = store.load(p).map_err(|e| e.to_string());
+                if let Ok(Some((c, _))) = &c
+                    && c.meta.next_offset >= 0
+                {
+                    offsets.insert(p, c.meta.next_offset);
+                }
+                l.insert(p, c);
+            }
+            offsets
+        }));
+    }
     source.subscribe()?;
     health.set_consuming(true);
     tracing::info!(
         topic = %config.source.topic,
         group = %config.source.group_id,
+        state_dir = %config.state.dir.display(),
         "cordon started"
     );
 
@@ -134,11 +424,21 @@ fn run_loop(
         max_future_skew_ms: config.time.max_future_skew.as_millis() as i64,
         instance: instance_name(),
         max_keys: config.state.max_keys,
+        clamp_future: config.time.future_events == FutureEvents::Clamp,
     };
     let mut processor = Processor::new(rules, core);
+    let mut ckpts = Checkpoints {
+        store,
+        topic: config.source.topic.clone(),
+        alerts_topic: config.sink.topic.clone(),
+        interval: config.state.checkpoint_interval,
+        positions: BTreeMap::new(),
+        dirty: BTreeSet::new(),
+        alerts_end: BTreeMap::new(),
+        last: Instant::now(),
+    };
     let mut totals = RunTotals::default();
     let mut records: Vec<SourceRecord> = Vec::with_capacity(config.source.max_batch_messages);
-    let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_expiry = Instant::now();
     let mut last_report = Instant::now();
     let mut reported = RunTotals::default();
@@ -154,10 +454,10 @@ fn run_loop(
             config.source.max_batch_wait,
             &mut records,
         );
-        for p in source.take_revoked() {
-            processor.drop_partition(p);
-            next_offsets.remove(&p);
-        }
+        // A rebalance ends a poll, so these records all come from partitions owned before it.
+        // Records below a restored checkpoint's offset (a commit that did not land) are
+        // already in the state.
+        records.retain(|r| r.offset >= ckpts.positions.get(&r.partition).copied().unwrap_or(-1));
         if !records.is_empty() {
             let started = Instant::now();
             let out = process_batch(&mut processor, &records, config, &sink, metrics)?;
@@ -169,10 +469,48 @@ fn run_loop(
             totals.alerts += out.alerts.len() as u64;
             totals.dead_letters += out.dead_letters.len() as u64;
             for r in &records {
-                let next = next_offsets.entry(r.partition).or_insert(0);
+                let next = ckpts.positions.entry(r.partition).or_insert(-1);
                 *next = (*next).max(r.offset + 1);
+                ckpts.dirty.insert(r.partition);
             }
-            source.commit(&next_offsets, false)?;
+        }
+        let revoked = source.take_revoked();
+        if !revoked.is_empty() {
+            // Checkpoint what was processed, so the partition's next owner (or this instance,
+            // when it gets the partition back) resumes from here.
+            let started = Instant::now();
+            ckpts.write(&processor, &revoked, &source, &sink, false)?;
+            metrics.checkpoint_done(started.elapsed());
+            for p in revoked {
+                processor.drop_partition(p);
+                ckpts.positions.remove(&p);
+                ckpts.dirty.remove(&p);
+            }
+        }
+        let assigned = source.take_assigned();
+        if !assigned.is_empty() {
+            take_over(
+                &assigned,
+                &loaded,
+                &mut processor,
+                &mut ckpts,
+                &settings,
+                &source,
+                &sink,
+                metrics,
+            )?;
+            health.set_assigned(source.assigned_partitions());
+        }
+        if ckpts.last.elapsed() >= ckpts.interval {
+            let started = Instant::now();
+            let due: Vec<i32> = ckpts.dirty.iter().copied().collect();
+            ckpts.write(&processor, &due, &source, &sink, false)?;
+            if !due.is_empty() {
+                metrics.checkpoint_done(started.elapsed());
+                tracing::debug!(partitions = ?due, seconds = started.elapsed().as_secs_f64(), "checkpoint written");
+            }
+            health.checkpoint_done();
+            ckpts.last = Instant::now();
         }
         if let Some(reloaded) = rule_watch.poll() {
             match reloaded {
@@ -216,17 +554,21 @@ fn run_loop(
             last_report = Instant::now();
         }
     }
-    tracing::info!("shutting down: flushing output and committing offsets");
+    tracing::info!("shutting down: flushing output, checkpointing and committing offsets");
     health.set_consuming(false);
     metrics.tick(true);
     sink.flush(FLUSH_TIMEOUT)
         .inspect_err(|e| metrics.sink_error("output", e))?;
-    source.commit(&next_offsets, true)?;
+    let started = Instant::now();
+    let owned: Vec<i32> = ckpts.positions.keys().copied().collect();
+    ckpts.write(&processor, &owned, &source, &sink, true)?;
+    metrics.checkpoint_done(started.elapsed());
     tracing::info!(
         messages = totals.messages,
         events = totals.events,
         alerts = totals.alerts,
         dead_letters = totals.dead_letters,
+        checkpointed_partitions = ?owned,
         "cordon stopped"
     );
     Ok(totals)
@@ -259,8 +601,29 @@ fn process_batch(
             SinkFormat::Ocsf => serde_json::to_vec(&crate::ocsf::detection_finding(a)),
         }
         .context("serializing an alert")?;
-        sink.send(&config.sink.topic, Some(a.key.as_bytes()), &payload, &[])
-            .inspect_err(|e| metrics.sink_error("an alert", e))?;
+        let version = a.alert.rule.version.to_string();
+        let end = a.times.window_end.to_string();
+        let partition = a.partition.to_string();
+        let status = match a.alert.status {
+            Status::New => "new",
+            Status::Update => "update",
+        };
+        let headers: [(&str, &[u8]); 7] = [
+            (HEADER_ALERT_ID, a.alert.alert_id.as_bytes()),
+            (HEADER_STATUS, status.as_bytes()),
+            (HEADER_RULE_ID, a.alert.rule.id.as_bytes()),
+            (HEADER_RULE_VERSION, version.as_bytes()),
+            (HEADER_WINDOW_END, end.as_bytes()),
+            (HEADER_SOURCE_TOPIC, config.source.topic.as_bytes()),
+            (HEADER_SOURCE_PARTITION, partition.as_bytes()),
+        ];
+        sink.send(
+            &config.sink.topic,
+            Some(a.key.as_bytes()),
+            &payload,
+            &headers,
+        )
+        .inspect_err(|e| metrics.sink_error("an alert", e))?;
     }
     for d in &out.dead_letters {
         let partition = d.partition.to_string();

@@ -973,6 +973,7 @@ impl EventSink for ParquetSink {
                 watermark: i64::MIN,
                 allowed_lateness_ms: i64::MAX / 4,
                 max_ts: i64::MAX,
+                clamp_future: false,
             };
             for e in chunk {
                 let bytes = serde_json::to_vec(e)?;
@@ -1044,6 +1045,7 @@ mod tests {
             watermark: i64::MIN,
             allowed_lateness_ms: 0,
             max_ts: i64::MAX,
+            clamp_future: false,
         };
         let mut n = 0;
         for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {

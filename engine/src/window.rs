@@ -408,6 +408,13 @@ impl KeyState {
         }
     }
 
+    /// Forgets the batch bookkeeping (`touch`, `batch_slot`) of another process: a key restored
+    /// from a checkpoint looks least recently used and untouched in the current batch.
+    pub fn reset_batch(&mut self) {
+        self.touch = 0;
+        self.slot_dirty = 0;
+    }
+
     /// Estimated bytes held by this key, excluding the table's own entry overhead.
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;

@@ -1,0 +1,490 @@
+//! Checkpoints: one input partition's state and the offsets it reflects, on disk.
+//!
+//! A checkpoint holds, for one input partition: its watermark, every state table's keys, every
+//! rule's alert-gate entries, the input offset after the last message they reflect, and the
+//! alerts topic's end offsets when it was taken (where a restart starts reading back the alerts
+//! written since). It is encoded by [`crate::codec`] (format-version header, length, checksum).
+//!
+//! Tables are stored with their identity (entity expression, pane length, pane count) and the
+//! signature of each slot (storage kind, argument text, filter texts), gates with their rule's
+//! id and version. So a checkpoint taken under one rule set loads under another: tables and
+//! slots that still exist keep their state ([`remap_tables`]), the others start empty; a rule
+//! keeps its gate while its id and version stay.
+//!
+//! [`CheckpointStore`] writes files atomically (temp file, fsync, rename, fsync of the
+//! directory) and keeps the previous complete checkpoint beside the newest. Loading takes the
+//! newest file that decodes; a torn, truncated or corrupt file is skipped with a warning in
+//! favour of the one before. A file of an unknown format version stops the load with an error:
+//! it was written by another Cordon version, and silently going back to older state would
+//! replay and re-alert.
+
+use crate::codec::{self, CodecError};
+use crate::gate::Gate;
+use crate::plan::{Plan, TableSpec};
+use crate::processor::KeyMap;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Checkpoint files kept per partition: the newest and the previous complete one.
+pub const KEEP: usize = 2;
+
+/// What a checkpoint covers, besides the state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// Input topic.
+    pub topic: String,
+    /// Input partition.
+    pub partition: i32,
+    /// Offset of the next input message the state does not reflect; `-1` when unknown (a
+    /// checkpoint written on assignment, before any message: resume from the committed offset).
+    pub next_offset: i64,
+    /// The partition's watermark (`i64::MIN` before any event).
+    pub watermark: i64,
+    /// Alerts topic.
+    pub alerts_topic: String,
+    /// End offset of each alerts-topic partition when the checkpoint was taken (a lower bound:
+    /// every alert written after the checkpoint is at or after it).
+    pub alerts_end: BTreeMap<i32, i64>,
+    /// Wall clock when written, epoch ms.
+    pub written_at_ms: i64,
+}
+
+/// The identity of a state table: two rule sets share a table's state when these agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableId {
+    /// Entity expression text.
+    pub entity: String,
+    /// Pane length in ms.
+    pub pane_ms: i64,
+    /// Panes per window.
+    pub panes: i64,
+    /// Slot signatures, in slot order.
+    pub slots: Vec<SlotSig>,
+}
+
+/// The identity of one slot: its storage kind, argument expression and filters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotSig {
+    /// Storage kind (`Count`, `Distinct`, ...).
+    pub kind: String,
+    /// Argument expression text.
+    pub arg: Option<String>,
+    /// Filter expression texts, sorted.
+    pub preds: Vec<String>,
+}
+
+/// The identity of a rule's gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateId {
+    /// Rule id.
+    pub rule_id: String,
+    /// Rule version (part of every alert id).
+    pub version: u32,
+}
+
+/// A checkpoint to write: borrows the live state.
+#[derive(Debug, Serialize)]
+pub struct CheckpointRef<'a> {
+    /// Offsets and times.
+    pub meta: CheckpointMeta,
+    /// Tables with their keys.
+    pub tables: Vec<(TableId, &'a KeyMap)>,
+    /// Gates per rule.
+    pub gates: Vec<(GateId, &'a Gate)>,
+}
+
+/// A checkpoint read back (same layout as [`CheckpointRef`]).
+#[derive(Debug, Deserialize)]
+pub struct Checkpoint {
+    /// Offsets and times.
+    pub meta: CheckpointMeta,
+    /// Tables with their keys.
+    pub tables: Vec<(TableId, KeyMap)>,
+    /// Gates per rule.
+    pub gates: Vec<(GateId, Gate)>,
+}
+
+impl CheckpointRef<'_> {
+    /// Encodes it with the codec's header.
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        codec::encode_state(self)
+    }
+}
+
+impl Checkpoint {
+    /// Decodes a checkpoint file's bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        codec::decode_state(bytes)
+    }
+}
+
+/// The identity of each table of `plan`.
+pub fn table_ids(plan: &Plan) -> Vec<TableId> {
+    plan.tables.iter().map(|t| table_id(plan, t)).collect()
+}
+
+fn table_id(plan: &Plan, t: &TableSpec) -> TableId {
+    TableId {
+        entity: t.entity_text.clone(),
+        pane_ms: t.window.pane_ms,
+        panes: t.window.panes,
+        slots: t
+            .slots
+            .iter()
+            .map(|s| {
+                let mut preds: Vec<String> = s
+                    .preds
+                    .iter()
+                    .map(|p| plan.exprs[*p].text.clone())
+                    .collect();
+                preds.sort();
+                SlotSig {
+                    kind: format!("{:?}", s.kind),
+                    arg: s.arg.map(|a| plan.exprs[a].text.clone()),
+                    preds,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The identity of each rule's gate in `plan`.
+pub fn gate_ids(plan: &Plan) -> Vec<GateId> {
+    plan.rules
+        .iter()
+        .map(|r| GateId {
+            rule_id: r.compiled.rule.id.clone(),
+            version: r.compiled.rule.version,
+        })
+        .collect()
+}
+
+/// Moves tables saved under `old` identities to the tables of `plan`: a table with the same
+/// entity and geometry keeps its keys, each slot with the same signature keeps its state, new
+/// slots start empty; tables of `plan` with no match start empty, old tables with none are
+/// dropped. Returns the tables in `plan` order. Used on restore and on rule reload.
+pub fn remap_tables(plan: &Plan, old: Vec<(TableId, KeyMap)>) -> Vec<KeyMap> {
+    let mut old: Vec<Option<(TableId, KeyMap)>> = old.into_iter().map(Some).collect();
+    plan.tables
+        .iter()
+        .map(|t| {
+            let id = table_id(plan, t);
+            let found = old.iter_mut().find(|o| {
+                o.as_ref().is_some_and(|(o, _)| {
+                    o.entity == id.entity && o.pane_ms == id.pane_ms && o.panes == id.panes
+                })
+            });
+            let Some((old_id, mut keys)) = found.and_then(Option::take) else {
+                return KeyMap::default();
+            };
+            let map: Vec<Option<usize>> = id
+                .slots
+                .iter()
+                .map(|s| old_id.slots.iter().position(|o| o == s))
+                .collect();
+            let identity = map.len() == old_id.slots.len()
+                && map.iter().enumerate().all(|(i, m)| *m == Some(i));
+            if identity {
+                keys.values_mut().for_each(|k| k.reset_batch());
+            } else {
+                let kinds: Vec<_> = t.slots.iter().map(|s| s.kind).collect();
+                keys.values_mut().for_each(|k| {
+                    k.remap_slots(&map, &kinds);
+                    k.reset_batch();
+                });
+            }
+            keys
+        })
+        .collect()
+}
+
+/// Moves gates saved under `old` identities to the rules of `plan` (same id and version), in
+/// `plan` order; other rules start with an empty gate.
+pub fn remap_gates(plan: &Plan, old: Vec<(GateId, Gate)>) -> Vec<Gate> {
+    let mut old: Vec<Option<(GateId, Gate)>> = old.into_iter().map(Some).collect();
+    gate_ids(plan)
+        .into_iter()
+        .map(|id| {
+            old.iter_mut()
+                .find(|o| o.as_ref().is_some_and(|(o, _)| *o == id))
+                .and_then(Option::take)
+                .map(|(_, g)| g)
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// A checkpoint that cannot be written or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A file system operation failed.
+    #[error("checkpoint {what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Written by a Cordon version with another state format.
+    #[error(
+        "checkpoint {path}: {source}; it was written by another Cordon version: run that version, or move the state directory aside to start with empty state (offsets then resume from the consumer group's commits)"
+    )]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The codec's error.
+        #[source]
+        source: CodecError,
+    },
+    /// State could not be encoded.
+    #[error("encoding a checkpoint: {0}")]
+    Encode(#[source] CodecError),
+}
+
+/// Checkpoint files of one input topic under `state.dir`: `<dir>/<topic>/p<N>/ckpt-<SEQ>.bin`.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    dir: PathBuf,
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError {
+    let path = path.to_owned();
+    move |source| CheckpointError::Io { what, path, source }
+}
+
+impl CheckpointStore {
+    /// The store for `topic`'s partitions under `state_dir`.
+    pub fn new(state_dir: &Path, topic: &str) -> Self {
+        Self {
+            dir: state_dir.join(topic),
+        }
+    }
+
+    /// The directory of one partition's checkpoints.
+    pub fn partition_dir(&self, partition: i32) -> PathBuf {
+        self.dir.join(format!("p{partition}"))
+    }
+
+    /// Complete checkpoint files of a partition, newest first, with their sequence numbers.
+    fn files(&self, partition: i32) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+        let dir = self.partition_dir(partition);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("listing", &dir)(e)),
+        };
+        let mut files: Vec<(u64, PathBuf)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let seq = name
+                    .to_str()?
+                    .strip_prefix("ckpt-")?
+                    .strip_suffix(".bin")?
+                    .parse()
+                    .ok()?;
+                Some((seq, e.path()))
+            })
+            .collect();
+        files.sort_by(|a, b| b.0.cmp(&a.0));
+        Ok(files)
+    }
+
+    /// Writes one partition's checkpoint atomically and removes all but the [`KEEP`] newest.
+    /// Returns the file written.
+    pub fn write(&self, partition: i32, bytes: &[u8]) -> Result<PathBuf, CheckpointError> {
+        let dir = self.partition_dir(partition);
+        fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        let files = self.files(partition)?;
+        let seq = files.first().map_or(1, |f| f.0 + 1);
+        let path = dir.join(format!("ckpt-{seq:020}.bin"));
+        let tmp = dir.join(format!("ckpt-{seq:020}.tmp"));
+        {
+            let mut f = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+            f.write_all(bytes).map_err(io("writing", &tmp))?;
+            f.sync_all().map_err(io("syncing", &tmp))?;
+        }
+        fs::rename(&tmp, &path).map_err(io("renaming", &tmp))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing", &dir))?;
+        for (_, old) in files.iter().skip(KEEP - 1) {
+            let _ = fs::remove_file(old);
+        }
+        Ok(path)
+    }
+
+    /// The newest checkpoint of `partition` that decodes, or `None` if there is none. Torn or
+    /// corrupt files are skipped with a warning; an unknown format version is an error.
+    pub fn load(&self, partition: i32) -> Result<Option<(Checkpoint, usize)>, CheckpointError> {
+        for (_, path) in self.files(partition)? {
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read checkpoint; trying the previous one");
+                    continue;
+                }
+            };
+            match Checkpoint::decode(&bytes) {
+                Ok(c) => return Ok(Some((c, bytes.len()))),
+                Err(source @ CodecError::UnknownVersion { .. }) => {
+                    return Err(CheckpointError::Version { path, source });
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "checkpoint is torn or corrupt; ignoring it in favour of the previous complete one");
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(next_offset: i64) -> CheckpointMeta {
+        CheckpointMeta {
+            topic: "requests".into(),
+            partition: 3,
+            next_offset,
+            watermark: 1_772_359_200_000,
+            alerts_topic: "alerts".into(),
+            alerts_end: BTreeMap::from([(0, 17)]),
+            written_at_ms: 1,
+        }
+    }
+
+    fn bytes(next_offset: i64) -> Vec<u8> {
+        let keys = KeyMap::default();
+        let gate = Gate::default();
+        CheckpointRef {
+            meta: meta(next_offset),
+            tables: vec![(
+                TableId {
+                    entity: "account_id".into(),
+                    pane_ms: 300_000,
+                    panes: 12,
+                    slots: vec![],
+                },
+                &keys,
+            )],
+            gates: vec![(
+                GateId {
+                    rule_id: "r".into(),
+                    version: 1,
+                },
+                &gate,
+            )],
+        }
+        .encode()
+        .expect("encode")
+    }
+
+    #[test]
+    fn checkpoint_round_trips() {
+        let c = Checkpoint::decode(&bytes(42)).expect("decode");
+        assert_eq!(c.meta, meta(42));
+        assert_eq!(c.tables.len(), 1);
+        assert_eq!(c.gates[0].0.rule_id, "r");
+    }
+
+    #[test]
+    fn newest_complete_checkpoint_wins_and_torn_ones_are_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(dir.path(), "requests");
+        assert!(store.load(3).expect("load").is_none());
+        store.write(3, &bytes(10)).expect("write");
+        store.write(3, &bytes(20)).expect("write");
+        assert_eq!(
+            store
+                .load(3)
+                .expect("load")
+                .expect("some")
+                .0
+                .meta
+                .next_offset,
+            20
+        );
+        // A third write keeps two files.
+        let newest = store.write(3, &bytes(30)).expect("write");
+        assert_eq!(store.files(3).expect("files").len(), KEEP);
+        // Tear the newest: the previous complete one is loaded.
+        let full = fs::read(&newest).expect("read");
+        fs::write(&newest, &full[..full.len() / 2]).expect("tear");
+        assert_eq!(
+            store
+                .load(3)
+                .expect("load")
+                .expect("some")
+                .0
+                .meta
+                .next_offset,
+            20
+        );
+        // A flipped byte is caught by the checksum.
+        let mut flipped = full.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x40;
+        fs::write(&newest, &flipped).expect("flip");
+        assert_eq!(
+            store
+                .load(3)
+                .expect("load")
+                .expect("some")
+                .0
+                .meta
+                .next_offset,
+            20
+        );
+        // An empty (zero-length) newest file too.
+        fs::write(&newest, b"").expect("truncate");
+        assert_eq!(
+            store
+                .load(3)
+                .expect("load")
+                .expect("some")
+                .0
+                .meta
+                .next_offset,
+            20
+        );
+        // A leftover temp file is not a checkpoint.
+        fs::write(
+            store.partition_dir(3).join("ckpt-00000000000000000099.tmp"),
+            b"x",
+        )
+        .expect("tmp");
+        assert_eq!(
+            store
+                .load(3)
+                .expect("load")
+                .expect("some")
+                .0
+                .meta
+                .next_offset,
+            20
+        );
+    }
+
+    #[test]
+    fn unknown_format_version_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(dir.path(), "requests");
+        let mut b = bytes(10);
+        b[4..6].copy_from_slice(&99u16.to_le_bytes());
+        store.write(3, &b).expect("write");
+        let msg = store.load(3).expect_err("version").to_string();
+        assert!(
+            msg.contains("state format version 99 is not supported")
+                && msg.contains("another Cordon version"),
+            "{msg}"
+        );
+    }
+}
