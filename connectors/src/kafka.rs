@@ -109,7 +109,12 @@ impl ClientSettings {
         for (k, v) in forced {
             c.set(*k, *v);
         }
-        c.set_log_level(RDKafkaLogLevel::Warning);
+        // librdkafka's own debug contexts (`debug: cgrp,...`) are logged when asked for.
+        c.set_log_level(if self.properties.contains_key("debug") {
+            RDKafkaLogLevel::Debug
+        } else {
+            RDKafkaLogLevel::Warning
+        });
         c
     }
 }
@@ -743,6 +748,23 @@ impl KafkaSink {
     }
 }
 
+/// The context of [`read_to_end`]'s consumer: the end of a partition is what it waits for, not
+/// an error to log; other client errors are logged like the source's.
+struct ReaderContext(RateLimitedLog);
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            self.0.report(&format_args!("{error}; {reason}"));
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// A message read back by [`read_to_end`].
 #[derive(Debug, Clone)]
 pub struct ReadRecord {
@@ -770,7 +792,7 @@ pub fn read_to_end(
     timeout: Duration,
 ) -> Result<(Vec<ReadRecord>, BTreeMap<i32, i64>), ConnectorError> {
     let group = format!("cordon-reader-{}", std::process::id());
-    let consumer: BaseConsumer = settings
+    let consumer: BaseConsumer<ReaderContext> = settings
         .config(
             &[("fetch.wait.max.ms", "50")],
             &[
@@ -781,7 +803,7 @@ pub fn read_to_end(
                 ("auto.offset.reset", "earliest"),
             ],
         )
-        .create()
+        .create_with_context(ReaderContext(client_errors_log()))
         .map_err(ConnectorError::Config)?;
     let deadline = Instant::now() + timeout;
     let md = consumer

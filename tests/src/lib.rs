@@ -16,7 +16,9 @@
 //!   ([`Broker::produce`]), reads whole topics ([`Broker::read_topic`]) and probes a consumer
 //!   group's committed offsets ([`Broker::offsets`], [`OffsetProbe`]).
 //! - [`Engine`]: runs `cordon run --config FILE` as a child process, with its output captured
-//!   to files; [`Engine::terminate`] sends SIGTERM and waits for the exit status.
+//!   to files; [`Engine::terminate`] sends SIGTERM and waits for the exit status,
+//!   [`Engine::kill`] crashes it with SIGKILL. [`Broker::pause`] and [`Broker::resume`] freeze
+//!   and thaw the broker (SIGSTOP, SIGCONT) for outage tests.
 //! - [`EngineConfig`]: the config v1 file the tests hand to the engine.
 //! - [`Record`]: a record read back from a topic, with its headers.
 //! - [`unique_topic`], [`unique_name`]: names that never collide between tests or runs.
@@ -395,6 +397,19 @@ impl Broker {
         ))
     }
 
+    /// Freezes the broker with SIGSTOP: connections stay open and nothing answers, as in a
+    /// network partition or a stalled node. [`Broker::resume`] thaws it.
+    #[track_caller]
+    pub fn pause(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    /// Thaws a broker frozen by [`Broker::pause`] (SIGCONT).
+    #[track_caller]
+    pub fn resume(&self) {
+        signal(self.child.id(), "CONT");
+    }
+
     /// The bootstrap address, `127.0.0.1:PORT`, as config `source.brokers` wants it.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -696,8 +711,27 @@ fn read_to_end(
     Ok((records, ends))
 }
 
+/// Sends `SIG<name>` to `pid` with the `kill` command (the workspace forbids unsafe code).
+#[track_caller]
+fn signal(pid: u32, name: &str) {
+    let output = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+    assert!(
+        output.status.success(),
+        "kill -{name} {pid} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
+        // A test that failed while the broker was paused leaves it stopped: thaw it so that it
+        // flushes its log as it dies (SIGKILL alone would also end it).
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .output();
         if thread::panicking() {
             eprintln!(
                 "---- tansu broker log (last {LOG_TAIL_LINES} lines, {}) ----\n{}\n---- end of broker log ----",
@@ -887,6 +921,8 @@ pub struct EngineConfig {
     pub input_topic: String,
     /// `source.group_id`.
     pub group_id: String,
+    /// `source.properties` (librdkafka), e.g. a short `session.timeout.ms` for crash tests.
+    pub source_properties: BTreeMap<String, String>,
     /// `source.max_message_bytes`.
     pub max_message_bytes: u64,
     /// `sink.topic`.
@@ -920,6 +956,7 @@ impl EngineConfig {
             brokers: broker.bootstrap(),
             input_topic: input_topic.to_owned(),
             group_id: unique_name("cordon-e2e"),
+            source_properties: BTreeMap::new(),
             max_message_bytes: 2048,
             alerts_topic: alerts_topic.to_owned(),
             dlq_topic: dlq_topic.to_owned(),
@@ -940,7 +977,7 @@ impl EngineConfig {
                brokers: {brokers}\n  \
                topic: {input}\n  \
                group_id: {group}\n  \
-               properties: {{}}\n  \
+               properties: {props}\n  \
                max_message_bytes: {max}\n\
              sink:\n  \
                topic: {alerts}\n  \
@@ -962,6 +999,7 @@ impl EngineConfig {
             brokers = q(&self.brokers),
             input = q(&self.input_topic),
             group = q(&self.group_id),
+            props = serde_json::to_string(&self.source_properties).unwrap_or_default(),
             max = self.max_message_bytes,
             alerts = q(&self.alerts_topic),
             dlq = q(&self.dlq_topic),
@@ -1177,6 +1215,26 @@ impl Engine {
             );
         }
         self.wait_exit(ENGINE_STOP_TIMEOUT)
+    }
+
+    /// Kills the engine with SIGKILL (no shutdown of any kind: a crash) and waits for it.
+    #[track_caller]
+    pub fn kill(&mut self) -> ExitStatus {
+        if let Some(status) = self.try_status() {
+            panic!(
+                "cordon had already exited with {status} before SIGKILL\n{}",
+                self.logs(LOG_TAIL_LINES)
+            );
+        }
+        self.child
+            .kill()
+            .unwrap_or_else(|e| panic!("cannot SIGKILL cordon: {e}"));
+        let status = self
+            .child
+            .wait()
+            .unwrap_or_else(|e| panic!("cannot wait for cordon: {e}"));
+        self.status = Some(status);
+        status
     }
 
     /// Everything the engine wrote to stderr so far.

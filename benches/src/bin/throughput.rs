@@ -200,8 +200,64 @@ fn main() {
             rss_after.saturating_sub(rss_before) as f64 / keys.max(1) as f64
         ),
     );
-    drop(processor);
     drop(payloads);
+
+    // Checkpoint and restore of the mix's state (one partition): what a restart costs.
+    {
+        use cordon_engine::checkpoint::{CheckpointMeta, CheckpointStore};
+        let dir = std::env::temp_dir().join(format!("cordon-bench-ckpt-{}", std::process::id()));
+        let store = CheckpointStore::new(&dir, "requests");
+        let meta = CheckpointMeta {
+            topic: "requests".into(),
+            partition: 0,
+            next_offset: total as i64,
+            watermark: 0,
+            alerts_topic: "alerts".into(),
+            alerts_end: Default::default(),
+            written_at_ms: 0,
+        };
+        let started = Instant::now();
+        let written = processor
+            .checkpoint(0, meta)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                store
+                    .write(0, &b)
+                    .map(|_| b.len())
+                    .map_err(|e| e.to_string())
+            });
+        let write_secs = started.elapsed().as_secs_f64();
+        drop(processor);
+        let started = Instant::now();
+        let mut restored = Processor::new(&rules, CoreConfig::default());
+        let loaded = store.load(0).map_err(|e| e.to_string());
+        let restored_keys = match loaded {
+            Ok(Some((c, _))) => restored.restore(c),
+            _ => 0,
+        };
+        let restore_secs = started.elapsed().as_secs_f64();
+        let _ = std::fs::remove_dir_all(&dir);
+        match written {
+            Ok(bytes) => {
+                row(
+                    "checkpoint: keys, file size",
+                    format!(
+                        "{keys} keys, {bytes} bytes ({:.0} bytes/key)",
+                        bytes as f64 / keys.max(1) as f64
+                    ),
+                );
+                row(
+                    "checkpoint: encode + write + fsync",
+                    format!("{write_secs:.2} s"),
+                );
+                row(
+                    "checkpoint: read + decode + restore (restart)",
+                    format!("{restore_secs:.2} s ({restored_keys} keys)"),
+                );
+            }
+            Err(e) => row("checkpoint", format!("failed: {e}")),
+        }
+    }
 
     // The flood: every event a new account on a new address.
     if flood > 0 {
