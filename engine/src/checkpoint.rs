@@ -292,7 +292,7 @@ impl CheckpointStore {
                 Some((seq, e.path()))
             })
             .collect();
-        files.sort_by(|a, b| b.0.cmp(&a.0));
+        files.sort_by_key(|f| std::cmp::Reverse(f.0));
         Ok(files)
     }
 

@@ -1336,7 +1336,7 @@ suppress: 6h
         let events = harvest(40);
         let (head, tail) = events.split_at(15);
         // Clean run.
-        let clean = run(&mut processor(), &[events.clone()]);
+        let clean = run(&mut processor(), std::slice::from_ref(&events));
         // Crash after 15 events, restore from the checkpoint, go on.
         let mut p = processor();
         let first = run(&mut p, &[head.to_vec()]);

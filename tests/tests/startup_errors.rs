@@ -140,3 +140,37 @@ fn invalid_rule_fails_start_up_naming_the_file_and_the_name() {
     fs::write(fixture.config.rules_dir.join("typo.yaml"), bad).expect("rule file");
     assert_fails_naming(&fixture.config.to_yaml(), &["typo.yaml", "requets"]);
 }
+
+#[test]
+fn sigterm_while_waiting_for_kafka_exits_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules_dir = dir.path().join("rules");
+    fs::create_dir_all(&rules_dir).expect("rules dir");
+    fs::write(rules_dir.join("rule.yaml"), VALID_RULE).expect("rule file");
+    // Nothing listens on this port: the engine waits for Kafka (up to 30 s) when SIGTERM comes.
+    let config = EngineConfig {
+        brokers: format!("127.0.0.1:{}", cordon_tests::free_port()),
+        input_topic: unique_topic("startup-requests"),
+        group_id: cordon_tests::unique_name("startup-group"),
+        source_properties: Default::default(),
+        max_message_bytes: 2048,
+        alerts_topic: unique_topic("startup-alerts"),
+        dlq_topic: unique_topic("startup-dlq"),
+        rules_dir,
+        state_dir: dir.path().join("state"),
+        checkpoint_interval: "1s".to_owned(),
+        http_listen: "127.0.0.1:0".to_owned(),
+        extra_yaml: String::new(),
+    };
+    let mut engine = Engine::start(&config.to_yaml());
+    cordon_tests::wait_until(EXIT_TIMEOUT, "the engine to start waiting for Kafka", || {
+        engine.assert_running();
+        engine.stderr().contains("http server listening")
+    });
+    let status = engine.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM during the start-up wait must exit 0, got {status}\n{}",
+        engine.logs(40)
+    );
+}
