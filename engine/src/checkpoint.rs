@@ -5,11 +5,11 @@
 //! alerts topic's end offsets when it was taken (where a restart starts reading back the alerts
 //! written since). It is encoded by [`crate::codec`] (format-version header, length, checksum).
 //!
-//! Tables are stored with their identity (entity expression, pane length, pane count) and the
-//! signature of each slot (storage kind, argument text, filter texts), gates with their rule's
-//! id and version. So a checkpoint taken under one rule set loads under another: tables and
-//! slots that still exist keep their state ([`remap_tables`]), the others start empty; a rule
-//! keeps its gate while its id and version stay.
+//! The state is stored with its [`Layout`]: each table's identity (entity expression, pane
+//! length, pane count) with its slots' signatures, and each rule's meaning. So a checkpoint
+//! taken under one rule set loads under another exactly as a rule reload would carry the state
+//! ([`crate::remap`]): unchanged rules keep their windows and gates, new or changed rules start
+//! fresh.
 //!
 //! [`CheckpointStore`] writes files atomically (temp file, fsync, rename, fsync of the
 //! directory) and keeps the previous complete checkpoint beside the newest. Loading takes the
@@ -20,8 +20,8 @@
 
 use crate::codec::{self, CodecError};
 use crate::gate::Gate;
-use crate::plan::{Plan, TableSpec};
 use crate::processor::KeyMap;
+use crate::remap::Layout;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
@@ -52,59 +52,30 @@ pub struct CheckpointMeta {
     pub written_at_ms: i64,
 }
 
-/// The identity of a state table: two rule sets share a table's state when these agree.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TableId {
-    /// Entity expression text.
-    pub entity: String,
-    /// Pane length in ms.
-    pub pane_ms: i64,
-    /// Panes per window.
-    pub panes: i64,
-    /// Slot signatures, in slot order.
-    pub slots: Vec<SlotSig>,
-}
-
-/// The identity of one slot: its storage kind, argument expression and filters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotSig {
-    /// Storage kind (`Count`, `Distinct`, ...).
-    pub kind: String,
-    /// Argument expression text.
-    pub arg: Option<String>,
-    /// Filter expression texts, sorted.
-    pub preds: Vec<String>,
-}
-
-/// The identity of a rule's gate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GateId {
-    /// Rule id.
-    pub rule_id: String,
-    /// Rule version (part of every alert id).
-    pub version: u32,
-}
-
 /// A checkpoint to write: borrows the live state.
 #[derive(Debug, Serialize)]
 pub struct CheckpointRef<'a> {
     /// Offsets and times.
     pub meta: CheckpointMeta,
-    /// Tables with their keys.
-    pub tables: Vec<(TableId, &'a KeyMap)>,
-    /// Gates per rule.
-    pub gates: Vec<(GateId, &'a Gate)>,
+    /// The plan the state belongs to: its tables' identities and its rules' meanings.
+    pub layout: Layout,
+    /// Keys per table, in `layout` order.
+    pub tables: Vec<&'a KeyMap>,
+    /// Gate per rule, in `layout` order.
+    pub gates: Vec<&'a Gate>,
 }
 
-/// A checkpoint read back (same layout as [`CheckpointRef`]).
+/// A checkpoint read back (same encoding as [`CheckpointRef`]).
 #[derive(Debug, Deserialize)]
 pub struct Checkpoint {
     /// Offsets and times.
     pub meta: CheckpointMeta,
-    /// Tables with their keys.
-    pub tables: Vec<(TableId, KeyMap)>,
-    /// Gates per rule.
-    pub gates: Vec<(GateId, Gate)>,
+    /// The plan the state belongs to.
+    pub layout: Layout,
+    /// Keys per table, in `layout` order.
+    pub tables: Vec<KeyMap>,
+    /// Gate per rule, in `layout` order.
+    pub gates: Vec<Gate>,
 }
 
 impl CheckpointRef<'_> {
@@ -119,102 +90,6 @@ impl Checkpoint {
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         codec::decode_state(bytes)
     }
-}
-
-/// The identity of each table of `plan`.
-pub fn table_ids(plan: &Plan) -> Vec<TableId> {
-    plan.tables.iter().map(|t| table_id(plan, t)).collect()
-}
-
-fn table_id(plan: &Plan, t: &TableSpec) -> TableId {
-    TableId {
-        entity: t.entity_text.clone(),
-        pane_ms: t.window.pane_ms,
-        panes: t.window.panes,
-        slots: t
-            .slots
-            .iter()
-            .map(|s| {
-                let mut preds: Vec<String> = s
-                    .preds
-                    .iter()
-                    .map(|p| plan.exprs[*p].text.clone())
-                    .collect();
-                preds.sort();
-                SlotSig {
-                    kind: format!("{:?}", s.kind),
-                    arg: s.arg.map(|a| plan.exprs[a].text.clone()),
-                    preds,
-                }
-            })
-            .collect(),
-    }
-}
-
-/// The identity of each rule's gate in `plan`.
-pub fn gate_ids(plan: &Plan) -> Vec<GateId> {
-    plan.rules
-        .iter()
-        .map(|r| GateId {
-            rule_id: r.compiled.rule.id.clone(),
-            version: r.compiled.rule.version,
-        })
-        .collect()
-}
-
-/// Moves tables saved under `old` identities to the tables of `plan`: a table with the same
-/// entity and geometry keeps its keys, each slot with the same signature keeps its state, new
-/// slots start empty; tables of `plan` with no match start empty, old tables with none are
-/// dropped. Returns the tables in `plan` order. Used on restore and on rule reload.
-pub fn remap_tables(plan: &Plan, old: Vec<(TableId, KeyMap)>) -> Vec<KeyMap> {
-    let mut old: Vec<Option<(TableId, KeyMap)>> = old.into_iter().map(Some).collect();
-    plan.tables
-        .iter()
-        .map(|t| {
-            let id = table_id(plan, t);
-            let found = old.iter_mut().find(|o| {
-                o.as_ref().is_some_and(|(o, _)| {
-                    o.entity == id.entity && o.pane_ms == id.pane_ms && o.panes == id.panes
-                })
-            });
-            let Some((old_id, mut keys)) = found.and_then(Option::take) else {
-                return KeyMap::default();
-            };
-            let map: Vec<Option<usize>> = id
-                .slots
-                .iter()
-                .map(|s| old_id.slots.iter().position(|o| o == s))
-                .collect();
-            let identity = map.len() == old_id.slots.len()
-                && map.iter().enumerate().all(|(i, m)| *m == Some(i));
-            if identity {
-                keys.values_mut().for_each(|k| k.reset_batch());
-            } else {
-                let kinds: Vec<_> = t.slots.iter().map(|s| s.kind).collect();
-                keys.values_mut().for_each(|k| {
-                    k.remap_slots(&map, &kinds);
-                    k.reset_batch();
-                });
-            }
-            keys
-        })
-        .collect()
-}
-
-/// Moves gates saved under `old` identities to the rules of `plan` (same id and version), in
-/// `plan` order; other rules start with an empty gate.
-pub fn remap_gates(plan: &Plan, old: Vec<(GateId, Gate)>) -> Vec<Gate> {
-    let mut old: Vec<Option<(GateId, Gate)>> = old.into_iter().map(Some).collect();
-    gate_ids(plan)
-        .into_iter()
-        .map(|id| {
-            old.iter_mut()
-                .find(|o| o.as_ref().is_some_and(|(o, _)| *o == id))
-                .and_then(Option::take)
-                .map(|(_, g)| g)
-                .unwrap_or_default()
-        })
-        .collect()
 }
 
 /// A checkpoint that cannot be written or loaded.
@@ -366,22 +241,17 @@ mod tests {
         let gate = Gate::default();
         CheckpointRef {
             meta: meta(next_offset),
-            tables: vec![(
-                TableId {
+            layout: Layout {
+                tables: vec![crate::remap::TableId {
                     entity: "account_id".into(),
                     pane_ms: 300_000,
                     panes: 12,
-                    slots: vec![],
-                },
-                &keys,
-            )],
-            gates: vec![(
-                GateId {
-                    rule_id: "r".into(),
-                    version: 1,
-                },
-                &gate,
-            )],
+                    slots: vec!["Count() where []".into()],
+                }],
+                rules: vec!["r".into()],
+            },
+            tables: vec![&keys],
+            gates: vec![&gate],
         }
         .encode()
         .expect("encode")
@@ -392,7 +262,8 @@ mod tests {
         let c = Checkpoint::decode(&bytes(42)).expect("decode");
         assert_eq!(c.meta, meta(42));
         assert_eq!(c.tables.len(), 1);
-        assert_eq!(c.gates[0].0.rule_id, "r");
+        assert_eq!(c.layout.rules, ["r"]);
+        assert_eq!(c.layout.tables[0].slots, ["Count() where []"]);
     }
 
     #[test]

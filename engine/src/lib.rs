@@ -13,6 +13,7 @@
 //! - [`window`]: per-entity sliding windows of panes.
 //! - [`codec`]: the versioned binary encoding of persisted state.
 //! - [`checkpoint`]: per-partition checkpoints (state, offsets) and their files.
+//! - [`remap`]: carrying state to another rule set (reloads, checkpoints).
 //! - [`gate`]: suppression, deterministic alert ids, alert schema v1.
 //! - [`ocsf`]: alerts as OCSF Detection Findings (`sink.format: ocsf`).
 //! - [`processor`]: the core loop over a micro-batch.
@@ -44,6 +45,7 @@ pub mod ocsf;
 pub mod plan;
 pub mod processor;
 pub mod reload;
+pub mod remap;
 pub mod ruletest;
 pub mod runtime;
 pub mod simulate;

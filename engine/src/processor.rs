@@ -8,15 +8,16 @@
 //! once over all touched keys.
 
 use crate::agg::{Input as AggInput, InputKind, SlotKind};
-use crate::checkpoint::{self, Checkpoint, CheckpointMeta, CheckpointRef};
+use crate::checkpoint::{Checkpoint, CheckpointMeta, CheckpointRef};
 use crate::codec::CodecError;
 use crate::decode::{EventBatchBuilder, Reason, TimeCheck, dead_letter_payload};
 use crate::gate::{
     ALERT_SCHEMA, Alert, AlertEngine, AlertEntity, AlertRule, AlertWindow, Decision, Gate, rfc3339,
 };
 use crate::plan::{Conv, Plan, RulePlan};
+use crate::remap::{Layout, Remap};
 use crate::window::{KeyState, SAMPLE_IDS, Update, WindowSnapshot};
-use cordon_rules::{CompiledRule, Rule, RuleSet};
+use cordon_rules::{CompiledRule, RuleSet};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray,
 };
@@ -186,27 +187,6 @@ pub struct ReloadSummary {
     pub fresh_slots: usize,
 }
 
-/// Whether two rules mean the same: same id, version and definition. Text, titles, tests and
-/// positions may differ.
-fn same_meaning(a: &Rule, b: &Rule) -> bool {
-    let features = |r: &Rule| -> Vec<(String, String)> {
-        r.features
-            .iter()
-            .map(|f| (f.name.clone(), f.text.trim().to_owned()))
-            .collect()
-    };
-    a.id == b.id
-        && a.version == b.version
-        && a.entity.text.trim() == b.entity.text.trim()
-        && a.filter.as_ref().map(|f| f.text.trim()) == b.filter.as_ref().map(|f| f.text.trim())
-        && a.window == b.window
-        && a.every == b.every
-        && features(a) == features(b)
-        && a.condition.text.trim() == b.condition.text.trim()
-        && a.suppress == b.suppress
-        && a.evidence == b.evidence
-}
-
 /// Live keys, evictions and estimated bytes of one state table (all partitions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableStats {
@@ -326,28 +306,15 @@ impl Processor {
         }
     }
 
-    /// Swaps in a new rule set (a hot reload), keeping what still means the same thing.
-    ///
-    /// A rule is unchanged when its id, version and definition (entity, filter, window,
-    /// features, condition, suppression, evidence) are all the same; it keeps its windows and
-    /// its alert gate. A new or changed rule starts with fresh state: aggregates that only
-    /// changed rules read start empty, even where the old set had the same aggregate, so a
-    /// changed rule never alerts on history it did not define. Tables no rule uses any more
-    /// are dropped, and so are keys of tables none of whose aggregates carry over.
+    /// Swaps in a new rule set (a hot reload), keeping what still means the same thing
+    /// ([`crate::remap`]: unchanged rules keep their windows and alert gates, new or changed
+    /// rules start fresh, tables no rule uses are dropped).
     pub fn replace_rules(&mut self, rules: &RuleSet) -> ReloadSummary {
         let new = Plan::new(rules);
         let old = std::mem::take(&mut self.plan);
-        let unchanged: Vec<Option<usize>> = new
-            .rules
-            .iter()
-            .map(|nr| {
-                old.rules
-                    .iter()
-                    .position(|or| same_meaning(&or.compiled.rule, &nr.compiled.rule))
-            })
-            .collect();
+        let remap = Remap::new(&Layout::of(&old), &new);
         let mut summary = ReloadSummary::default();
-        for (r, u) in new.rules.iter().zip(&unchanged) {
+        for (r, u) in new.rules.iter().zip(&remap.unchanged) {
             let id = r.compiled.rule.id.clone();
             match u {
                 Some(_) => summary.kept.push(id),
@@ -358,70 +325,25 @@ impl Processor {
             .rules
             .iter()
             .enumerate()
-            .filter(|(i, _)| !unchanged.contains(&Some(*i)))
+            .filter(|(i, _)| !remap.unchanged.contains(&Some(*i)))
             .map(|(_, or)| or.compiled.rule.id.clone())
             .collect();
-
-        // Per new table: its old table, and for each slot the old slot it carries.
-        let maps: Vec<Option<(usize, Vec<Option<usize>>)>> = (0..new.tables.len())
-            .map(|t| {
-                let ot = new.find_table(&old, t)?;
-                let carried: Vec<usize> = new.tables[t]
-                    .rules
-                    .iter()
-                    .filter(|r| unchanged[**r].is_some())
-                    .flat_map(|r| new.rule_slots(*r))
-                    .collect();
-                let map: Vec<Option<usize>> = (0..new.tables[t].slots.len())
-                    .map(|s| {
-                        if !carried.contains(&s) {
-                            return None;
-                        }
-                        let sig = new.slot_signature(t, s);
-                        (0..old.tables[ot].slots.len())
-                            .find(|os| old.slot_signature(ot, *os) == sig)
-                    })
-                    .collect();
-                map.iter().any(Option::is_some).then_some((ot, map))
-            })
-            .collect();
-        let kinds: Vec<Vec<SlotKind>> = new
-            .tables
-            .iter()
-            .map(|t| t.slots.iter().map(|s| s.kind).collect())
-            .collect();
         for p in self.partitions.values_mut() {
-            let mut old_tables = std::mem::take(&mut p.tables);
-            p.tables = maps
-                .iter()
-                .zip(&kinds)
-                .map(|(m, kinds)| match m {
-                    Some((ot, map)) => {
-                        let mut keys = std::mem::take(&mut old_tables[*ot]);
-                        for k in keys.values_mut() {
-                            k.remap_slots(map, kinds);
-                        }
-                        keys
-                    }
-                    None => KeyMap::default(),
-                })
-                .collect();
-            let mut old_gates = std::mem::take(&mut p.gates);
-            p.gates = unchanged
-                .iter()
-                .map(|u| u.map_or_else(Gate::default, |o| std::mem::take(&mut old_gates[o])))
-                .collect();
+            let (tables, gates) =
+                remap.apply(std::mem::take(&mut p.tables), std::mem::take(&mut p.gates));
+            p.tables = tables;
+            p.gates = gates;
         }
         self.evictions = (0..new.tables.len())
             .map(|t| new.find_table(&old, t).map_or(0, |ot| self.evictions[ot]))
             .collect();
-        summary.kept_slots = maps
-            .iter()
-            .flatten()
-            .map(|(_, m)| m.iter().flatten().count())
-            .sum();
+        summary.kept_slots = remap.kept_slots();
         summary.fresh_slots = new.slot_count() - summary.kept_slots;
-        self.kinds = kinds;
+        self.kinds = new
+            .tables
+            .iter()
+            .map(|t| t.slots.iter().map(|s| s.kind).collect())
+            .collect();
         self.plan = new;
         self.live_keys = self
             .partitions
@@ -466,25 +388,23 @@ impl Processor {
         meta.watermark = state.watermark;
         CheckpointRef {
             meta,
-            tables: checkpoint::table_ids(&self.plan)
-                .into_iter()
-                .zip(state.tables.iter())
-                .collect(),
-            gates: checkpoint::gate_ids(&self.plan)
-                .into_iter()
-                .zip(state.gates.iter())
-                .collect(),
+            layout: Layout::of(&self.plan),
+            tables: state.tables.iter().collect(),
+            gates: state.gates.iter().collect(),
         }
         .encode()
     }
 
-    /// Replaces a partition's state with a checkpoint's, remapped to the running plan
-    /// ([`checkpoint::remap_tables`]). Returns the keys restored.
+    /// Replaces a partition's state with a checkpoint's, remapped to the running plan the way a
+    /// rule reload is ([`crate::remap`]). Returns the keys restored.
     pub fn restore(&mut self, c: Checkpoint) -> u64 {
         let partition = c.meta.partition;
         self.drop_partition(partition);
-        let tables = checkpoint::remap_tables(&self.plan, c.tables);
-        let gates = checkpoint::remap_gates(&self.plan, c.gates);
+        let remap = Remap::new(&c.layout, &self.plan);
+        let (mut tables, gates) = remap.apply(c.tables, c.gates);
+        for keys in &mut tables {
+            keys.values_mut().for_each(|k| k.reset_batch());
+        }
         let keys = tables.iter().map(|t| t.len() as u64).sum::<u64>();
         self.live_keys += keys;
         self.partitions.insert(
@@ -1382,29 +1302,39 @@ suppress: 6h
     }
 
     #[test]
-    fn a_checkpoint_loads_under_another_rule_set() {
+    fn a_checkpoint_loads_under_another_rule_set_as_a_reload_would() {
         let mut p = processor();
         run(&mut p, &[harvest(15)]);
-        // Another rule set: the cot rule with one more feature (a new slot),
-        // the hydra rule gone, a new rule on another entity.
-        let changed = RULES.split("---").next().unwrap_or_default().replace(
-            "  out: sum(output_tokens)",
-            "  out: sum(output_tokens)\n  fast: count_if(coalesce(latency_ms, 0) < 100)",
-        ) + "---\nid: t.org\nversion: 1\ntitle: org\nseverity: low\nentity: org_id\nwindow: 1h\nevery: 5m\nfeatures:\n  n: count()\ncondition: n > 1000\n";
+        // Another rule set: t.cot unchanged, t.hydra gone, a new rule on another entity.
+        let cot = RULES.split("---").next().unwrap_or_default().to_owned();
+        let changed = cot.clone()
+            + "---\nid: t.org\nversion: 1\ntitle: org\nseverity: low\nentity: org_id\nwindow: 1h\nevery: 5m\nfeatures:\n  n: count()\ncondition: n > 1000\n";
         let rules =
             cordon_rules::load_sources(&[("t.yaml".into(), changed)]).expect("changed rules");
         let mut q = restored(&p, &rules);
-        // The account table survived with its count: 15 more events reach the threshold of 20
-        // only if the first 15 were kept.
-        let more: Vec<Vec<u8>> = harvest(30)[15..].to_vec();
-        let out = run(&mut q, &[more]);
-        let cot: Vec<_> = out
+        assert_eq!(
+            q.live_keys(),
+            1,
+            "the account key kept, the /24 key dropped"
+        );
+        // 15 more events reach the threshold of 20 only because the first 15 were kept.
+        let out = run(&mut q, &[harvest(30)[15..].to_vec()]);
+        let alerts: Vec<_> = out
             .alerts
             .iter()
             .filter(|a| a.alert.rule.id == "t.cot")
             .collect();
-        assert_eq!(cot.len(), 1, "{:?}", out.alerts);
-        assert_eq!(cot[0].alert.features["requests"], serde_json::json!(30));
+        assert_eq!(alerts.len(), 1, "{:?}", out.alerts);
+        assert_eq!(alerts[0].alert.features["requests"], serde_json::json!(30));
+        // A changed t.cot (a new version) starts fresh, as after a reload.
+        let bumped = cordon_rules::load_sources(&[(
+            "t.yaml".into(),
+            cot.replace("version: 2", "version: 3"),
+        )])
+        .expect("bumped rules");
+        let mut r = restored(&p, &bumped);
+        assert_eq!(r.live_keys(), 0);
+        assert!(run(&mut r, &[harvest(30)[15..].to_vec()]).alerts.is_empty());
     }
 
     #[test]

@@ -163,10 +163,14 @@ fn sigterm_while_waiting_for_kafka_exits_zero() {
         extra_yaml: String::new(),
     };
     let mut engine = Engine::start(&config.to_yaml());
-    cordon_tests::wait_until(EXIT_TIMEOUT, "the engine to start waiting for Kafka", || {
-        engine.assert_running();
-        engine.stderr().contains("http server listening")
-    });
+    cordon_tests::wait_until(
+        EXIT_TIMEOUT,
+        "the engine to start waiting for Kafka",
+        || {
+            engine.assert_running();
+            engine.stderr().contains("http server listening")
+        },
+    );
     let status = engine.terminate();
     assert!(
         status.success(),
