@@ -226,7 +226,7 @@ impl Metrics {
             checkpoint_age: {
                 let g = Gauge::new(
                     "cordon_checkpoint_age_seconds",
-                    "Seconds since the last complete checkpoint (0 until the first).",
+                    "Seconds since the checkpoints on disk were last brought up to date (a round with nothing to write counts; 0 until the first).",
                 )?;
                 r.register(Box::new(g.clone()))?;
                 g
@@ -411,6 +411,16 @@ impl Metrics {
             state.last_checkpoint = Some(Instant::now());
         }
         tracing::debug!(seconds = elapsed.as_secs_f64(), "checkpoint written");
+    }
+
+    /// A checkpoint round found nothing to write (no partition changed since its last
+    /// checkpoint): the state on disk is current, so `cordon_checkpoint_age_seconds` restarts
+    /// from 0 without a duration observation.
+    pub fn checkpoint_current(&self) {
+        self.checkpoint_age.set(0.0);
+        if let Ok(mut state) = self.state.lock() {
+            state.last_checkpoint = Some(Instant::now());
+        }
     }
 
     /// The state tables' sizes (from [`Processor::table_stats`](crate::processor::Processor::table_stats)):

@@ -505,7 +505,9 @@ fn run_loop(
             let started = Instant::now();
             let due: Vec<i32> = ckpts.dirty.iter().copied().collect();
             ckpts.write(&processor, &due, &source, &sink, false)?;
-            if !due.is_empty() {
+            if due.is_empty() {
+                metrics.checkpoint_current();
+            } else {
                 metrics.checkpoint_done(started.elapsed());
                 tracing::debug!(partitions = ?due, seconds = started.elapsed().as_secs_f64(), "checkpoint written");
             }
