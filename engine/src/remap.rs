@@ -93,11 +93,20 @@ impl Layout {
     }
 }
 
+/// Where one new table's state comes from: the old table, its slot count, and for each new
+/// slot the old slot it carries.
+#[derive(Debug, Clone)]
+struct TableMap {
+    old: usize,
+    old_slots: usize,
+    slots: Vec<Option<usize>>,
+}
+
 /// How state moves from an old [`Layout`] to a new plan.
 #[derive(Debug, Clone)]
 pub struct Remap {
-    /// Per new table: the old table, its slot count, and per new slot the old slot it carries.
-    tables: Vec<Option<(usize, usize, Vec<Option<usize>>)>>,
+    /// Per new table, where its state comes from (`None`: it starts empty).
+    tables: Vec<Option<TableMap>>,
     /// Per new rule: the old rule with the same meaning (whose gate it keeps).
     pub unchanged: Vec<Option<usize>>,
     kinds: Vec<Vec<SlotKind>>,
@@ -137,10 +146,11 @@ impl Remap {
                         old.tables[ot].slots.iter().position(|o| *o == sig)
                     })
                     .collect();
-                let old_len = old.tables[ot].slots.len();
-                map.iter()
-                    .any(Option::is_some)
-                    .then_some((ot, old_len, map))
+                map.iter().any(Option::is_some).then(|| TableMap {
+                    old: ot,
+                    old_slots: old.tables[ot].slots.len(),
+                    slots: map,
+                })
             })
             .collect();
         let kinds = new
@@ -157,7 +167,7 @@ impl Remap {
 
     /// The old table each new table takes its keys from.
     pub fn old_table(&self, t: usize) -> Option<usize> {
-        self.tables[t].as_ref().map(|(ot, _, _)| *ot)
+        self.tables[t].as_ref().map(|m| m.old)
     }
 
     /// Aggregates whose state carries over.
@@ -165,7 +175,7 @@ impl Remap {
         self.tables
             .iter()
             .flatten()
-            .map(|(_, _, m)| m.iter().flatten().count())
+            .map(|m| m.slots.iter().flatten().count())
             .sum()
     }
 
@@ -176,13 +186,16 @@ impl Remap {
             .iter()
             .zip(&self.kinds)
             .map(|(m, kinds)| match m {
-                Some((ot, old_len, map)) => {
-                    let mut keys = tables.get_mut(*ot).map(std::mem::take).unwrap_or_default();
-                    let identity =
-                        *old_len == map.len() && map.iter().enumerate().all(|(i, m)| *m == Some(i));
+                Some(m) => {
+                    let mut keys = tables
+                        .get_mut(m.old)
+                        .map(std::mem::take)
+                        .unwrap_or_default();
+                    let identity = m.old_slots == m.slots.len()
+                        && m.slots.iter().enumerate().all(|(i, s)| *s == Some(i));
                     if !identity {
                         for k in keys.values_mut() {
-                            k.remap_slots(map, kinds);
+                            k.remap_slots(&m.slots, kinds);
                         }
                     }
                     keys
