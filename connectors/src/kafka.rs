@@ -421,6 +421,10 @@ impl KafkaSource {
                 &[
                     ("auto.offset.reset", "earliest"),
                     ("session.timeout.ms", "30000"),
+                    // librdkafka's 500 ms lets a fetch wait that long for data: up to half a
+                    // second of alert latency, and some brokers (tansu) serve a consumer far
+                    // slower with it. 50 ms costs a few idle fetches a second.
+                    ("fetch.wait.max.ms", "50"),
                     // Consumer lag, see the module doc; `0` turns the lag metric off.
                     ("statistics.interval.ms", "5000"),
                 ],
@@ -727,6 +731,11 @@ impl KafkaSink {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Serves delivery reports that have arrived, without waiting.
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
     }
 
     /// Waits until every queued message is delivered (or `timeout` passes); fails if any message

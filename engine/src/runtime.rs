@@ -170,16 +170,23 @@ struct Checkpoints {
 }
 
 impl Checkpoints {
-    /// Writes the checkpoints of `partitions`, then commits their offsets. A partition the
-    /// processor holds no state for is written with empty state.
+    /// Waits until the broker has acknowledged every alert and dead letter sent so far, writes
+    /// the checkpoints of `partitions`, then commits their offsets. A partition the processor
+    /// holds no state for is written with empty state. The flush comes first: a checkpoint
+    /// must never cover output that could still be lost, so a failed delivery stops the engine
+    /// here and a restart replays from the previous checkpoint.
     fn write(
         &mut self,
         processor: &Processor,
         partitions: &[i32],
         source: &KafkaSource,
         sink: &KafkaSink,
+        metrics: &Metrics,
         sync: bool,
     ) -> anyhow::Result<()> {
+        sink.flush(FLUSH_TIMEOUT)
+            .inspect_err(|e| metrics.sink_error("alerts and dead letters", e))
+            .context("writing alerts and dead letters before a checkpoint")?;
         for (p, end) in sink.delivered_ends(&self.alerts_topic) {
             let e = self.alerts_end.entry(p).or_insert(end);
             *e = (*e).max(end);
@@ -306,7 +313,7 @@ fn take_over(
         let e = ckpts.alerts_end.entry(p).or_insert(end);
         *e = (*e).max(end);
     }
-    ckpts.write(processor, &fresh, source, sink, false)?;
+    ckpts.write(processor, &fresh, source, sink, metrics, false)?;
     metrics.state(&processor.table_stats());
     tracing::info!(
         partitions = ?assigned,
@@ -479,7 +486,7 @@ fn run_loop(
             // Checkpoint what was processed, so the partition's next owner (or this instance,
             // when it gets the partition back) resumes from here.
             let started = Instant::now();
-            ckpts.write(&processor, &revoked, &source, &sink, false)?;
+            ckpts.write(&processor, &revoked, &source, &sink, metrics, false)?;
             metrics.checkpoint_done(started.elapsed());
             for p in revoked {
                 processor.drop_partition(p);
@@ -504,7 +511,7 @@ fn run_loop(
         if ckpts.last.elapsed() >= ckpts.interval {
             let started = Instant::now();
             let due: Vec<i32> = ckpts.dirty.iter().copied().collect();
-            ckpts.write(&processor, &due, &source, &sink, false)?;
+            ckpts.write(&processor, &due, &source, &sink, metrics, false)?;
             if due.is_empty() {
                 metrics.checkpoint_current();
             } else {
@@ -563,7 +570,7 @@ fn run_loop(
         .inspect_err(|e| metrics.sink_error("output", e))?;
     let started = Instant::now();
     let owned: Vec<i32> = ckpts.positions.keys().copied().collect();
-    ckpts.write(&processor, &owned, &source, &sink, true)?;
+    ckpts.write(&processor, &owned, &source, &sink, metrics, true)?;
     metrics.checkpoint_done(started.elapsed());
     tracing::info!(
         messages = totals.messages,
@@ -576,7 +583,8 @@ fn run_loop(
     Ok(totals)
 }
 
-/// Processes one batch and writes its output; returns once the broker has acknowledged it.
+/// Processes one batch and queues its output for the broker; the acknowledgements are awaited
+/// by the next checkpoint ([`Checkpoints::write`]).
 /// Logging and counting the batch is the caller's ([`Metrics::batch_done`]), except for a
 /// failed write, which is counted here ([`Metrics::sink_error`]) before it stops the engine.
 fn process_batch(
@@ -648,10 +656,8 @@ fn process_batch(
         )
         .inspect_err(|e| metrics.sink_error("a dead letter", e))?;
     }
-    if !out.alerts.is_empty() || !out.dead_letters.is_empty() {
-        sink.flush(FLUSH_TIMEOUT)
-            .inspect_err(|e| metrics.sink_error("alerts and dead letters", e))
-            .context("writing alerts and dead letters")?;
-    }
+    // No flush here: the broker acknowledges while the next batches are processed, and the
+    // next checkpoint waits for every acknowledgement before it covers this batch.
+    sink.poll();
     Ok(out)
 }
