@@ -31,6 +31,7 @@ fn decode(c: &mut Criterion) {
                     watermark: i64::MIN,
                     allowed_lateness_ms: 300_000,
                     max_ts: MAX_TS_MS,
+                    clamp_future: false,
                 };
                 for p in &payloads {
                     // Every simulator event is valid; a refusal would show as a faster run.

@@ -116,6 +116,7 @@ fn process(c: &mut Criterion) {
         watermark: i64::MIN,
         allowed_lateness_ms: i64::MAX / 2,
         max_ts: MAX_TS_MS,
+        clamp_future: false,
     };
     for p in &payloads[WARM..WARM + BATCH] {
         let _ = builder.push(p, &mut time);
