@@ -42,6 +42,9 @@ fi
 log "preparing the OCSF validator (PyPI ocsf-json-schema, in target/ocsf-venv)"
 tests/ocsf/run-venv.sh >/dev/null
 
+log "checking every target (benchmarks included: nothing else builds them)"
+cargo check --workspace --all-targets
+
 log "building the cordon binary (the end-to-end tests run it as a separate process)"
 cargo build --workspace --bins
 export CORDON_BIN="$PWD/target/debug/cordon"
