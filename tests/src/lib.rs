@@ -912,6 +912,67 @@ impl Record {
     }
 }
 
+/// What most end-to-end tests start from: a broker with an input, an alerts and a dead-letter
+/// topic (unique names), and a temp dir holding empty `rules/` and `state/` directories.
+pub struct Setup {
+    /// The broker.
+    pub broker: Broker,
+    /// The input topic.
+    pub input: String,
+    /// The alerts topic (one partition).
+    pub alerts: String,
+    /// The dead-letter topic (one partition).
+    pub dlq: String,
+    /// `rules.paths` of [`Setup::config`].
+    pub rules_dir: PathBuf,
+    /// `state.dir` of [`Setup::config`].
+    pub state_dir: PathBuf,
+    /// Owns the directories.
+    pub dir: TempDir,
+}
+
+impl Setup {
+    /// Starts a broker and creates the topics, named after `prefix`, with `input_partitions`
+    /// input partitions.
+    #[track_caller]
+    pub fn new(prefix: &str, input_partitions: i32) -> Self {
+        let broker = Broker::start();
+        let input = unique_topic(&format!("{prefix}-requests"));
+        let alerts = unique_topic(&format!("{prefix}-alerts"));
+        let dlq = unique_topic(&format!("{prefix}-dlq"));
+        broker.create_topic(&input, input_partitions);
+        broker.create_topic(&alerts, 1);
+        broker.create_topic(&dlq, 1);
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"));
+        let rules_dir = dir.path().join("rules");
+        let state_dir = dir.path().join("state");
+        for d in [&rules_dir, &state_dir] {
+            fs::create_dir_all(d).unwrap_or_else(|e| panic!("cannot create {}: {e}", d.display()));
+        }
+        Self {
+            broker,
+            input,
+            alerts,
+            dlq,
+            rules_dir,
+            state_dir,
+            dir,
+        }
+    }
+
+    /// A config for these topics and directories ([`EngineConfig::new`]).
+    pub fn config(&self) -> EngineConfig {
+        EngineConfig::new(
+            &self.broker,
+            &self.input,
+            &self.alerts,
+            &self.dlq,
+            &self.rules_dir,
+            &self.state_dir,
+        )
+    }
+}
+
 /// The config v1 file the tests give the engine. [`EngineConfig::to_yaml`] renders it.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {

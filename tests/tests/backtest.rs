@@ -11,10 +11,7 @@ use std::{
     time::Duration,
 };
 
-use cordon_tests::{
-    Broker, Engine, EngineConfig, cordon_bin, cordon_release_bin, free_port, http_get,
-    unique_topic, wait_for,
-};
+use cordon_tests::{Engine, Setup, cordon_bin, cordon_release_bin, free_port, http_get, wait_for};
 use serde_json::Value;
 
 fn pack_dir() -> PathBuf {
@@ -255,18 +252,12 @@ fn globs_name_several_files_and_a_glob_matching_nothing_is_an_error() {
 #[test]
 fn a_backtest_and_a_live_run_give_the_same_alert_ids() {
     let bin = cordon_bin();
-    let broker = Broker::start();
-    let input = unique_topic("backtest-live-requests");
-    let alerts = unique_topic("backtest-live-alerts");
-    let dlq = unique_topic("backtest-live-dlq");
     // One input partition: a backtest is one ordered stream.
-    broker.create_topic(&input, 1);
-    broker.create_topic(&alerts, 1);
-    broker.create_topic(&dlq, 1);
-    let dir = tempfile::tempdir().expect("temp dir");
+    let setup = Setup::new("backtest-live", 1);
+    let (broker, input, alerts, dir) = (&setup.broker, &setup.input, &setup.alerts, &setup.dir);
     let events = dir.path().join("events.jsonl");
 
-    simulate_small(&bin, &["--brokers", &broker.bootstrap(), "--topic", &input]);
+    simulate_small(&bin, &["--brokers", &broker.bootstrap(), "--topic", input]);
     simulate_small(&bin, &["--out", &path(&events)]);
     let produced = fs::read_to_string(&events).expect("events").lines().count() as f64;
 
@@ -286,9 +277,8 @@ fn a_backtest_and_a_live_run_give_the_same_alert_ids() {
     let expected = new_ids(&fs::read_to_string(&backtest_out).expect("alerts"));
     assert!(!expected.is_empty());
 
-    let state = dir.path().join("state");
-    fs::create_dir_all(&state).expect("state dir");
-    let mut config = EngineConfig::new(&broker, &input, &alerts, &dlq, &pack_dir(), &state);
+    let mut config = setup.config();
+    config.rules_dir = pack_dir();
     config.max_message_bytes = 1 << 20;
     let addr = format!("127.0.0.1:{}", free_port());
     config.http_listen = addr.clone();
@@ -312,7 +302,7 @@ fn a_backtest_and_a_live_run_give_the_same_alert_ids() {
     );
     let live: BTreeSet<String> = wait_for(Duration::from_secs(30), "the live alerts", || {
         let ids: BTreeSet<String> = broker
-            .read_topic(&alerts)
+            .read_topic(alerts)
             .iter()
             .map(|r| r.json())
             .filter(|a| a["status"] == "new")

@@ -5,9 +5,7 @@
 
 use std::{fs, path::Path, time::Duration};
 
-use cordon_tests::{
-    Broker, Engine, EngineConfig, TEST_RULES, free_port, http_get, unique_topic, wait_for,
-};
+use cordon_tests::{Broker, Engine, Setup, TEST_RULES, free_port, http_get, wait_for};
 use serde_json::{Value, json};
 
 /// 2026-03-01T10:00:00Z in epoch milliseconds, on a 5-minute pane boundary.
@@ -122,54 +120,45 @@ fn write_rules(dir: &Path, file: &str, text: &str) {
 
 #[test]
 fn rules_reload_in_place_and_a_broken_set_is_refused() {
-    let broker = Broker::start();
-    let input = unique_topic("reload-requests");
-    let alerts = unique_topic("reload-alerts");
-    let dlq = unique_topic("reload-dlq");
-    broker.create_topic(&input, 1);
-    broker.create_topic(&alerts, 1);
-    broker.create_topic(&dlq, 1);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let rules_dir = dir.path().join("rules");
-    let state_dir = dir.path().join("state");
-    fs::create_dir_all(&rules_dir).expect("rules dir");
-    fs::create_dir_all(&state_dir).expect("state dir");
+    let setup = Setup::new("reload", 1);
+    let (broker, input, alerts, rules_dir) =
+        (&setup.broker, &setup.input, &setup.alerts, &setup.rules_dir);
     let (cot_rule, hydra_rule) = TEST_RULES.split_once("---\n").expect("two rules");
-    write_rules(&rules_dir, "cot.yaml", cot_rule);
-    write_rules(&rules_dir, "hydra.yaml", hydra_rule);
-    let mut config = EngineConfig::new(&broker, &input, &alerts, &dlq, &rules_dir, &state_dir);
+    write_rules(rules_dir, "cot.yaml", cot_rule);
+    write_rules(rules_dir, "hydra.yaml", hydra_rule);
+    let mut config = setup.config();
     let addr = format!("127.0.0.1:{}", free_port());
     config.http_listen = addr.clone();
     let mut engine = Engine::start(&config.to_yaml());
     let pid = engine.pid();
 
     // Below both thresholds: 30 of 50 harvest requests, 15 of 20 hydra accounts.
-    broker.produce(&input, 0, &harvest("acct-a", 0, 30));
-    broker.produce(&input, 0, &hydra(0, 15, 40));
+    broker.produce(input, 0, &harvest("acct-a", 0, 30));
+    broker.produce(input, 0, &hydra(0, 15, 40));
     wait_metric(&addr, "cordon_events_consumed_total", 45.0);
-    assert!(new_alerts(&broker, &alerts).is_empty());
+    assert!(new_alerts(broker, alerts).is_empty());
 
     // A valid change: the hydra rule becomes version 2 with a lower bar (fresh state); the
     // harvest rule is untouched (its state stays).
     let hydra_v2 = hydra_rule
         .replace("version: 1", "version: 2")
         .replace("accounts >= 20", "accounts >= 10");
-    write_rules(&rules_dir, "hydra.yaml", &hydra_v2);
+    write_rules(rules_dir, "hydra.yaml", &hydra_v2);
     wait_metric(&addr, "cordon_rule_reloads_total{result=\"success\"}", 1.0);
     assert_eq!(readyz(&addr)["rules_error"], Value::Null);
 
     // 20 more harvest requests reach 50 only with the 30 from before the reload; 12 new hydra
     // accounts pass version 2's bar of 10 on their own, and version 2 must not count the 15
     // accounts it never saw.
-    broker.produce(&input, 0, &harvest("acct-a", 30, 20));
-    broker.produce(&input, 0, &hydra(15, 12, 80));
-    let cot = wait_alert(&broker, &alerts, "test.cot-harvest", "acct-a");
+    broker.produce(input, 0, &harvest("acct-a", 30, 20));
+    broker.produce(input, 0, &hydra(15, 12, 80));
+    let cot = wait_alert(broker, alerts, "test.cot-harvest", "acct-a");
     assert_eq!(
         cot.3["requests"],
         json!(50),
         "state kept across the reload: {cot:?}"
     );
-    let hydra_alert = wait_alert(&broker, &alerts, "test.hydra", "198.51.100.0/24");
+    let hydra_alert = wait_alert(broker, alerts, "test.hydra", "198.51.100.0/24");
     assert_eq!(hydra_alert.1, 2, "{hydra_alert:?}");
     assert_eq!(
         hydra_alert.3["accounts"],
@@ -184,7 +173,7 @@ fn rules_reload_in_place_and_a_broken_set_is_refused() {
     let broken = cot_rule
         .replace("id: test.cot-harvest", "id: test.other")
         .replace("condition:", "condtion:");
-    write_rules(&rules_dir, "other.yaml", &broken);
+    write_rules(rules_dir, "other.yaml", &broken);
     wait_metric(&addr, "cordon_rule_reloads_total{result=\"failure\"}", 1.0);
     let ready = readyz(&addr);
     let error = ready["rules_error"].as_str().unwrap_or_default().to_owned();
@@ -201,11 +190,11 @@ fn rules_reload_in_place_and_a_broken_set_is_refused() {
     assert!(error.contains("did you mean `condition`"), "{error}");
     assert_eq!(ready["rules_loaded"], json!(2), "{ready}");
 
-    broker.produce(&input, 0, &harvest("acct-b", 200, 60));
-    let b = wait_alert(&broker, &alerts, "test.cot-harvest", "acct-b");
+    broker.produce(input, 0, &harvest("acct-b", 200, 60));
+    let b = wait_alert(broker, alerts, "test.cot-harvest", "acct-b");
     assert_eq!(b.3["requests"], json!(60), "{b:?}");
     assert!(
-        new_alerts(&broker, &alerts)
+        new_alerts(broker, alerts)
             .iter()
             .all(|a| a.0 != "test.other"),
         "the refused rule never ran"
@@ -214,7 +203,7 @@ fn rules_reload_in_place_and_a_broken_set_is_refused() {
 
     // Fixing the file loads the set: three rules.
     write_rules(
-        &rules_dir,
+        rules_dir,
         "other.yaml",
         &broken.replace("condtion:", "condition:"),
     );

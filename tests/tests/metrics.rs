@@ -13,8 +13,8 @@ use std::{
 };
 
 use cordon_tests::{
-    Broker, Engine, EngineConfig, TEST_RULES, free_port, http_get, unique_name, unique_topic,
-    wait_for,
+    Broker, Engine, EngineConfig, Setup, TEST_RULES, free_port, http_get, unique_name,
+    unique_topic, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -280,27 +280,17 @@ fn promtool_check(text: &str) {
 
 #[test]
 fn metrics_and_health_after_traffic() {
-    let broker = Broker::start();
-    let input = unique_topic("metrics-requests");
-    let alerts = unique_topic("metrics-alerts");
-    let dlq = unique_topic("metrics-dlq");
-    broker.create_topic(&input, 2);
-    broker.create_topic(&alerts, 1);
-    broker.create_topic(&dlq, 1);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let rules_dir = dir.path().join("rules");
-    let state_dir = dir.path().join("state");
-    fs::create_dir_all(&rules_dir).expect("rules dir");
-    fs::create_dir_all(&state_dir).expect("state dir");
-    fs::write(rules_dir.join("test.yaml"), TEST_RULES).expect("rules file");
-    let mut config = EngineConfig::new(&broker, &input, &alerts, &dlq, &rules_dir, &state_dir);
+    let setup = Setup::new("metrics", 2);
+    let (broker, input) = (&setup.broker, &setup.input);
+    fs::write(setup.rules_dir.join("test.yaml"), TEST_RULES).expect("rules file");
+    let mut config = setup.config();
     let addr = format!("127.0.0.1:{}", free_port());
     config.http_listen = addr.clone();
 
-    let traffic = produce_traffic(&broker, &input);
+    let traffic = produce_traffic(broker, input);
     let mut engine = Engine::start(&config.to_yaml());
 
-    let probe = broker.offsets(&config.group_id, &input);
+    let probe = broker.offsets(&config.group_id, input);
     wait_for(
         CATCH_UP_TIMEOUT,
         &format!("group {} to commit the end of {input}", config.group_id),
