@@ -1278,6 +1278,17 @@ impl Engine {
         self.wait_exit(ENGINE_STOP_TIMEOUT)
     }
 
+    /// Stops the engine with SIGTERM and asserts it exited 0 (with its log tail if not).
+    #[track_caller]
+    pub fn stop(&mut self) {
+        let status = self.terminate();
+        assert!(
+            status.success(),
+            "cordon did not exit 0 after SIGTERM: {status}\n{}",
+            self.logs(LOG_TAIL_LINES)
+        );
+    }
+
     /// Kills the engine with SIGKILL (no shutdown of any kind: a crash) and waits for it.
     #[track_caller]
     pub fn kill(&mut self) -> ExitStatus {

@@ -180,16 +180,6 @@ fn wait_caught_up(broker: &Broker, run: &Run, engine: &mut Engine) {
     );
 }
 
-#[track_caller]
-fn stop(engine: &mut Engine) {
-    let status = engine.terminate();
-    assert!(
-        status.success(),
-        "cordon did not exit 0: {status}\n{}",
-        engine.logs(80)
-    );
-}
-
 /// The clean run's alerts over all chunks.
 fn clean_alerts(broker: &Broker) -> BTreeMap<(String, String, String), usize> {
     let run = new_run(broker, "clean", "1s");
@@ -198,7 +188,7 @@ fn clean_alerts(broker: &Broker) -> BTreeMap<(String, String, String), usize> {
     }
     let mut engine = Engine::start(&run.config.to_yaml());
     wait_caught_up(broker, &run, &mut engine);
-    stop(&mut engine);
+    engine.stop();
     let alerts = alert_keys(&broker.read_topic(&run.broker_topics.1));
     assert!(
         broker.read_topic(&run.broker_topics.2).is_empty(),
@@ -292,7 +282,7 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
     // 5. A clean finish.
     let mut engine = Engine::start(&run.config.to_yaml());
     wait_caught_up(&broker, &run, &mut engine);
-    stop(&mut engine);
+    engine.stop();
 
     let crashed = alert_keys(&broker.read_topic(&alerts_topic));
     let twice: Vec<_> = crashed.iter().filter(|(_, n)| **n > 1).collect();
@@ -340,7 +330,7 @@ fn a_minute_long_broker_outage_loses_nothing() {
     broker.resume();
     produce_chunk(&broker, &input, &chunks[2]);
     wait_caught_up(&broker, &run, &mut engine);
-    stop(&mut engine);
+    engine.stop();
 
     let got = alert_keys(&broker.read_topic(&alerts_topic));
     let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();

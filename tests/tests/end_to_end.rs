@@ -773,17 +773,6 @@ fn wait_caught_up(setup: &Setup, engine: &mut Engine) {
     });
 }
 
-/// Stops the engine with SIGTERM and asserts a clean exit.
-#[track_caller]
-fn stop(engine: &mut Engine) {
-    let status = engine.terminate();
-    assert!(
-        status.success(),
-        "cordon did not exit 0 after SIGTERM: {status}\n{}",
-        engine.logs(80)
-    );
-}
-
 /// The malformed messages, one per reason, each tied to a partition, with a valid-looking
 /// timestamp `secs` after T0 where it has one.
 fn malformed_p0(secs: i64) -> Vec<Message> {
@@ -890,7 +879,7 @@ fn detects_campaigns_and_dead_letters_malformed_events() {
 
     let mut engine = Engine::start(&setup.config.to_yaml());
     wait_caught_up(&setup, &mut engine);
-    stop(&mut engine);
+    engine.stop();
 
     // Offsets stay at the end after shutdown.
     if let Err(state) = setup
@@ -945,7 +934,7 @@ fn restart_resumes_from_committed_offsets_without_repeating_alerts() {
 
     let mut engine = Engine::start(&setup.config.to_yaml());
     wait_caught_up(&setup, &mut engine);
-    stop(&mut engine);
+    engine.stop();
     let run1 = assert_alerts(
         &setup.broker.read_topic(&setup.alerts),
         &[expect_cot("acct-cot-first", &first)],
@@ -976,7 +965,7 @@ fn restart_resumes_from_committed_offsets_without_repeating_alerts() {
 
     let mut engine = Engine::start(&setup.config.to_yaml());
     wait_caught_up(&setup, &mut engine);
-    stop(&mut engine);
+    engine.stop();
 
     let run2 = assert_alerts(
         &setup.broker.read_topic(&setup.alerts),
@@ -1024,7 +1013,7 @@ fn environment_overrides_config_keys() {
             probe.caught_up()
         },
     );
-    stop(&mut engine);
+    engine.stop();
 
     let file_group = setup
         .broker

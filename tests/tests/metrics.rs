@@ -463,12 +463,7 @@ fn metrics_and_health_after_traffic() {
 
     promtool_check(&text);
 
-    let status = engine.terminate();
-    assert!(
-        status.success(),
-        "cordon did not exit 0 after SIGTERM: {status}\n{}",
-        engine.logs(60)
-    );
+    engine.stop();
     assert!(
         http_get(&addr, "/healthz").is_err(),
         "the HTTP port still answers after the engine exited"
