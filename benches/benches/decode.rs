@@ -6,10 +6,11 @@
 //!
 //! Run: `cargo bench -p cordon-benches --bench decode`.
 
+mod common;
+
 use cordon_engine::decode::{EventBatchBuilder, MAX_TS_MS, TimeCheck};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use std::time::Duration;
 
 /// The engine's default `source.max_batch_messages`.
 const BATCH: usize = 5_000;
@@ -55,10 +56,7 @@ fn decode(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
+    config = common::config(4);
     targets = decode
 }
 criterion_main!(benches);

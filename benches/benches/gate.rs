@@ -6,10 +6,11 @@
 //!
 //! Run: `cargo bench -p cordon-benches --bench gate`.
 
+mod common;
+
 use cordon_engine::gate::Gate;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use std::time::Duration;
 
 const T0: i64 = 1_772_359_200_000;
 const WINDOW: i64 = 3_600_000;
@@ -74,10 +75,7 @@ fn gate(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = common::config(3);
     targets = gate
 }
 criterion_main!(benches);

@@ -16,6 +16,8 @@
 //!
 //! Run: `cargo bench -p cordon-benches --bench processor`.
 
+mod common;
+
 use cordon_engine::decode::{EventBatchBuilder, MAX_TS_MS, TimeCheck};
 use cordon_engine::plan::{Conv, ExprCol, Plan};
 use cordon_engine::processor::{CoreConfig, Input, Output, Processor};
@@ -224,10 +226,7 @@ fn run_batch(p: &mut Processor, chunk: &[Vec<u8>], first_offset: i64, now: i64) 
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
+    config = common::config(4);
     targets = process
 }
 criterion_main!(benches);

@@ -13,12 +13,13 @@
 //!
 //! Run: `cargo bench -p cordon-benches --bench state`.
 
+mod common;
+
 use cordon_engine::agg::{Input, InputKind, Partial, SlotKind};
 use cordon_engine::plan::Plan;
 use cordon_engine::window::{KeyState, WindowSpec};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use std::time::Duration;
 
 const T0: i64 = 1_772_359_200_000;
 
@@ -153,10 +154,7 @@ fn state(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = common::config(3);
     targets = state
 }
 criterion_main!(benches);

@@ -266,6 +266,17 @@ mod tests {
         assert_eq!(c.layout.tables[0].slots, ["Count() where []"]);
     }
 
+    /// The input offset of the checkpoint `store` loads for partition 3.
+    fn loaded_offset(store: &CheckpointStore) -> i64 {
+        store
+            .load(3)
+            .expect("load")
+            .expect("a complete checkpoint")
+            .0
+            .meta
+            .next_offset
+    }
+
     #[test]
     fn newest_complete_checkpoint_wins_and_torn_ones_are_skipped() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -273,75 +284,30 @@ mod tests {
         assert!(store.load(3).expect("load").is_none());
         store.write(3, &bytes(10)).expect("write");
         store.write(3, &bytes(20)).expect("write");
-        assert_eq!(
-            store
-                .load(3)
-                .expect("load")
-                .expect("some")
-                .0
-                .meta
-                .next_offset,
-            20
-        );
+        assert_eq!(loaded_offset(&store), 20);
         // A third write keeps two files.
         let newest = store.write(3, &bytes(30)).expect("write");
         assert_eq!(store.files(3).expect("files").len(), KEEP);
         // Tear the newest: the previous complete one is loaded.
         let full = fs::read(&newest).expect("read");
         fs::write(&newest, &full[..full.len() / 2]).expect("tear");
-        assert_eq!(
-            store
-                .load(3)
-                .expect("load")
-                .expect("some")
-                .0
-                .meta
-                .next_offset,
-            20
-        );
+        assert_eq!(loaded_offset(&store), 20);
         // A flipped byte is caught by the checksum.
         let mut flipped = full.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0x40;
         fs::write(&newest, &flipped).expect("flip");
-        assert_eq!(
-            store
-                .load(3)
-                .expect("load")
-                .expect("some")
-                .0
-                .meta
-                .next_offset,
-            20
-        );
+        assert_eq!(loaded_offset(&store), 20);
         // An empty (zero-length) newest file too.
         fs::write(&newest, b"").expect("truncate");
-        assert_eq!(
-            store
-                .load(3)
-                .expect("load")
-                .expect("some")
-                .0
-                .meta
-                .next_offset,
-            20
-        );
+        assert_eq!(loaded_offset(&store), 20);
         // A leftover temp file is not a checkpoint.
         fs::write(
             store.partition_dir(3).join("ckpt-00000000000000000099.tmp"),
             b"x",
         )
         .expect("tmp");
-        assert_eq!(
-            store
-                .load(3)
-                .expect("load")
-                .expect("some")
-                .0
-                .meta
-                .next_offset,
-            20
-        );
+        assert_eq!(loaded_offset(&store), 20);
     }
 
     #[test]
