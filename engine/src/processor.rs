@@ -7,6 +7,7 @@
 //! DataFusion, updates the touched keys row by row, and then evaluates each rule's condition
 //! once over all touched keys.
 
+use crate::agg::Partial;
 use crate::agg::{Input as AggInput, InputKind, SlotKind};
 use crate::checkpoint::{Checkpoint, CheckpointMeta, CheckpointRef};
 use crate::codec::CodecError;
@@ -219,10 +220,29 @@ pub struct Processor {
 struct Candidate {
     /// A row of the batch carrying the key's entity text.
     row: u32,
-    snap: WindowSnapshot,
+    start: i64,
+    end: i64,
+    first_seen: i64,
+    last_seen: i64,
+    events: u64,
     /// Rows of the key's latest events in this batch, oldest first (for sample request ids).
     samples: [u32; SAMPLE_IDS],
     sample_count: u8,
+}
+
+/// A rule's candidates in a batch, with their features in one run: candidate `i`'s feature
+/// `f` is at `i * features + f` (no allocation per candidate).
+#[derive(Default)]
+struct Candidates {
+    cands: Vec<Candidate>,
+    values: Vec<Option<f64>>,
+}
+
+impl Candidates {
+    fn feature(&self, cand: usize, f: usize) -> Option<f64> {
+        let n = self.values.len() / self.cands.len().max(1);
+        self.values.get(cand * n + f).copied().flatten()
+    }
 }
 
 /// A key touched in the current batch: its rows (the last few, for samples).
@@ -630,7 +650,7 @@ impl Processor {
         let (batch, times) = self.builder.finish();
         out.stats.events += times.len() as u64;
         let cols = evaluate_columns(&self.plan, &batch)?;
-        let mut candidates: Vec<Vec<Candidate>> = (0..rules).map(|_| Vec::new()).collect();
+        let mut candidates: Vec<Candidates> = (0..rules).map(|_| Candidates::default()).collect();
         for t in 0..self.plan.tables.len() {
             let added = update_table(
                 &self.plan,
@@ -653,7 +673,7 @@ impl Processor {
             let Col::Text(entity, _) = &cols[self.plan.tables[rp.table].entity] else {
                 continue;
             };
-            if !cands.is_empty() {
+            if !cands.cands.is_empty() {
                 let text = BatchText {
                     entity,
                     request_ids,
@@ -726,7 +746,7 @@ fn update_table(
     cols: &[Col],
     times: &[i64],
     batch_seq: u32,
-    candidates: &mut [Vec<Candidate>],
+    candidates: &mut [Candidates],
     stats: &mut BatchStats,
 ) -> u64 {
     let spec = &plan.tables[t];
@@ -736,18 +756,26 @@ fn update_table(
     let mut inputs: Vec<Option<AggInput>> = vec![None; spec.slots.len()];
     let mut touched: Vec<Touched> = Vec::new();
     let mut added = 0u64;
-    let snapshot_rules = |k: &mut KeyState, t: &Touched, candidates: &mut [Vec<Candidate>]| {
+    let mut scratch: Vec<Partial> = Vec::new();
+    let mut snapshot_rules = |k: &mut KeyState, t: &Touched, candidates: &mut [Candidates]| {
         let n = t.seen.min(SAMPLE_IDS);
         let mut samples = [0u32; SAMPLE_IDS];
         for (slot, i) in (t.seen - n..t.seen).enumerate() {
             samples[slot] = t.rows[i % SAMPLE_IDS];
         }
+        // The key's panes are merged once for all of the table's rules.
+        let w = k.window(&spec.window, &mut scratch);
         for r in &spec.rules {
             let rp = &plan.rules[*r];
-            let snap = k.snapshot(&spec.window, rp.events, &rp.reads);
-            candidates[*r].push(Candidate {
+            let c = &mut candidates[*r];
+            let events = w.read(rp.events, &rp.reads, &mut c.values);
+            c.cands.push(Candidate {
                 row: t.row as u32,
-                snap,
+                start: w.start,
+                end: w.end,
+                first_seen: w.first_seen,
+                last_seen: w.last_seen,
+                events,
                 samples,
                 sample_count: n as u8,
             });
@@ -834,7 +862,7 @@ struct BatchText<'a> {
 fn gate_rule(
     rp: &RulePlan,
     gate: &mut Gate,
-    candidates: Vec<Candidate>,
+    candidates: Candidates,
     text: BatchText<'_>,
     now_ms: i64,
     instance: &str,
@@ -843,7 +871,7 @@ fn gate_rule(
     let c = &rp.compiled;
     let matched = evaluate_condition(c, &candidates)?;
     let r = &c.rule;
-    for (cand, hit) in candidates.into_iter().zip(matched) {
+    for ((i, cand), hit) in candidates.cands.iter().enumerate().zip(matched) {
         if !hit {
             continue;
         }
@@ -853,8 +881,8 @@ fn gate_rule(
             r.version,
             &r.entity.text,
             entity,
-            cand.snap.start,
-            cand.snap.end,
+            cand.start,
+            cand.end,
             rp.suppress_ms,
         ) {
             Decision::Suppressed => {
@@ -868,10 +896,11 @@ fn gate_rule(
                 let features = c
                     .evidence
                     .iter()
-                    .map(|i| {
-                        let v =
-                            cand.snap.features[*i].map_or(serde_json::Value::Null, feature_json);
-                        (c.features[*i].name.clone(), v)
+                    .map(|f| {
+                        let v = candidates
+                            .feature(i, *f)
+                            .map_or(serde_json::Value::Null, feature_json);
+                        (c.features[*f].name.clone(), v)
                     })
                     .collect();
                 let alert = Alert {
@@ -890,13 +919,13 @@ fn gate_rule(
                         value: entity.to_owned(),
                     },
                     window: AlertWindow {
-                        start: rfc3339(cand.snap.start),
-                        end: rfc3339(cand.snap.end),
+                        start: rfc3339(cand.start),
+                        end: rfc3339(cand.end),
                     },
                     features,
-                    first_seen: rfc3339(cand.snap.first_seen),
-                    last_seen: rfc3339(cand.snap.last_seen),
-                    event_count: cand.snap.events,
+                    first_seen: rfc3339(cand.first_seen),
+                    last_seen: rfc3339(cand.last_seen),
+                    event_count: cand.events,
                     sample_request_ids: cand.samples[..usize::from(cand.sample_count)]
                         .iter()
                         .filter_map(|row| {
@@ -915,10 +944,10 @@ fn gate_rule(
                     key: entity.to_owned(),
                     alert,
                     times: AlertTimes {
-                        first_seen: cand.snap.first_seen,
-                        last_seen: cand.snap.last_seen,
+                        first_seen: cand.first_seen,
+                        last_seen: cand.last_seen,
                         detected: now_ms,
-                        window_end: cand.snap.end,
+                        window_end: cand.end,
                     },
                     partition: text.partition,
                     description: r.description.clone(),
@@ -941,14 +970,13 @@ fn feature_json(v: f64) -> serde_json::Value {
 /// Evaluates the rule's condition over all candidates at once.
 fn evaluate_condition(
     c: &CompiledRule,
-    candidates: &[Candidate],
+    candidates: &Candidates,
 ) -> Result<Vec<bool>, ProcessError> {
     let columns: Vec<ArrayRef> = (0..c.features.len())
-        .map(|i| {
+        .map(|f| {
             Arc::new(Float64Array::from_iter(
-                candidates
-                    .iter()
-                    .map(|cand| cand.snap.features[i].filter(|v| v.is_finite())),
+                (0..candidates.cands.len())
+                    .map(|i| candidates.feature(i, f).filter(|v| v.is_finite())),
             )) as ArrayRef
         })
         .collect();

@@ -14,7 +14,6 @@
 use crate::agg::{Input, Partial, SlotKind};
 use crate::plan::FeatureRead;
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 
 /// The slot whose count measures how busy a key is: [`crate::plan::Plan`] puts the first
 /// rule's event count first in every table.
@@ -148,6 +147,55 @@ pub struct WindowSnapshot {
     pub last_seen: i64,
     /// The rule's events in the window.
     pub events: u64,
+}
+
+/// A key's window-level partials, one per slot, borrowed for reading ([`KeyState::window`]).
+#[derive(Debug)]
+pub struct Window<'a> {
+    /// Window start, ms.
+    pub start: i64,
+    /// Window end (exclusive), ms.
+    pub end: i64,
+    /// Earliest event time of the key in the window.
+    pub first_seen: i64,
+    /// Latest event time of the key in the window.
+    pub last_seen: i64,
+    slots: Slots<'a>,
+}
+
+#[derive(Debug)]
+enum Slots<'a> {
+    /// The one pane's partials, or the panes merged.
+    Plain(&'a [Partial]),
+    /// The key's cache (every slot filled).
+    Cached(&'a [Option<Partial>]),
+}
+
+impl Window<'_> {
+    fn slot(&self, slot: usize) -> Option<&Partial> {
+        match &self.slots {
+            Slots::Plain(p) => p.get(slot),
+            Slots::Cached(c) => c.get(slot).and_then(Option::as_ref),
+        }
+    }
+
+    /// Appends one rule's features (`reads`, in rule order) to `features` and returns the
+    /// rule's event count (slot `events_slot`).
+    pub fn read(
+        &self,
+        events_slot: usize,
+        reads: &[FeatureRead],
+        features: &mut Vec<Option<f64>>,
+    ) -> u64 {
+        features.extend(
+            reads
+                .iter()
+                .map(|r| self.slot(r.slot).and_then(|p| p.read(r.agg, r.param))),
+        );
+        self.slot(events_slot)
+            .and_then(|p| p.read(cordon_rules::AggKind::Count, 0.0))
+            .unwrap_or(0.0) as u64
+    }
 }
 
 /// What happened to an event offered to a key.
@@ -309,43 +357,66 @@ impl KeyState {
         }
     }
 
-    /// The window-level partial of `slot`. A key with one pane reads it directly; a key with
-    /// several merges its panes, and keeps the result (updated by every later event, dropped
-    /// when panes expire) once it has [`CACHE_MIN_EVENTS`] events: a sparse key re-merges a few
-    /// small panes instead, which costs less than holding a second copy of its state.
-    fn window_partial(&mut self, slot: usize) -> Option<Cow<'_, Partial>> {
-        if self.panes.len() <= 1 {
-            return self.partials.get(slot).map(Cow::Borrowed);
-        }
-        if self.cache.as_ref().is_some_and(|c| c[slot].is_some()) {
-            return self
-                .cache
-                .as_ref()
-                .and_then(|c| c[slot].as_ref())
-                .map(Cow::Borrowed);
-        }
-        let n = self.slots();
-        let mut panes = self.partials.chunks_exact(n);
-        let mut merged = panes.next()?[slot].clone();
-        for pane in panes {
-            merged.merge(&pane[slot]);
-        }
-        let events: u64 = self
-            .partials
-            .chunks_exact(n)
-            .map(|p| match &p[EVENTS_SLOT] {
-                Partial::Count(c) => *c,
-                _ => 0,
-            })
-            .sum();
-        if events < CACHE_MIN_EVENTS {
-            return Some(Cow::Owned(merged));
-        }
-        let cache = self
+    /// The key's window, slot by slot, for reading any number of rules. A key with one pane
+    /// reads its pane directly; a key with several merges its panes once into `scratch`, and
+    /// keeps the result as its cache (updated by every later event, dropped when panes expire)
+    /// once it has [`CACHE_MIN_EVENTS`] events: a sparse key re-merges a few small panes
+    /// instead, which costs less than holding a second copy of its state.
+    pub fn window<'a>(
+        &'a mut self,
+        spec: &WindowSpec,
+        scratch: &'a mut Vec<Partial>,
+    ) -> Window<'a> {
+        let (start, end) = spec.bounds(self.head());
+        let panes = self.panes.as_slice();
+        let first_seen = panes
+            .first()
+            .map_or(start, |p| p.idx * spec.pane_ms + i64::from(p.min_off));
+        let last_seen = panes
+            .last()
+            .map_or(start, |p| p.idx * spec.pane_ms + i64::from(p.max_off));
+        let slots = if panes.len() <= 1 || self.partials.is_empty() {
+            Slots::Plain(&self.partials)
+        } else if self
             .cache
-            .get_or_insert_with(|| Box::new(vec![None; n].into_boxed_slice()));
-        cache[slot] = Some(merged);
-        cache[slot].as_ref().map(Cow::Borrowed)
+            .as_ref()
+            .is_some_and(|c| c.iter().all(Option::is_some))
+        {
+            Slots::Cached(self.cache.as_deref().map_or(&[], |c| &c[..]))
+        } else {
+            let n = self.slots();
+            let mut panes = self.partials.chunks_exact(n);
+            scratch.clear();
+            scratch.extend_from_slice(panes.next().unwrap_or_default());
+            for pane in panes {
+                for (merged, p) in scratch.iter_mut().zip(pane) {
+                    merged.merge(p);
+                }
+            }
+            let events: u64 = self
+                .partials
+                .chunks_exact(n)
+                .map(|p| match &p[EVENTS_SLOT] {
+                    Partial::Count(c) => *c,
+                    _ => 0,
+                })
+                .sum();
+            if events < CACHE_MIN_EVENTS {
+                Slots::Plain(scratch)
+            } else {
+                let cache = self
+                    .cache
+                    .insert(Box::new(scratch.drain(..).map(Some).collect()));
+                Slots::Cached(&cache[..])
+            }
+        };
+        Window {
+            start,
+            end,
+            first_seen,
+            last_seen,
+            slots,
+        }
     }
 
     /// Reads the key's current window for one rule.
@@ -355,32 +426,16 @@ impl KeyState {
         events_slot: usize,
         reads: &[FeatureRead],
     ) -> WindowSnapshot {
-        let (start, end) = spec.bounds(self.head());
-        let features = reads
-            .iter()
-            .map(|r| {
-                self.window_partial(r.slot)
-                    .and_then(|p| p.read(r.agg, r.param))
-            })
-            .collect();
-        let events = self
-            .window_partial(events_slot)
-            .and_then(|p| p.read(cordon_rules::AggKind::Count, 0.0))
-            .unwrap_or(0.0) as u64;
+        let mut scratch = Vec::new();
+        let w = self.window(spec, &mut scratch);
+        let mut features = Vec::with_capacity(reads.len());
+        let events = w.read(events_slot, reads, &mut features);
         WindowSnapshot {
-            start,
-            end,
+            start: w.start,
+            end: w.end,
             features,
-            first_seen: self
-                .panes
-                .as_slice()
-                .first()
-                .map_or(start, |p| p.idx * spec.pane_ms + i64::from(p.min_off)),
-            last_seen: self
-                .panes
-                .as_slice()
-                .last()
-                .map_or(start, |p| p.idx * spec.pane_ms + i64::from(p.max_off)),
+            first_seen: w.first_seen,
+            last_seen: w.last_seen,
             events,
         }
     }
