@@ -1078,6 +1078,35 @@ suppress: 6h
     }
 
     #[test]
+    fn fixed_intervals_are_exact_at_the_millisecond_and_months_stay_calendar_months() {
+        // `ts - INTERVAL '3 days'` compiles to a duration (integer arithmetic); a month stays a
+        // calendar interval. T0 is 1 March, so a month back is 1 February (28 days).
+        const DAY: i64 = 86_400_000;
+        let rules = cordon_rules::load_sources(&[(
+            "t.yaml".into(),
+            "id: t.young\nversion: 1\ntitle: t\nseverity: low\nentity: account_id\n\
+             window: 1h\nevery: 5m\nfeatures:\n  n: count()\n\
+             \x20 young: count_if(account_created > ts - INTERVAL '3 days')\n\
+             \x20 month: count_if(account_created > ts - INTERVAL '1 month')\n\
+             condition: n > 100\n"
+                .into(),
+        )])
+        .expect("rules load");
+        let mut p = Processor::new(&rules, CoreConfig::default());
+        let created = |ts: i64, age: i64| format!(r#","account_created":{}"#, ts - age);
+        run(
+            &mut p,
+            &[vec![
+                ev(T0, "a", "192.0.2.1", &created(T0, 3 * DAY - 1)),
+                ev(T0 + 1, "a", "192.0.2.1", &created(T0 + 1, 3 * DAY)),
+                ev(T0 + 2, "a", "192.0.2.1", &created(T0 + 2, 29 * DAY)),
+            ]],
+        );
+        let snap = p.peek(0, "a").expect("key a");
+        assert_eq!(snap.features, vec![Some(3.0), Some(1.0), Some(2.0)]);
+    }
+
+    #[test]
     fn campaign_fires_once_with_evidence() {
         let mut p = processor();
         let out = run(&mut p, &[harvest(30)]);

@@ -136,6 +136,7 @@ impl Compiler {
         check_interval_comparisons(&expr, schema)
             .map_err(|m| (src.pos, format!("`{}` {m}", src.text.trim()), None))?;
         let expr = simplifier.simplify(expr).map_err(fail)?;
+        let expr = intervals_as_durations(expr, schema).map_err(fail)?;
         let physical = self.ctx.create_physical_expr(expr, schema).map_err(fail)?;
         let dt = physical
             .data_type(schema.as_arrow())
@@ -395,6 +396,57 @@ fn check_interval_comparisons(expr: &Expr, schema: &DFSchema) -> Result<(), Stri
         Ok(TreeNodeRecursion::Continue)
     });
     err.map_or(Ok(()), Err)
+}
+
+/// Rewrites `timestamp ± INTERVAL` with a fixed-length interval (days and time, no months) on a
+/// UTC millisecond timestamp into `timestamp ± duration`: the same instant, but Arrow adds a
+/// duration as an integer, while an interval goes through calendar arithmetic and a time-zone
+/// lookup for every row (about 5% of the pack's in-process time for its three
+/// `account_created > ts - INTERVAL '...'` filters). A UTC day is always 86,400,000 ms; months
+/// vary in length and stay intervals.
+fn intervals_as_durations(expr: Expr, schema: &DFSchema) -> Result<Expr, DataFusionError> {
+    use datafusion::arrow::datatypes::TimeUnit;
+    use datafusion::logical_expr::{BinaryExpr, ExprSchemable, Operator};
+    const DAY_MS: i64 = 86_400_000;
+    let fixed_ms = |e: &Expr| -> Option<i64> {
+        let Expr::Literal(v, _) = e else { return None };
+        match v {
+            ScalarValue::IntervalMonthDayNano(Some(i))
+                if i.months == 0 && i.nanoseconds % 1_000_000 == 0 =>
+            {
+                i64::from(i.days)
+                    .checked_mul(DAY_MS)?
+                    .checked_add(i.nanoseconds / 1_000_000)
+            }
+            ScalarValue::IntervalDayTime(Some(i)) => {
+                i64::from(i.days)
+                    .checked_mul(DAY_MS)?
+                    .checked_add(i64::from(i.milliseconds))
+            }
+            _ => None,
+        }
+    };
+    let utc_ms = |e: &Expr| {
+        matches!(
+            e.get_type(schema),
+            Ok(DataType::Timestamp(TimeUnit::Millisecond, tz))
+                if tz.as_deref().is_none_or(|z| z == "UTC" || z == "+00:00")
+        )
+    };
+    expr.transform_up(|e| {
+        if let Expr::BinaryExpr(b) = &e
+            && matches!(b.op, Operator::Plus | Operator::Minus)
+            && utc_ms(&b.left)
+            && let Some(ms) = fixed_ms(&b.right)
+        {
+            let duration = Expr::Literal(ScalarValue::DurationMillisecond(Some(ms)), None);
+            return Ok(datafusion::common::tree_node::Transformed::yes(
+                Expr::BinaryExpr(BinaryExpr::new(b.left.clone(), b.op, Box::new(duration))),
+            ));
+        }
+        Ok(datafusion::common::tree_node::Transformed::no(e))
+    })
+    .map(|t| t.data)
 }
 
 fn check_ip_prefix(args: &[Expr]) -> Result<(), String> {
