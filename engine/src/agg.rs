@@ -785,16 +785,39 @@ impl Partial {
     }
 
     fn distinct_merge(&mut self, other: &Partial) {
-        if let Partial::DistinctOne(a) = *self {
-            // Start from the other side's shape, then add the one value.
-            *self = other.clone();
-            self.distinct_insert(a);
-            return;
-        }
         let Partial::DistinctHll(o) = other else {
-            for h in other.exact_values() {
-                self.distinct_insert(*h);
+            let b = other.exact_values();
+            if b.is_empty() {
+                return;
             }
+            if matches!(self, Partial::DistinctHll(_)) {
+                b.iter().for_each(|h| self.distinct_insert(*h));
+                return;
+            }
+            // Both exact: one pass over the two sorted runs.
+            let a = self.exact_values();
+            let mut union = Vec::with_capacity(a.len() + b.len());
+            let (mut i, mut j) = (0, 0);
+            while i < a.len() && j < b.len() {
+                match a[i].cmp(&b[j]) {
+                    std::cmp::Ordering::Less => {
+                        union.push(a[i]);
+                        i += 1;
+                    }
+                    std::cmp::Ordering::Greater => {
+                        union.push(b[j]);
+                        j += 1;
+                    }
+                    std::cmp::Ordering::Equal => {
+                        union.push(a[i]);
+                        i += 1;
+                        j += 1;
+                    }
+                }
+            }
+            union.extend_from_slice(&a[i..]);
+            union.extend_from_slice(&b[j..]);
+            *self = Partial::distinct_of_sorted(union);
             return;
         };
         let mut u = HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("valid lg_k"));
@@ -807,6 +830,23 @@ impl Partial {
             _ => {
                 self.exact_values().iter().for_each(|h| u.update_value(*h));
                 *self = Partial::DistinctHll(Box::new(u.to_sketch(HllType::Hll8)));
+            }
+        }
+    }
+
+    /// The distinct partial of sorted unique hashes: the smallest shape that holds them.
+    fn distinct_of_sorted(values: Vec<u64>) -> Partial {
+        match values[..] {
+            [] => Partial::DistinctExact(None),
+            [a] => Partial::DistinctOne(a),
+            [a, b] => Partial::DistinctTwo(Box::new([a, b])),
+            _ if values.len() <= EXACT_DISTINCT_LIMIT => {
+                Partial::DistinctExact(Some(Box::new(values)))
+            }
+            _ => {
+                let mut s = new_hll();
+                values.iter().for_each(|x| s.update(*x));
+                Partial::DistinctHll(Box::new(s))
             }
         }
     }

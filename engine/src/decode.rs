@@ -415,8 +415,9 @@ impl EventBatchBuilder {
                 ));
             }
         };
-        let ip = match wire.ip.as_deref() {
-            Some(ip) => ip.trim().parse::<IpAddr>().map_err(|_| {
+        let ip_text = wire.ip.as_deref().map(str::trim);
+        let ip = match ip_text {
+            Some(ip) => ip.parse::<IpAddr>().map_err(|_| {
                 Rejection::new(
                     Reason::BadIp,
                     format!("`ip` `{ip}` is not an IPv4 or IPv6 address"),
@@ -473,7 +474,12 @@ impl EventBatchBuilder {
         let fps = wire.prompt.as_deref().map(fingerprints);
         self.ts.append_value(ts);
         self.account_id.append_value(account_id);
-        self.ip.append_value(ip.to_string());
+        match (ip, ip_text) {
+            // A parsed IPv4 address's text is already canonical (the parser refuses leading
+            // zeros and other forms), so it is kept as sent rather than formatted again.
+            (IpAddr::V4(_), Some(text)) => self.ip.append_value(text),
+            _ => self.ip.append_value(ip.to_string()),
+        }
         let strings = [
             wire.request_id.as_deref(),
             wire.org_id.as_deref(),
@@ -772,6 +778,12 @@ mod tests {
                 r#"{"ts":1772359200000,"account_id":"a","ip":"example.com"}"#,
                 Reason::BadIp,
             ),
+            // Leading zeros are ambiguous (octal in some parsers) and refused, which is also
+            // what lets an IPv4 address's text be kept as sent.
+            (
+                r#"{"ts":1772359200000,"account_id":"a","ip":"010.0.0.1"}"#,
+                Reason::BadIp,
+            ),
             (
                 r#"{"ts":1772359200000,"account_id":"","ip":"10.0.0.1"}"#,
                 Reason::BadValue,
@@ -784,6 +796,26 @@ mod tests {
         for (payload, want) in cases {
             assert_eq!(reject(payload).reason, want, "{payload}");
         }
+    }
+
+    #[test]
+    fn addresses_are_stored_in_canonical_text() {
+        let mut b = EventBatchBuilder::new(1024);
+        for (i, ip) in [" 203.0.113.7 ", "2001:DB8:0:0::1", "::ffff:192.0.2.1"]
+            .iter()
+            .enumerate()
+        {
+            let ev = format!(r#"{{"ts":{},"account_id":"a","ip":"{ip}"}}"#, T0 + i as i64);
+            b.push(ev.as_bytes(), &mut open_time()).expect("valid");
+        }
+        let (batch, _) = b.finish();
+        let ips = batch
+            .column_by_name("ip")
+            .expect("ip")
+            .as_string::<i32>()
+            .clone();
+        let ips: Vec<&str> = ips.iter().flatten().collect();
+        assert_eq!(ips, ["203.0.113.7", "2001:db8::1", "::ffff:192.0.2.1"]);
     }
 
     #[test]

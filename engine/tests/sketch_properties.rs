@@ -73,6 +73,16 @@ proptest! {
     }
 
     #[test]
+    fn exact_sets_whose_union_crosses_the_exact_limit_merge_like_their_union(
+        a in prop::collection::vec(0u64..400, 0..200),
+        b in prop::collection::vec(0u64..400, 0..200),
+    ) {
+        // Two exact sets (up to 128 values each) whose union may need a sketch.
+        let hash = |v: &Vec<u64>| v.iter().map(|x| Input::Hash(xxh3_64(&x.to_le_bytes()))).collect::<Vec<_>>();
+        merged_equals_union(SlotKind::Distinct, &hash(&a), &hash(&b))?;
+    }
+
+    #[test]
     fn hll_partials_merge_like_their_union(
         a in prop::collection::vec(any::<u64>(), 100..3000),
         b in prop::collection::vec(any::<u64>(), 0..3000),

@@ -418,11 +418,9 @@ fn intervals_as_durations(expr: Expr, schema: &DFSchema) -> Result<Expr, DataFus
                     .checked_mul(DAY_MS)?
                     .checked_add(i.nanoseconds / 1_000_000)
             }
-            ScalarValue::IntervalDayTime(Some(i)) => {
-                i64::from(i.days)
-                    .checked_mul(DAY_MS)?
-                    .checked_add(i64::from(i.milliseconds))
-            }
+            ScalarValue::IntervalDayTime(Some(i)) => i64::from(i.days)
+                .checked_mul(DAY_MS)?
+                .checked_add(i64::from(i.milliseconds)),
             _ => None,
         }
     };
