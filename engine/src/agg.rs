@@ -689,22 +689,10 @@ impl Partial {
     /// Reads aggregate `agg` (with `q` for quantiles) from this partial.
     pub fn read(&self, agg: AggKind, q: f64) -> Option<f64> {
         if let Some((n, sum, sumsq)) = self.moments() {
-            return match agg {
-                AggKind::Sum => Some(sum),
-                AggKind::Avg => (n > 0).then(|| sum / n as f64),
-                AggKind::Stddev => (n > 0).then(|| {
-                    let mean = sum / n as f64;
-                    (sumsq / n as f64 - mean * mean).max(0.0).sqrt()
-                }),
-                _ => None,
-            };
+            return read_moments(n, sum, sumsq, agg);
         }
         if let Some((min, max)) = self.extrema() {
-            return match agg {
-                AggKind::Min => min.is_finite().then_some(min),
-                AggKind::Max => max.is_finite().then_some(max),
-                _ => None,
-            };
+            return read_extrema(min, max, agg);
         }
         match (self, agg) {
             (Partial::Count(c), _) => Some(*c as f64),
@@ -732,6 +720,97 @@ impl Partial {
             Partial::Arrivals(Some(_)) => size_of::<Arrivals>(),
             _ => 0,
         }
+    }
+}
+
+/// Reads `agg` (with `q` for quantiles) from the merge of `parts`, one slot's partials oldest
+/// pane first, with the result `Partial::merge` of them all and then [`Partial::read`] give.
+/// Counts, moments, extrema, arrivals and exact distinct sets are folded without building the
+/// merged partial: a sparse key with several panes is read on every batch that touches it, and
+/// cloning and merging its sets was most of that cost. Other kinds are merged. `scratch` is
+/// reused for distinct values.
+pub fn read_merged<'a, I>(mut parts: I, agg: AggKind, q: f64, scratch: &mut Vec<u64>) -> Option<f64>
+where
+    I: Iterator<Item = &'a Partial> + Clone,
+{
+    match parts.clone().next()? {
+        Partial::Count(_) => {
+            let n: u64 = parts
+                .map(|p| match p {
+                    Partial::Count(c) => *c,
+                    _ => 0,
+                })
+                .sum();
+            return Some(n as f64);
+        }
+        Partial::Moments(_) | Partial::MomentsOne(_) => {
+            // Summed in pane order, as successive merges do.
+            let (mut n, mut sum, mut sumsq) = (0u64, 0.0, 0.0);
+            for (n2, s2, q2) in parts.filter_map(Partial::moments) {
+                if n2 == 0 {
+                    continue;
+                }
+                if n == 0 {
+                    (n, sum, sumsq) = (n2, s2, q2);
+                } else {
+                    (n, sum, sumsq) = (n.saturating_add(n2), sum + s2, sumsq + q2);
+                }
+            }
+            return read_moments(n, sum, sumsq, agg);
+        }
+        Partial::Extrema(_) | Partial::ExtremaOne(_) => {
+            let (min, max) = parts
+                .filter_map(Partial::extrema)
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (x, y)| {
+                    (a.min(x), b.max(y))
+                });
+            return read_extrema(min, max, agg);
+        }
+        Partial::Arrivals(_) | Partial::ArrivalsOne(_) => {
+            let mut acc = Arrivals::default();
+            for a in parts.filter_map(Partial::arrivals) {
+                acc.append(&a);
+            }
+            return acc.cv();
+        }
+        p if p.is_distinct() && parts.clone().all(|p| !matches!(p, Partial::DistinctHll(_))) => {
+            scratch.clear();
+            parts
+                .clone()
+                .for_each(|p| scratch.extend_from_slice(p.exact_values()));
+            scratch.sort_unstable();
+            scratch.dedup();
+            // Past the exact limit the merge is a sketch: read its estimate below.
+            if scratch.len() <= EXACT_DISTINCT_LIMIT {
+                return Some(scratch.len() as f64);
+            }
+        }
+        _ => {}
+    }
+    let mut merged = parts.next()?.clone();
+    parts.for_each(|p| merged.merge(p));
+    merged.read(agg, q)
+}
+
+/// Sum, average or standard deviation of `n` values with `sum` and `sumsq`.
+fn read_moments(n: u64, sum: f64, sumsq: f64, agg: AggKind) -> Option<f64> {
+    match agg {
+        AggKind::Sum => Some(sum),
+        AggKind::Avg => (n > 0).then(|| sum / n as f64),
+        AggKind::Stddev => (n > 0).then(|| {
+            let mean = sum / n as f64;
+            (sumsq / n as f64 - mean * mean).max(0.0).sqrt()
+        }),
+        _ => None,
+    }
+}
+
+/// Minimum or maximum, `None` when there is no value (`+inf`/`-inf`).
+fn read_extrema(min: f64, max: f64, agg: AggKind) -> Option<f64> {
+    match agg {
+        AggKind::Min => min.is_finite().then_some(min),
+        AggKind::Max => max.is_finite().then_some(max),
+        _ => None,
     }
 }
 

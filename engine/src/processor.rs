@@ -7,7 +7,6 @@
 //! DataFusion, updates the touched keys row by row, and then evaluates each rule's condition
 //! once over all touched keys.
 
-use crate::agg::Partial;
 use crate::agg::{Input as AggInput, InputKind, SlotKind};
 use crate::checkpoint::{Checkpoint, CheckpointMeta, CheckpointRef};
 use crate::codec::CodecError;
@@ -756,7 +755,7 @@ fn update_table(
     let mut inputs: Vec<Option<AggInput>> = vec![None; spec.slots.len()];
     let mut touched: Vec<Touched> = Vec::new();
     let mut added = 0u64;
-    let mut scratch: Vec<Partial> = Vec::new();
+    let mut scratch: Vec<u64> = Vec::new();
     let mut snapshot_rules = |k: &mut KeyState, t: &Touched, candidates: &mut [Candidates]| {
         let n = t.seen.min(SAMPLE_IDS);
         let mut samples = [0u32; SAMPLE_IDS];
@@ -764,7 +763,7 @@ fn update_table(
             samples[slot] = t.rows[i % SAMPLE_IDS];
         }
         // The key's panes are merged once for all of the table's rules.
-        let w = k.window(&spec.window, &mut scratch);
+        let mut w = k.window(&spec.window, &mut scratch);
         for r in &spec.rules {
             let rp = &plan.rules[*r];
             let c = &mut candidates[*r];

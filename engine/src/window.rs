@@ -11,8 +11,9 @@
 //! sparse key (fewer than [`CACHE_MIN_EVENTS`] events) merges its few small panes on each read
 //! instead of holding a second copy of its state.
 
-use crate::agg::{Input, Partial, SlotKind};
+use crate::agg::{Input, Partial, SlotKind, read_merged};
 use crate::plan::FeatureRead;
+use cordon_rules::AggKind;
 use serde::{Deserialize, Serialize};
 
 /// The slot whose count measures how busy a key is: [`crate::plan::Plan`] puts the first
@@ -165,35 +166,47 @@ pub struct Window<'a> {
 
 #[derive(Debug)]
 enum Slots<'a> {
-    /// The one pane's partials, or the panes merged.
+    /// The one pane's partials.
     Plain(&'a [Partial]),
     /// The key's cache (every slot filled).
     Cached(&'a [Option<Partial>]),
+    /// Several panes of `n` slots each, read by folding them.
+    Panes {
+        partials: &'a [Partial],
+        n: usize,
+        scratch: &'a mut Vec<u64>,
+    },
 }
 
 impl Window<'_> {
-    fn slot(&self, slot: usize) -> Option<&Partial> {
-        match &self.slots {
-            Slots::Plain(p) => p.get(slot),
-            Slots::Cached(c) => c.get(slot).and_then(Option::as_ref),
+    fn read_slot(&mut self, slot: usize, agg: AggKind, q: f64) -> Option<f64> {
+        match &mut self.slots {
+            Slots::Plain(p) => p.get(slot)?.read(agg, q),
+            Slots::Cached(c) => c.get(slot)?.as_ref()?.read(agg, q),
+            Slots::Panes {
+                partials,
+                n,
+                scratch,
+            } => {
+                let parts = partials.iter().skip(slot).step_by(*n);
+                (slot < *n).then(|| read_merged(parts, agg, q, scratch))?
+            }
         }
     }
 
     /// Appends one rule's features (`reads`, in rule order) to `features` and returns the
     /// rule's event count (slot `events_slot`).
     pub fn read(
-        &self,
+        &mut self,
         events_slot: usize,
         reads: &[FeatureRead],
         features: &mut Vec<Option<f64>>,
     ) -> u64 {
-        features.extend(
-            reads
-                .iter()
-                .map(|r| self.slot(r.slot).and_then(|p| p.read(r.agg, r.param))),
-        );
-        self.slot(events_slot)
-            .and_then(|p| p.read(cordon_rules::AggKind::Count, 0.0))
+        for r in reads {
+            let v = self.read_slot(r.slot, r.agg, r.param);
+            features.push(v);
+        }
+        self.read_slot(events_slot, AggKind::Count, 0.0)
             .unwrap_or(0.0) as u64
     }
 }
@@ -358,15 +371,12 @@ impl KeyState {
     }
 
     /// The key's window, slot by slot, for reading any number of rules. A key with one pane
-    /// reads its pane directly; a key with several merges its panes once into `scratch`, and
-    /// keeps the result as its cache (updated by every later event, dropped when panes expire)
-    /// once it has [`CACHE_MIN_EVENTS`] events: a sparse key re-merges a few small panes
-    /// instead, which costs less than holding a second copy of its state.
-    pub fn window<'a>(
-        &'a mut self,
-        spec: &WindowSpec,
-        scratch: &'a mut Vec<Partial>,
-    ) -> Window<'a> {
+    /// reads its pane directly. A busy key with several ([`CACHE_MIN_EVENTS`] events or more)
+    /// merges them once into its cache, which every later event updates and which is dropped
+    /// when panes expire. A sparse key folds its few small panes on each read
+    /// ([`crate::agg::read_merged`]), which costs less than holding a second copy of its state.
+    /// `scratch` is working space for those reads.
+    pub fn window<'a>(&'a mut self, spec: &WindowSpec, scratch: &'a mut Vec<u64>) -> Window<'a> {
         let (start, end) = spec.bounds(self.head());
         let panes = self.panes.as_slice();
         let first_seen = panes
@@ -375,7 +385,8 @@ impl KeyState {
         let last_seen = panes
             .last()
             .map_or(start, |p| p.idx * spec.pane_ms + i64::from(p.max_off));
-        let slots = if panes.len() <= 1 || self.partials.is_empty() {
+        let n = self.slots();
+        let slots = if panes.len() <= 1 || n == 0 {
             Slots::Plain(&self.partials)
         } else if self
             .cache
@@ -384,15 +395,6 @@ impl KeyState {
         {
             Slots::Cached(self.cache.as_deref().map_or(&[], |c| &c[..]))
         } else {
-            let n = self.slots();
-            let mut panes = self.partials.chunks_exact(n);
-            scratch.clear();
-            scratch.extend_from_slice(panes.next().unwrap_or_default());
-            for pane in panes {
-                for (merged, p) in scratch.iter_mut().zip(pane) {
-                    merged.merge(p);
-                }
-            }
             let events: u64 = self
                 .partials
                 .chunks_exact(n)
@@ -402,11 +404,28 @@ impl KeyState {
                 })
                 .sum();
             if events < CACHE_MIN_EVENTS {
-                Slots::Plain(scratch)
+                Slots::Panes {
+                    partials: &self.partials,
+                    n,
+                    scratch,
+                }
             } else {
-                let cache = self
-                    .cache
-                    .insert(Box::new(scratch.drain(..).map(Some).collect()));
+                let mut panes = self.partials.chunks_exact(n);
+                let mut merged: Vec<Option<Partial>> = panes
+                    .next()
+                    .unwrap_or_default()
+                    .iter()
+                    .cloned()
+                    .map(Some)
+                    .collect();
+                for pane in panes {
+                    for (m, p) in merged.iter_mut().zip(pane) {
+                        if let Some(m) = m {
+                            m.merge(p);
+                        }
+                    }
+                }
+                let cache = self.cache.insert(Box::new(merged.into_boxed_slice()));
                 Slots::Cached(&cache[..])
             }
         };
@@ -427,7 +446,7 @@ impl KeyState {
         reads: &[FeatureRead],
     ) -> WindowSnapshot {
         let mut scratch = Vec::new();
-        let w = self.window(spec, &mut scratch);
+        let mut w = self.window(spec, &mut scratch);
         let mut features = Vec::with_capacity(reads.len());
         let events = w.read(events_slot, reads, &mut features);
         WindowSnapshot {

@@ -1,7 +1,7 @@
 //! Property tests: merging per-pane partials equals sketching the union of their values, and
 //! key state survives its serialized form.
 
-use cordon_engine::agg::{Input, Partial, SlotKind};
+use cordon_engine::agg::{Input, Partial, SlotKind, read_merged};
 use cordon_engine::codec::{decode_state, encode_state};
 use cordon_engine::plan::FeatureRead;
 use cordon_engine::window::{KeyState, WindowSpec};
@@ -80,6 +80,48 @@ proptest! {
         // Two exact sets (up to 128 values each) whose union may need a sketch.
         let hash = |v: &Vec<u64>| v.iter().map(|x| Input::Hash(xxh3_64(&x.to_le_bytes()))).collect::<Vec<_>>();
         merged_equals_union(SlotKind::Distinct, &hash(&a), &hash(&b))?;
+    }
+
+    #[test]
+    fn folded_reads_of_panes_equal_reads_of_their_merge(
+        panes in prop::collection::vec(prop::collection::vec(0u64..300, 0..60), 1..14),
+    ) {
+        // A sparse key's window is read by folding its panes; it must read exactly what the
+        // merged window (as a busy key's cache holds it) reads, or alerts would depend on
+        // whether a key happened to be cached.
+        let hash = |v: &Vec<u64>| v.iter().map(|x| Input::Hash(xxh3_64(&x.to_le_bytes()))).collect::<Vec<_>>();
+        let num = |v: &Vec<u64>| v.iter().map(|x| Input::Number(*x as f64 * 0.7)).collect::<Vec<_>>();
+        let time = |(i, v): (usize, &Vec<u64>)| {
+            let mut t: Vec<u64> = v.clone();
+            t.sort_unstable();
+            t.iter().map(|x| Input::Time(i as i64 * 1000 + *x as i64)).collect::<Vec<_>>()
+        };
+        // Quantiles and frequencies are read by merging, the same code as the cache's.
+        let mut scratch = Vec::new();
+        for kind in [
+            SlotKind::Count, SlotKind::Moments, SlotKind::Extrema, SlotKind::Distinct,
+            SlotKind::Arrivals,
+        ] {
+            let parts: Vec<Partial> = panes
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match kind {
+                    SlotKind::Distinct => sketch(kind, &hash(v)),
+                    SlotKind::Arrivals => sketch(kind, &time((i, v))),
+                    _ => sketch(kind, &num(v)),
+                })
+                .collect();
+            let mut merged = parts[0].clone();
+            parts[1..].iter().for_each(|p| merged.merge(p));
+            for (agg, q) in reads(kind) {
+                let folded = read_merged(parts.iter(), agg, q, &mut scratch);
+                let whole = merged.read(agg, q);
+                prop_assert_eq!(
+                    folded.map(f64::to_bits), whole.map(f64::to_bits),
+                    "{:?} {:?}({}): folded {:?} vs merged {:?}", kind, agg, q, folded, whole
+                );
+            }
+        }
     }
 
     #[test]
