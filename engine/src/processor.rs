@@ -211,11 +211,23 @@ pub struct Processor {
     batch_seq: u32,
     live_keys: u64,
     evictions: Vec<u64>,
+    /// Per-batch working buffers, kept between batches so that they are not grown again.
+    scratch: Scratch,
+}
+
+/// Buffers a batch fills and the next reuses.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// Per rule.
+    candidates: Vec<Candidates>,
+    /// The keys one table's update touched.
+    touched: Vec<Touched>,
 }
 
 /// One key's window waiting for a rule's condition.
 /// Text (entity, request ids) stays in the batch as row numbers: only the few candidates that
 /// match their condition ever turn into strings.
+#[derive(Debug)]
 struct Candidate {
     /// A row of the batch carrying the key's entity text.
     row: u32,
@@ -231,7 +243,7 @@ struct Candidate {
 
 /// A rule's candidates in a batch, with their features in one run: candidate `i`'s feature
 /// `f` is at `i * features + f` (no allocation per candidate).
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Candidates {
     cands: Vec<Candidate>,
     values: Vec<Option<f64>>,
@@ -245,6 +257,7 @@ impl Candidates {
 }
 
 /// A key touched in the current batch: its rows (the last few, for samples).
+#[derive(Debug)]
 struct Touched {
     hash: u64,
     rows: [u32; SAMPLE_IDS],
@@ -322,6 +335,7 @@ impl Processor {
             batch_seq: 0,
             live_keys: 0,
             evictions,
+            scratch: Scratch::default(),
         }
     }
 
@@ -649,7 +663,12 @@ impl Processor {
         let (batch, times) = self.builder.finish();
         out.stats.events += times.len() as u64;
         let cols = evaluate_columns(&self.plan, &batch)?;
-        let mut candidates: Vec<Candidates> = (0..rules).map(|_| Candidates::default()).collect();
+        let mut candidates = std::mem::take(&mut self.scratch.candidates);
+        candidates.resize_with(rules, Candidates::default);
+        for c in &mut candidates {
+            c.cands.clear();
+            c.values.clear();
+        }
         for t in 0..self.plan.tables.len() {
             let added = update_table(
                 &self.plan,
@@ -660,6 +679,7 @@ impl Processor {
                 &times,
                 self.batch_seq,
                 &mut candidates,
+                &mut self.scratch.touched,
                 &mut out.stats,
             );
             self.live_keys += added;
@@ -667,29 +687,31 @@ impl Processor {
         let request_ids = batch
             .column_by_name("request_id")
             .map(|a| a.as_string::<i32>());
-        for (r, cands) in candidates.into_iter().enumerate() {
+        let result = candidates.iter().enumerate().try_for_each(|(r, cands)| {
             let rp = &self.plan.rules[r];
             let Col::Text(entity, _) = &cols[self.plan.tables[rp.table].entity] else {
-                continue;
+                return Ok(());
             };
-            if !cands.cands.is_empty() {
-                let text = BatchText {
-                    entity,
-                    request_ids,
-                    partition,
-                };
-                gate_rule(
-                    rp,
-                    &mut state.gates[r],
-                    cands,
-                    text,
-                    now_ms,
-                    &self.config.instance,
-                    out,
-                )?;
+            if cands.cands.is_empty() {
+                return Ok(());
             }
-        }
-        Ok(())
+            let text = BatchText {
+                entity,
+                request_ids,
+                partition,
+            };
+            gate_rule(
+                rp,
+                &mut state.gates[r],
+                cands,
+                text,
+                now_ms,
+                &self.config.instance,
+                out,
+            )
+        });
+        self.scratch.candidates = candidates;
+        result
     }
 }
 
@@ -746,6 +768,7 @@ fn update_table(
     times: &[i64],
     batch_seq: u32,
     candidates: &mut [Candidates],
+    touched: &mut Vec<Touched>,
     stats: &mut BatchStats,
 ) -> u64 {
     let spec = &plan.tables[t];
@@ -753,7 +776,7 @@ fn update_table(
         return 0;
     };
     let mut inputs: Vec<Option<AggInput>> = vec![None; spec.slots.len()];
-    let mut touched: Vec<Touched> = Vec::new();
+    touched.clear();
     let mut added = 0u64;
     let mut scratch: Vec<u64> = Vec::new();
     let mut snapshot_rules = |k: &mut KeyState, t: &Touched, candidates: &mut [Candidates]| {
@@ -837,7 +860,7 @@ fn update_table(
             Update::TooOld => stats.too_old += 1,
         }
     }
-    for t in &touched {
+    for t in touched.iter() {
         if let Some(ks) = keys.get_mut(&t.hash)
             && ks.is_dirty()
         {
@@ -861,14 +884,14 @@ struct BatchText<'a> {
 fn gate_rule(
     rp: &RulePlan,
     gate: &mut Gate,
-    candidates: Candidates,
+    candidates: &Candidates,
     text: BatchText<'_>,
     now_ms: i64,
     instance: &str,
     out: &mut Output,
 ) -> Result<(), ProcessError> {
     let c = &rp.compiled;
-    let matched = evaluate_condition(c, &candidates)?;
+    let matched = evaluate_condition(c, candidates)?;
     let r = &c.rule;
     for ((i, cand), hit) in candidates.cands.iter().enumerate().zip(matched) {
         if !hit {
