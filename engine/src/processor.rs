@@ -789,6 +789,16 @@ fn update_table(
         let mut w = k.window(&spec.window, &mut scratch);
         for r in &spec.rules {
             let rp = &plan.rules[*r];
+            // A window outside a bound the condition requires cannot match: skip it before
+            // reading the rest (most keys are far below every rule's volume threshold).
+            let admitted = rp
+                .compiled
+                .bounds
+                .iter()
+                .all(|b| b.admits(rp.reads.get(b.feature).and_then(|read| w.read_one(read))));
+            if !admitted {
+                continue;
+            }
             let c = &mut candidates[*r];
             let events = w.read(rp.events, &rp.reads, &mut c.values);
             c.cands.push(Candidate {

@@ -194,6 +194,11 @@ impl Window<'_> {
         }
     }
 
+    /// One feature's value.
+    pub fn read_one(&mut self, read: &FeatureRead) -> Option<f64> {
+        self.read_slot(read.slot, read.agg, read.param)
+    }
+
     /// Appends one rule's features (`reads`, in rule order) to `features` and returns the
     /// rule's event count (slot `events_slot`).
     pub fn read(

@@ -55,6 +55,93 @@ pub struct CompiledRule {
     pub feature_schema: SchemaRef,
     /// Indexes into `features` of the evidence features.
     pub evidence: Vec<usize>,
+    /// Bounds on single features that the condition requires, from its top-level `AND`
+    /// conjuncts of the form `feature >= 300` (or `>`, `<`, `<=`, either side): a window whose
+    /// feature is outside one of them, or undefined, cannot match, so the engine skips it
+    /// without reading the rest. Most keys are far below a rule's volume threshold.
+    pub bounds: Vec<Bound>,
+}
+
+/// A bound a condition puts on one feature ([`CompiledRule::bounds`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bound {
+    /// Index into [`CompiledRule::features`].
+    pub feature: usize,
+    /// The comparison, feature first: `feature >= value` is `Ge`.
+    pub op: BoundOp,
+    /// The constant compared with.
+    pub value: f64,
+}
+
+/// The comparison of a [`Bound`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundOp {
+    /// `>`.
+    Gt,
+    /// `>=`.
+    Ge,
+    /// `<`.
+    Lt,
+    /// `<=`.
+    Le,
+}
+
+impl Bound {
+    /// Whether a feature value (`None` when undefined) satisfies the bound. A value that fails
+    /// makes the conjunct false or NULL, and so the whole condition not true.
+    pub fn admits(&self, v: Option<f64>) -> bool {
+        let Some(v) = v.filter(|v| v.is_finite()) else {
+            return false;
+        };
+        match self.op {
+            BoundOp::Gt => v > self.value,
+            BoundOp::Ge => v >= self.value,
+            BoundOp::Lt => v < self.value,
+            BoundOp::Le => v <= self.value,
+        }
+    }
+}
+
+/// The bounds of a compiled condition: its top-level conjuncts comparing a feature column with
+/// a numeric literal.
+fn condition_bounds(expr: &Arc<dyn PhysicalExpr>, out: &mut Vec<Bound>) {
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+    let Some(b) = expr.downcast_ref::<BinaryExpr>() else {
+        return;
+    };
+    if *b.op() == Operator::And {
+        condition_bounds(b.left(), out);
+        condition_bounds(b.right(), out);
+        return;
+    }
+    let column = |e: &Arc<dyn PhysicalExpr>| e.downcast_ref::<Column>().map(Column::index);
+    let number = |e: &Arc<dyn PhysicalExpr>| match e.downcast_ref::<Literal>()?.value() {
+        ScalarValue::Float64(Some(v)) => Some(*v),
+        ScalarValue::Int64(Some(v)) => Some(*v as f64),
+        _ => None,
+    };
+    // `c op x`, or `x op c` turned around.
+    let (feature, op, value) = match (column(b.left()), number(b.right()), b.op()) {
+        (Some(f), Some(v), op) => (f, *op, v),
+        _ => match (number(b.left()), column(b.right()), b.op()) {
+            (Some(v), Some(f), Operator::Lt) => (f, Operator::Gt, v),
+            (Some(v), Some(f), Operator::LtEq) => (f, Operator::GtEq, v),
+            (Some(v), Some(f), Operator::Gt) => (f, Operator::Lt, v),
+            (Some(v), Some(f), Operator::GtEq) => (f, Operator::LtEq, v),
+            _ => return,
+        },
+    };
+    let op = match op {
+        Operator::Gt => BoundOp::Gt,
+        Operator::GtEq => BoundOp::Ge,
+        Operator::Lt => BoundOp::Lt,
+        Operator::LtEq => BoundOp::Le,
+        _ => return,
+    };
+    if value.is_finite() {
+        out.push(Bound { feature, op, value });
+    }
 }
 
 /// Parses and types expressions; holds the DataFusion session with the whitelisted functions.
@@ -294,13 +381,17 @@ impl Compiler {
         if diags.len() != before {
             return None;
         }
+        let condition = condition?;
+        let mut bounds = Vec::new();
+        condition_bounds(&condition, &mut bounds);
         Some(CompiledRule {
             entity: entity?,
             filter: filter.flatten(),
             features,
-            condition: condition?,
+            condition,
             feature_schema,
             evidence,
+            bounds,
             rule,
         })
     }

@@ -24,7 +24,7 @@ pub mod schema;
 pub mod udf;
 pub mod yaml;
 
-pub use compile::{CompiledFeature, CompiledRule, Compiler};
+pub use compile::{Bound, BoundOp, CompiledFeature, CompiledRule, Compiler};
 pub use diag::{Diagnostic, RuleSetError};
 pub use load::{RuleSet, load_paths, load_sources};
 pub use rule::{AggKind, Rule, Severity};

@@ -335,3 +335,40 @@ fn interval_comparisons_are_refused_and_timestamp_comparisons_accepted() {
     .expect("a timestamp comparison is fine");
     assert_eq!(set.len(), 1);
 }
+
+#[test]
+fn conditions_yield_the_feature_bounds_they_require() {
+    use cordon_rules::{Bound, BoundOp};
+    let rule = |condition: &str| {
+        let text = GOOD
+            .replace(
+                "  n: count()\n",
+                "  n: count()\n  m: count()\n  k: distinct(ip)\n",
+            )
+            .replace("condition: n > 10\n", &format!("condition: {condition}\n"));
+        let set = load_sources(&[("r.yaml".into(), text)]).expect("valid");
+        set.rules[0].bounds.clone()
+    };
+    let b = |feature, op, value| Bound { feature, op, value };
+    assert_eq!(
+        rule("n >= 300 AND m / n >= 0.5 AND 10 < k"),
+        vec![b(0, BoundOp::Ge, 300.0), b(2, BoundOp::Gt, 10.0)]
+    );
+    assert_eq!(
+        rule("(n > 3 AND m <= 2.5) AND 7 >= k"),
+        vec![
+            b(0, BoundOp::Gt, 3.0),
+            b(1, BoundOp::Le, 2.5),
+            b(2, BoundOp::Le, 7.0)
+        ]
+    );
+    // Under OR or NOT no single conjunct is required.
+    assert_eq!(rule("n >= 300 OR k > 10"), vec![]);
+    assert_eq!(rule("NOT (n < 300 AND k > 1)"), vec![]);
+    // What the simplifier turns into a comparison counts.
+    assert_eq!(rule("NOT (n < 300)"), vec![b(0, BoundOp::Ge, 300.0)]);
+    // A bound admits only defined values on its side.
+    let ge = b(0, BoundOp::Ge, 300.0);
+    assert!(ge.admits(Some(300.0)) && !ge.admits(Some(299.0)) && !ge.admits(None));
+    assert!(!ge.admits(Some(f64::NAN)) && !ge.admits(Some(f64::INFINITY)));
+}
