@@ -729,7 +729,7 @@ impl Partial {
 /// merged partial: a sparse key with several panes is read on every batch that touches it, and
 /// cloning and merging its sets was most of that cost. Other kinds are merged. `scratch` is
 /// reused for distinct values.
-pub fn read_merged<'a, I>(mut parts: I, agg: AggKind, q: f64, scratch: &mut Vec<u64>) -> Option<f64>
+pub fn read_merged<'a, I>(parts: I, agg: AggKind, q: f64, scratch: &mut Vec<u64>) -> Option<f64>
 where
     I: Iterator<Item = &'a Partial> + Clone,
 {
@@ -787,9 +787,31 @@ where
         }
         _ => {}
     }
+    merge_all(parts)?.read(agg, q)
+}
+
+/// The merge of `parts` (one slot's partials, oldest pane first), as successive
+/// [`Partial::merge`]s give it; `None` when there are none. Distinct sets with a sketch among
+/// them go through one HyperLogLog union rather than one union per pane (each union copies
+/// the registers three times): the registers, and so the estimate, are the same.
+pub fn merge_all<'a, I>(mut parts: I) -> Option<Partial>
+where
+    I: Iterator<Item = &'a Partial> + Clone,
+{
+    let first = parts.clone().next()?;
+    if first.is_distinct() && parts.clone().any(|p| matches!(p, Partial::DistinctHll(_))) {
+        let mut u = HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("valid lg_k"));
+        for p in parts {
+            match p {
+                Partial::DistinctHll(s) => u.update(s),
+                p => p.exact_values().iter().for_each(|h| u.update_value(*h)),
+            }
+        }
+        return Some(Partial::DistinctHll(Box::new(u.to_sketch(HllType::Hll8))));
+    }
     let mut merged = parts.next()?.clone();
     parts.for_each(|p| merged.merge(p));
-    merged.read(agg, q)
+    Some(merged)
 }
 
 /// Sum, average or standard deviation of `n` values with `sum` and `sumsq`.

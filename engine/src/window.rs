@@ -11,7 +11,7 @@
 //! sparse key (fewer than [`CACHE_MIN_EVENTS`] events) merges its few small panes on each read
 //! instead of holding a second copy of its state.
 
-use crate::agg::{Input, Partial, SlotKind, read_merged};
+use crate::agg::{Input, Partial, SlotKind, merge_all, read_merged};
 use crate::plan::FeatureRead;
 use cordon_rules::AggKind;
 use serde::{Deserialize, Serialize};
@@ -415,21 +415,9 @@ impl KeyState {
                     scratch,
                 }
             } else {
-                let mut panes = self.partials.chunks_exact(n);
-                let mut merged: Vec<Option<Partial>> = panes
-                    .next()
-                    .unwrap_or_default()
-                    .iter()
-                    .cloned()
-                    .map(Some)
+                let merged: Vec<Option<Partial>> = (0..n)
+                    .map(|slot| merge_all(self.partials.iter().skip(slot).step_by(n)))
                     .collect();
-                for pane in panes {
-                    for (m, p) in merged.iter_mut().zip(pane) {
-                        if let Some(m) = m {
-                            m.merge(p);
-                        }
-                    }
-                }
                 let cache = self.cache.insert(Box::new(merged.into_boxed_slice()));
                 Slots::Cached(&cache[..])
             }

@@ -1,7 +1,7 @@
 //! Property tests: merging per-pane partials equals sketching the union of their values, and
 //! key state survives its serialized form.
 
-use cordon_engine::agg::{Input, Partial, SlotKind, read_merged};
+use cordon_engine::agg::{Input, Partial, SlotKind, merge_all, read_merged};
 use cordon_engine::codec::{decode_state, encode_state};
 use cordon_engine::plan::FeatureRead;
 use cordon_engine::window::{KeyState, WindowSpec};
@@ -122,6 +122,23 @@ proptest! {
                 );
             }
         }
+    }
+
+    #[test]
+    fn one_union_of_many_panes_equals_merging_them_one_by_one(
+        panes in prop::collection::vec(prop::collection::vec(any::<u64>(), 0..400), 1..10),
+    ) {
+        // Panes of 0..400 values: some exact, most sketches; the busy key's cache merges them
+        // all at once.
+        let parts: Vec<Partial> = panes
+            .iter()
+            .map(|v| sketch(SlotKind::Distinct, &v.iter().map(|x| Input::Hash(*x)).collect::<Vec<_>>()))
+            .collect();
+        let mut one_by_one = parts[0].clone();
+        parts[1..].iter().for_each(|p| one_by_one.merge(p));
+        let all = merge_all(parts.iter()).expect("panes");
+        let (a, b) = (all.read(AggKind::Distinct, 0.0), one_by_one.read(AggKind::Distinct, 0.0));
+        prop_assert_eq!(a.map(f64::to_bits), b.map(f64::to_bits), "{:?} vs {:?}", a, b);
     }
 
     #[test]
