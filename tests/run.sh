@@ -44,6 +44,8 @@ tests/ocsf/run-venv.sh >/dev/null
 
 log "checking every target (benchmarks included: nothing else builds them)"
 cargo check --workspace --all-targets
+log "checking the API docs (broken intra-doc links are errors: workspace lints)"
+cargo doc --workspace --no-deps
 
 log "building the cordon binary (the end-to-end tests run it as a separate process)"
 cargo build --workspace --bins

@@ -8,8 +8,9 @@
 //! several keeps a window-level partial per slot that every event updates alongside its pane.
 //! When panes leave the window that cache is dropped and rebuilt on the next read by merging the
 //! remaining panes, which happens at most once per pane change of the key, never per event. A
-//! sparse key (fewer than [`CACHE_MIN_EVENTS`] events) merges its few small panes on each read
-//! instead of holding a second copy of its state.
+//! sparse key (fewer than [`CACHE_MIN_EVENTS`] events) folds its few small panes on each read
+//! ([`crate::agg::read_merged`]) instead of holding a second copy of its state. A key is read
+//! once per batch for all the rules of its table ([`KeyState::window`]).
 
 use crate::agg::{Input, Partial, SlotKind, merge_all, read_merged};
 use crate::plan::FeatureRead;
@@ -127,7 +128,7 @@ impl Panes {
     }
 }
 
-/// Window-level partials per slot, `None` until read (see [`KeyState::window_partial`]).
+/// Window-level partials per slot, built on the first read of a busy key (see [`KeyState::window`]).
 type Cache = Box<[Option<Partial>]>;
 
 /// The dirty flag's bit in [`KeyState`]'s packed `slot_dirty`.
