@@ -20,7 +20,7 @@
 
 use crate::codec::{self, CodecError};
 use crate::gate::Gate;
-use crate::processor::KeyMap;
+use crate::keys::KeyTable;
 use crate::remap::Layout;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -60,7 +60,7 @@ pub struct CheckpointRef<'a> {
     /// The plan the state belongs to: its tables' identities and its rules' meanings.
     pub layout: Layout,
     /// Keys per table, in `layout` order.
-    pub tables: Vec<&'a KeyMap>,
+    pub tables: Vec<&'a KeyTable>,
     /// Gate per rule, in `layout` order.
     pub gates: Vec<&'a Gate>,
 }
@@ -73,7 +73,7 @@ pub struct Checkpoint {
     /// The plan the state belongs to.
     pub layout: Layout,
     /// Keys per table, in `layout` order.
-    pub tables: Vec<KeyMap>,
+    pub tables: Vec<KeyTable>,
     /// Gate per rule, in `layout` order.
     pub gates: Vec<Gate>,
 }
@@ -237,7 +237,7 @@ mod tests {
     }
 
     fn bytes(next_offset: i64) -> Vec<u8> {
-        let keys = KeyMap::default();
+        let keys = KeyTable::default();
         let gate = Gate::default();
         CheckpointRef {
             meta: meta(next_offset),

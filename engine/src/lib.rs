@@ -11,6 +11,7 @@
 //! - [`agg`]: aggregates: per-pane partials, exact when small, sketches when large.
 //! - [`plan`]: shared state tables, slots and expressions of a rule set.
 //! - [`window`]: per-entity sliding windows of panes.
+//! - [`keys`]: the keys of a state table, found a batch at a time.
 //! - [`codec`]: the versioned binary encoding of persisted state.
 //! - [`checkpoint`]: per-partition checkpoints (state, offsets) and their files.
 //! - [`remap`]: carrying state to another rule set (reloads, checkpoints).
@@ -40,6 +41,7 @@ pub mod demo;
 pub mod fingerprint;
 pub mod gate;
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod ocsf;
 pub mod plan;

@@ -14,6 +14,7 @@ use crate::decode::{EventBatchBuilder, Reason, TimeCheck, dead_letter_payload};
 use crate::gate::{
     ALERT_SCHEMA, Alert, AlertEngine, AlertEntity, AlertRule, AlertWindow, Decision, Gate, rfc3339,
 };
+use crate::keys::{KeyTable, Slot, key_of};
 use crate::plan::{Conv, Plan, RulePlan};
 use crate::remap::{Layout, Remap};
 use crate::window::{KeyState, SAMPLE_IDS, Update, WindowSnapshot};
@@ -25,9 +26,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::DataFusionError;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
-use xxhash_rust::xxh3::xxh3_64;
 
 /// One input message, borrowed from the source.
 #[derive(Debug, Clone, Copy)]
@@ -168,7 +167,7 @@ pub enum ProcessError {
 #[derive(Debug)]
 struct PartitionState {
     watermark: i64,
-    tables: Vec<KeyMap>,
+    tables: Vec<KeyTable>,
     gates: Vec<Gate>,
 }
 
@@ -222,6 +221,8 @@ struct Scratch {
     candidates: Vec<Candidates>,
     /// The keys one table's update touched.
     touched: Vec<Touched>,
+    /// Each row's key slot in the table being updated ([`Slot::MAX`]: the row is not counted).
+    row_slots: Vec<Slot>,
 }
 
 /// One key's window waiting for a rule's condition.
@@ -259,7 +260,8 @@ impl Candidates {
 /// A key touched in the current batch: its rows (the last few, for samples).
 #[derive(Debug)]
 struct Touched {
-    hash: u64,
+    /// The key's slot in its table.
+    slot: Slot,
     rows: [u32; SAMPLE_IDS],
     seen: usize,
     /// A row carrying the key's entity text.
@@ -281,39 +283,6 @@ impl Col {
             _ => false,
         }
     }
-}
-
-/// Bytes of one hash-map entry beyond the key state's heap: the key, the state, control bytes.
-const ENTRY_OVERHEAD: usize = std::mem::size_of::<u64>() + std::mem::size_of::<Box<KeyState>>() + 1;
-
-/// Keys of a table. A key is the 64-bit xxh3 hash of the entity value, not the value itself:
-/// most keys see a handful of events, and the text is only needed when a rule reads the key,
-/// which happens while an event with that text is at hand. Two entities colliding in 64 bits
-/// (about 3 in 10^6 across 10 million keys) would share a window.
-pub type KeyMap = HashMap<u64, Box<KeyState>, BuildHasherDefault<KeyHasher>>;
-
-/// Hasher for keys that are already uniform 64-bit hashes.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are hashed; fold anything else in for completeness.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-/// The key of an entity value.
-pub fn key_of(entity: &str) -> u64 {
-    xxh3_64(entity.as_bytes())
 }
 
 impl Processor {
@@ -395,7 +364,7 @@ impl Processor {
         PartitionState {
             watermark: i64::MIN,
             tables: (0..self.plan.tables.len())
-                .map(|_| KeyMap::default())
+                .map(|_| KeyTable::default())
                 .collect(),
             gates: (0..self.plan.rules.len())
                 .map(|_| Gate::default())
@@ -436,7 +405,7 @@ impl Processor {
         let remap = Remap::new(&c.layout, &self.plan);
         let (mut tables, gates) = remap.apply(c.tables, c.gates);
         for keys in &mut tables {
-            keys.values_mut().for_each(|k| k.reset_batch());
+            keys.for_each_mut(KeyState::reset_batch);
         }
         let keys = tables.iter().map(|t| t.len() as u64).sum::<u64>();
         self.live_keys += keys;
@@ -508,11 +477,7 @@ impl Processor {
                 for p in self.partitions.values() {
                     let map = &p.tables[t];
                     keys += map.len() as u64;
-                    bytes += (map.capacity() * ENTRY_OVERHEAD) as u64;
-                    bytes += map
-                        .values()
-                        .map(|v| (std::mem::size_of::<KeyState>() + v.heap_bytes()) as u64)
-                        .sum::<u64>();
+                    bytes += map.bytes() as u64;
                 }
                 TableStats {
                     name: spec.name.clone(),
@@ -533,7 +498,7 @@ impl Processor {
         let hash = key_of(entity);
         self.partitions.values_mut().find_map(|p| {
             p.tables[rp.table]
-                .get_mut(&hash)
+                .get_mut(hash)
                 .map(|k| k.snapshot(&spec.window, rp.events, &rp.reads))
         })
     }
@@ -544,11 +509,8 @@ impl Processor {
         for p in self.partitions.values_mut() {
             for (spec, keys) in self.plan.tables.iter().zip(p.tables.iter_mut()) {
                 let before = keys.len();
-                keys.retain(|_, k| !k.expired(&spec.window, p.watermark));
+                keys.retain(|k| !k.expired(&spec.window, p.watermark));
                 dropped += (before - keys.len()) as u64;
-                if keys.capacity() > 64 && keys.len() < keys.capacity() / 4 {
-                    keys.shrink_to_fit();
-                }
             }
             for gate in &mut p.gates {
                 gate.expire(p.watermark);
@@ -579,7 +541,7 @@ impl Processor {
         for p in self.partitions.values_mut() {
             for (t, keys) in p.tables.iter_mut().enumerate() {
                 let before = keys.len();
-                keys.retain(|_, k| {
+                keys.retain(|k| {
                     if left > 0 && k.touch <= cutoff {
                         left -= 1;
                         false
@@ -680,6 +642,7 @@ impl Processor {
                 self.batch_seq,
                 &mut candidates,
                 &mut self.scratch.touched,
+                &mut self.scratch.row_slots,
                 &mut out.stats,
             );
             self.live_keys += added;
@@ -763,12 +726,13 @@ fn update_table(
     plan: &Plan,
     t: usize,
     kinds: &[SlotKind],
-    keys: &mut KeyMap,
+    keys: &mut KeyTable,
     cols: &[Col],
     times: &[i64],
     batch_seq: u32,
     candidates: &mut [Candidates],
     touched: &mut Vec<Touched>,
+    row_slots: &mut Vec<Slot>,
     stats: &mut BatchStats,
 ) -> u64 {
     let spec = &plan.tables[t];
@@ -813,17 +777,51 @@ fn update_table(
             });
         }
     };
-    for (row, ts) in times.iter().enumerate() {
-        if hashes[row].is_none() {
+    // Pass 1: find (or add) the key of every counted row and note first touches. Each row's
+    // lookup is independent of the others', so their cache misses overlap; pass 2 then finds
+    // the states in cache. Every rule has a count slot under its filter: an event counts for
+    // the key when one of them takes it, even if every feature argument is NULL.
+    let counted = |row: usize| {
+        spec.slots
+            .iter()
+            .any(|s| s.kind == SlotKind::Count && s.preds.iter().all(|p| cols[*p].flag(row)))
+    };
+    row_slots.clear();
+    for (row, hash) in hashes.iter().enumerate() {
+        let slot = match hash {
+            Some(hash) if counted(row) => {
+                let (slot, new) = keys.slot_or_insert(*hash);
+                added += u64::from(new);
+                if let Some(ks) = keys.state_mut(slot)
+                    && ks.touch != batch_seq
+                {
+                    // First event of this key in the batch.
+                    ks.touch = batch_seq;
+                    ks.set_batch_slot(touched.len() as u32);
+                    touched.push(Touched {
+                        slot,
+                        rows: [0; SAMPLE_IDS],
+                        seen: 0,
+                        row,
+                    });
+                }
+                slot
+            }
+            _ => Slot::MAX,
+        };
+        row_slots.push(slot);
+    }
+    // Pass 2: update the states row by row.
+    for ((row, ts), slot) in times.iter().enumerate().zip(row_slots.iter()) {
+        if *slot == Slot::MAX {
             continue;
         }
-        let mut any = false;
-        for (slot, input) in spec.slots.iter().zip(inputs.iter_mut()) {
+        for (s, input) in spec.slots.iter().zip(inputs.iter_mut()) {
             *input = None;
-            if !slot.preds.iter().all(|p| cols[*p].flag(row)) {
+            if !s.preds.iter().all(|p| cols[*p].flag(row)) {
                 continue;
             }
-            *input = match (slot.kind.input(), slot.arg.map(|a| &cols[a])) {
+            *input = match (s.kind.input(), s.arg.map(|a| &cols[a])) {
                 (InputKind::Nothing, _) => Some(AggInput::One),
                 (InputKind::Time, _) => Some(AggInput::Time(*ts)),
                 (InputKind::Number, Some(Col::Number(a))) => {
@@ -832,38 +830,17 @@ fn update_table(
                 (InputKind::Hash, Some(Col::Text(_, h))) => h[row].map(AggInput::Hash),
                 _ => None,
             };
-            // Every rule has a count slot under its filter: an event counts for the key when
-            // one of them takes it, even if every feature argument is NULL.
-            any |= slot.kind == SlotKind::Count && input.is_some();
         }
-        if !any {
-            continue;
-        }
-        let Some(hash) = hashes[row] else {
+        let Some(ks) = keys.state_mut(*slot) else {
             continue;
         };
-        let ks = keys.entry(hash).or_insert_with(|| {
-            added += 1;
-            Box::default()
-        });
-        if ks.touch != batch_seq {
-            // First event of this key in the batch.
-            ks.touch = batch_seq;
-            ks.set_batch_slot(touched.len() as u32);
-            touched.push(Touched {
-                hash,
-                rows: [0; SAMPLE_IDS],
-                seen: 0,
-                row,
-            });
-        }
-        let slot = ks.batch_slot() as usize;
+        let b = ks.batch_slot() as usize;
         let update = ks.update(&spec.window, kinds, *ts, &inputs, |k| {
-            snapshot_rules(k, &touched[slot], candidates)
+            snapshot_rules(k, &touched[b], candidates)
         });
         match update {
             Update::Applied | Update::AppliedAfterSlide => {
-                let t = &mut touched[slot];
+                let t = &mut touched[b];
                 t.rows[t.seen % SAMPLE_IDS] = row as u32;
                 t.seen += 1;
             }
@@ -871,7 +848,7 @@ fn update_table(
         }
     }
     for t in touched.iter() {
-        if let Some(ks) = keys.get_mut(&t.hash)
+        if let Some(ks) = keys.state_mut(t.slot)
             && ks.is_dirty()
         {
             ks.clear_dirty();

@@ -16,8 +16,8 @@
 
 use crate::agg::SlotKind;
 use crate::gate::Gate;
+use crate::keys::KeyTable;
 use crate::plan::Plan;
-use crate::processor::KeyMap;
 use cordon_rules::Rule;
 use serde::{Deserialize, Serialize};
 
@@ -180,7 +180,11 @@ impl Remap {
     }
 
     /// Moves one partition's tables and gates (in old order) to the new plan's order.
-    pub fn apply(&self, mut tables: Vec<KeyMap>, mut gates: Vec<Gate>) -> (Vec<KeyMap>, Vec<Gate>) {
+    pub fn apply(
+        &self,
+        mut tables: Vec<KeyTable>,
+        mut gates: Vec<Gate>,
+    ) -> (Vec<KeyTable>, Vec<Gate>) {
         let tables = self
             .tables
             .iter()
@@ -194,13 +198,11 @@ impl Remap {
                     let identity = m.old_slots == m.slots.len()
                         && m.slots.iter().enumerate().all(|(i, s)| *s == Some(i));
                     if !identity {
-                        for k in keys.values_mut() {
-                            k.remap_slots(&m.slots, kinds);
-                        }
+                        keys.for_each_mut(|k| k.remap_slots(&m.slots, kinds));
                     }
                     keys
                 }
-                None => KeyMap::default(),
+                None => KeyTable::default(),
             })
             .collect();
         let gates = self

@@ -1,0 +1,233 @@
+//! The keys of one state table: an index from key to a slot, and the key states in one vector.
+//!
+//! Why not a `HashMap<u64, Box<KeyState>>`: each event looks up its key in every table it
+//! touches, and with a million accounts those lookups miss the cache, each a chain of dependent
+//! loads (the map's control bytes, its bucket, the boxed state, the state's partials). Slots let
+//! the processor find every key of a batch first and reach their states in a second pass, so
+//! the loads of different rows overlap instead of waiting one after another; and a state in
+//! the vector saves the allocator's header and rounding a box of it costs (56 bytes in a
+//! 64-byte chunk). A freed slot goes on a free list and is reused by the next new key.
+//!
+//! A key is the 64-bit xxh3 hash of the entity value ([`key_of`]), not the value itself: most
+//! keys see a handful of events, and the text is only needed when a rule reads the key, which
+//! happens while an event with that text is at hand. Two entities colliding in 64 bits (about 3
+//! in 10^6 across 10 million keys) would share a window.
+//!
+//! The serialized form is a map from key to state, as the boxed map's was, so checkpoints
+//! written before the change load unchanged.
+
+use crate::window::KeyState;
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// The key of an entity value.
+pub fn key_of(entity: &str) -> u64 {
+    xxh3_64(entity.as_bytes())
+}
+
+/// Hasher for keys that are already uniform 64-bit hashes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; fold anything else in for completeness.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// Index of a key's state in its [`KeyTable`].
+pub type Slot = u32;
+
+/// The keys of one state table (see the module docs).
+#[derive(Debug, Default)]
+pub struct KeyTable {
+    index: HashMap<u64, Slot, BuildHasherDefault<KeyHasher>>,
+    states: Vec<KeyState>,
+    free: Vec<Slot>,
+}
+
+impl KeyTable {
+    /// Live keys.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether there are no live keys.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The slot of `key`, adding the key with an empty state if it is new (then `true`).
+    pub fn slot_or_insert(&mut self, key: u64) -> (Slot, bool) {
+        if let Some(slot) = self.index.get(&key) {
+            return (*slot, false);
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.states.push(KeyState::default());
+                // A table never holds 2^32 keys: `state.max_keys` bounds them far below.
+                Slot::try_from(self.states.len() - 1).unwrap_or(Slot::MAX)
+            }
+        };
+        self.index.insert(key, slot);
+        (slot, true)
+    }
+
+    /// The state in `slot` (from [`KeyTable::slot_or_insert`] since the last removal).
+    pub fn state_mut(&mut self, slot: Slot) -> Option<&mut KeyState> {
+        self.states.get_mut(slot as usize)
+    }
+
+    /// The state of `key`.
+    pub fn get_mut(&mut self, key: u64) -> Option<&mut KeyState> {
+        let slot = *self.index.get(&key)?;
+        self.states.get_mut(slot as usize)
+    }
+
+    /// Every live key's state.
+    pub fn values(&self) -> impl Iterator<Item = &KeyState> {
+        self.index
+            .values()
+            .filter_map(|slot| self.states.get(*slot as usize))
+    }
+
+    /// Calls `f` with every live key's state.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut KeyState)) {
+        for slot in self.index.values() {
+            if let Some(s) = self.states.get_mut(*slot as usize) {
+                f(s);
+            }
+        }
+    }
+
+    /// Keeps the keys for which `keep` is true; the others' slots are freed.
+    pub fn retain(&mut self, mut keep: impl FnMut(&mut KeyState) -> bool) {
+        let (states, free) = (&mut self.states, &mut self.free);
+        self.index.retain(|_, slot| {
+            let Some(s) = states.get_mut(*slot as usize) else {
+                return false;
+            };
+            if keep(s) {
+                return true;
+            }
+            *s = KeyState::default();
+            free.push(*slot);
+            false
+        });
+        if self.index.capacity() > 64 && self.index.len() < self.index.capacity() / 4 {
+            self.index.shrink_to_fit();
+        }
+        if self.index.is_empty() {
+            // Nothing live: give the slots back too.
+            *self = Self::default();
+        }
+    }
+
+    /// Estimated bytes held: the index, every slot (live or free) and the states' heap.
+    pub fn bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.index.capacity() * (size_of::<(u64, Slot)>() + 1)
+            + self.states.capacity() * size_of::<KeyState>()
+            + self.free.capacity() * size_of::<Slot>()
+            + self.values().map(KeyState::heap_bytes).sum::<usize>()
+    }
+}
+
+impl Serialize for KeyTable {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.index.len()))?;
+        for (key, slot) in &self.index {
+            if let Some(state) = self.states.get(*slot as usize) {
+                map.serialize_entry(key, state)?;
+            }
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyTable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyTable;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map from key to key state")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<KeyTable, A::Error> {
+                let n = m.size_hint().unwrap_or(0);
+                let mut t = KeyTable {
+                    index: HashMap::with_capacity_and_hasher(n, Default::default()),
+                    states: Vec::with_capacity(n),
+                    free: Vec::new(),
+                };
+                while let Some((key, state)) = m.next_entry::<u64, KeyState>()? {
+                    let (slot, _) = t.slot_or_insert(key);
+                    if let Some(s) = t.state_mut(slot) {
+                        *s = state;
+                    }
+                }
+                Ok(t)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freed_slots_are_reused_and_states_start_empty() {
+        let mut t = KeyTable::default();
+        let (a, new_a) = t.slot_or_insert(1);
+        let (b, _) = t.slot_or_insert(2);
+        assert!(new_a && a != b);
+        assert_eq!(t.slot_or_insert(1), (a, false));
+        if let Some(s) = t.state_mut(a) {
+            s.touch = 7;
+        }
+        t.retain(|s| s.touch != 7);
+        assert_eq!(t.len(), 1);
+        assert!(t.get_mut(1).is_none());
+        let (c, new_c) = t.slot_or_insert(3);
+        assert!(new_c);
+        assert_eq!(c, a, "the freed slot is reused");
+        assert_eq!(
+            t.state_mut(c).map(|s| s.touch),
+            Some(0),
+            "reused slots start empty"
+        );
+        assert!(t.get_mut(2).is_some());
+    }
+
+    #[test]
+    fn serialized_like_a_map_of_boxed_states() {
+        // Checkpoints from before the key table held `HashMap<u64, Box<KeyState>>`.
+        let mut old: HashMap<u64, Box<KeyState>> = HashMap::new();
+        let mut st = KeyState::default();
+        st.touch = 3;
+        old.insert(42, Box::new(st));
+        let cfg = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(&old, cfg).expect("encode");
+        let (mut t, _): (KeyTable, usize) =
+            bincode::serde::decode_from_slice(&bytes, cfg).expect("decode");
+        assert_eq!(t.get_mut(42).map(|s| s.touch), Some(3));
+        let again = bincode::serde::encode_to_vec(&t, cfg).expect("encode");
+        assert_eq!(again, bytes);
+    }
+}
