@@ -792,24 +792,27 @@ fn update_table(
             Some(hash) if counted(row) => {
                 let (slot, new) = keys.slot_or_insert(*hash);
                 added += u64::from(new);
-                if let Some(ks) = keys.state_mut(slot)
-                    && ks.touch != batch_seq
-                {
-                    // First event of this key in the batch.
-                    ks.touch = batch_seq;
-                    ks.set_batch_slot(touched.len() as u32);
-                    touched.push(Touched {
-                        slot,
-                        rows: [0; SAMPLE_IDS],
-                        seen: 0,
-                        row,
-                    });
-                }
                 slot
             }
             _ => Slot::MAX,
         };
         row_slots.push(slot);
+    }
+    // First touches, in a loop of their own: the states' loads of different rows overlap too.
+    for (row, slot) in row_slots.iter().enumerate() {
+        if let Some(ks) = keys.state_mut(*slot)
+            && ks.touch != batch_seq
+        {
+            // First event of this key in the batch.
+            ks.touch = batch_seq;
+            ks.set_batch_slot(touched.len() as u32);
+            touched.push(Touched {
+                slot: *slot,
+                rows: [0; SAMPLE_IDS],
+                seen: 0,
+                row,
+            });
+        }
     }
     // Pass 2: update the states row by row.
     for ((row, ts), slot) in times.iter().enumerate().zip(row_slots.iter()) {
