@@ -10,15 +10,20 @@
 //! - `cordon_engine::window::KeyState::snapshot`: reading one rule's features of a busy key
 //!   (what a touched key costs per rule and batch).
 //! - `cordon_engine::agg::Partial::add`: one value into a partial, per storage kind.
+//! - `cordon_engine::keys::KeyTable`: finding a batch's keys among 1,000,000 and touching their
+//!   states, as a table's update does, against the boxed hash map it replaced (one lookup and
+//!   state per row in turn): the measurement behind `engine/src/keys.rs`.
 //!
 //! Run: `cargo bench -p cordon-benches --bench state`.
 
 mod common;
 
 use cordon_engine::agg::{Input, InputKind, Partial, SlotKind};
+use cordon_engine::keys::{KeyTable, Slot};
 use cordon_engine::plan::Plan;
 use cordon_engine::window::{KeyState, WindowSpec};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use std::collections::HashMap;
 use std::hint::black_box;
 
 const T0: i64 = 1_772_359_200_000;
@@ -152,9 +157,87 @@ fn state(c: &mut Criterion) {
     group.finish();
 }
 
+fn key_table(c: &mut Criterion) {
+    let rules = cordon_benches::load_pack();
+    let plan = Plan::new(&rules);
+    let Some(table) = plan.tables.iter().max_by_key(|t| t.slots.len()) else {
+        return;
+    };
+    let kinds: Vec<SlotKind> = table.slots.iter().map(|s| s.kind).collect();
+    let spec: WindowSpec = table.window;
+    const KEYS: u64 = 1_000_000;
+    const BATCH: usize = 5_000;
+    let key = |i: u64| xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
+    // Every key with one event, as the throughput harness's accounts.
+    let mut slab = KeyTable::default();
+    let mut boxed: HashMap<u64, Box<KeyState>> = HashMap::new();
+    for i in 0..KEYS {
+        let ev = inputs(&kinds, i, T0);
+        let (slot, _) = slab.slot_or_insert(key(i));
+        if let Some(s) = slab.state_mut(slot) {
+            s.update(&spec, &kinds, T0, &ev, |_| {});
+        }
+        let mut b = Box::new(KeyState::new());
+        b.update(&spec, &kinds, T0, &ev, |_| {});
+        boxed.insert(key(i), b);
+    }
+    // Batches of random existing keys, many of them, so that a batch finds little in cache.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let batches: Vec<Vec<u64>> = (0..400)
+        .map(|_| {
+            (0..BATCH)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    key(x % KEYS)
+                })
+                .collect()
+        })
+        .collect();
+    let mut group = c.benchmark_group("cordon_engine::keys::KeyTable");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut n = 0usize;
+    let mut slots: Vec<Slot> = Vec::with_capacity(BATCH);
+    group.bench_function(
+        format!("find and touch {BATCH} of {KEYS} keys: key table, two passes"),
+        |b| {
+            b.iter(|| {
+                n += 1;
+                slots.clear();
+                slots.extend(
+                    batches[n % batches.len()]
+                        .iter()
+                        .map(|k| slab.slot_or_insert(*k).0),
+                );
+                for s in &slots {
+                    if let Some(ks) = slab.state_mut(*s) {
+                        ks.touch = n as u32;
+                    }
+                }
+                black_box(&slots);
+            })
+        },
+    );
+    group.bench_function(
+        format!("find and touch {BATCH} of {KEYS} keys: boxed hash map, one pass"),
+        |b| {
+            b.iter(|| {
+                n += 1;
+                for k in &batches[n % batches.len()] {
+                    if let Some(ks) = boxed.get_mut(k) {
+                        ks.touch = n as u32;
+                    }
+                }
+            })
+        },
+    );
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = common::config(3);
-    targets = state
+    targets = state, key_table
 }
 criterion_main!(benches);
