@@ -1,9 +1,10 @@
 //! Event decoding: Kafka message bytes to Arrow record batches of event schema v1.
 //!
 //! Each message is parsed once with serde into a borrowed struct, checked, and appended to
-//! column builders; a message that fails any check becomes a [`DeadLetter`](crate::processor::DeadLetter) with a reason from a
-//! bounded set and never stops the batch. Raw prompt text is turned into fingerprints here and
-//! goes no further: it is not stored, logged or emitted, and it is redacted from dead letters.
+//! column builders; a message that fails any check becomes a
+//! [`DeadLetter`](crate::processor::DeadLetter) with a reason from a bounded set and never stops
+//! the batch. Raw prompt text is turned into fingerprints here and goes no further: it is not
+//! stored, logged or emitted, and it is redacted from dead letters.
 
 use crate::fingerprint::fingerprints;
 use cordon_rules::schema::{INT_FIELDS, STRING_FIELDS, event_schema};
