@@ -43,14 +43,24 @@ fn inputs(kinds: &[SlotKind], i: u64, ts: i64) -> Vec<Option<Input>> {
         .collect()
 }
 
+/// The pack's plan, the index of its table with the most slots (the per-account 1h/5m table)
+/// and that table's slot kinds.
+fn busiest_table() -> Option<(Plan, usize, Vec<SlotKind>)> {
+    let plan = Plan::new(&cordon_benches::load_pack());
+    let (t, table) = plan
+        .tables
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, t)| t.slots.len())?;
+    let kinds = table.slots.iter().map(|s| s.kind).collect();
+    Some((plan, t, kinds))
+}
+
 fn state(c: &mut Criterion) {
-    let rules = cordon_benches::load_pack();
-    let plan = Plan::new(&rules);
-    // The table with the most slots: the pack's per-account 1h/5m table.
-    let Some(table) = plan.tables.iter().max_by_key(|t| t.slots.len()) else {
+    let Some((plan, t, kinds)) = busiest_table() else {
         return;
     };
-    let kinds: Vec<SlotKind> = table.slots.iter().map(|s| s.kind).collect();
+    let table = &plan.tables[t];
     let spec: WindowSpec = table.window;
     let label = format!("{} ({} slots)", table.name, kinds.len());
 
@@ -158,13 +168,10 @@ fn state(c: &mut Criterion) {
 }
 
 fn key_table(c: &mut Criterion) {
-    let rules = cordon_benches::load_pack();
-    let plan = Plan::new(&rules);
-    let Some(table) = plan.tables.iter().max_by_key(|t| t.slots.len()) else {
+    let Some((plan, t, kinds)) = busiest_table() else {
         return;
     };
-    let kinds: Vec<SlotKind> = table.slots.iter().map(|s| s.kind).collect();
-    let spec: WindowSpec = table.window;
+    let spec: WindowSpec = plan.tables[t].window;
     const KEYS: u64 = 1_000_000;
     const BATCH: usize = 5_000;
     let key = |i: u64| xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
