@@ -913,22 +913,20 @@ impl Record {
 }
 
 /// What most end-to-end tests start from: a broker with an input, an alerts and a dead-letter
-/// topic (unique names), and a temp dir holding empty `rules/` and `state/` directories.
+/// topic (unique names), and a temp dir holding empty `rules/` and `state/` directories. The
+/// [`Topics`] fields read through it (`setup.input`).
 pub struct Setup {
     /// The broker.
     pub broker: Broker,
-    /// The input topic.
-    pub input: String,
-    /// The alerts topic (one partition).
-    pub alerts: String,
-    /// The dead-letter topic (one partition).
-    pub dlq: String,
-    /// `rules.paths` of [`Setup::config`].
-    pub rules_dir: PathBuf,
-    /// `state.dir` of [`Setup::config`].
-    pub state_dir: PathBuf,
-    /// Owns the directories.
-    pub dir: TempDir,
+    /// The topics and directories on it.
+    pub topics: Topics,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = Topics;
+    fn deref(&self) -> &Topics {
+        &self.topics
+    }
 }
 
 impl Setup {
@@ -937,6 +935,39 @@ impl Setup {
     #[track_caller]
     pub fn new(prefix: &str, input_partitions: i32) -> Self {
         let broker = Broker::start();
+        let topics = Topics::create(&broker, prefix, input_partitions);
+        Self { broker, topics }
+    }
+
+    /// A config for these topics and directories ([`EngineConfig::new`]).
+    pub fn config(&self) -> EngineConfig {
+        self.topics.config(&self.broker)
+    }
+}
+
+/// The topics and directories of one engine run on a broker that several runs share
+/// ([`Setup`] is these with a broker of their own).
+#[derive(Debug)]
+pub struct Topics {
+    /// The input topic.
+    pub input: String,
+    /// The alerts topic (one partition).
+    pub alerts: String,
+    /// The dead-letter topic (one partition).
+    pub dlq: String,
+    /// For `rules.paths`.
+    pub rules_dir: PathBuf,
+    /// For `state.dir`.
+    pub state_dir: PathBuf,
+    /// Owns the directories.
+    pub dir: TempDir,
+}
+
+impl Topics {
+    /// Creates the topics on `broker`, named after `prefix` and unique, with
+    /// `input_partitions` input partitions, and empty rules and state directories.
+    #[track_caller]
+    pub fn create(broker: &Broker, prefix: &str, input_partitions: i32) -> Self {
         let input = unique_topic(&format!("{prefix}-requests"));
         let alerts = unique_topic(&format!("{prefix}-alerts"));
         let dlq = unique_topic(&format!("{prefix}-dlq"));
@@ -950,7 +981,6 @@ impl Setup {
             fs::create_dir_all(d).unwrap_or_else(|e| panic!("cannot create {}: {e}", d.display()));
         }
         Self {
-            broker,
             input,
             alerts,
             dlq,
@@ -960,10 +990,10 @@ impl Setup {
         }
     }
 
-    /// A config for these topics and directories ([`EngineConfig::new`]).
-    pub fn config(&self) -> EngineConfig {
+    /// A config for these topics and directories on `broker` ([`EngineConfig::new`]).
+    pub fn config(&self, broker: &Broker) -> EngineConfig {
         EngineConfig::new(
-            &self.broker,
+            broker,
             &self.input,
             &self.alerts,
             &self.dlq,

@@ -10,7 +10,7 @@
 use std::{collections::BTreeMap, fs, time::Duration};
 
 use cordon_tests::{
-    Broker, Engine, EngineConfig, Record, TEST_RULES, unique_topic, wait_for, wait_until,
+    Broker, Engine, EngineConfig, Record, TEST_RULES, Topics, wait_for, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -129,36 +129,21 @@ fn alert_keys(records: &[Record]) -> BTreeMap<(String, String, String), usize> {
 }
 
 struct Run {
-    broker_topics: (String, String, String),
+    topics: Topics,
     config: EngineConfig,
-    _dir: tempfile::TempDir,
 }
 
 fn new_run(broker: &Broker, name: &str, interval: &str) -> Run {
-    let input = unique_topic(&format!("{name}-requests"));
-    let alerts = unique_topic(&format!("{name}-alerts"));
-    let dlq = unique_topic(&format!("{name}-dlq"));
-    broker.create_topic(&input, 2);
-    broker.create_topic(&alerts, 1);
-    broker.create_topic(&dlq, 1);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let rules = dir.path().join("rules");
-    let state = dir.path().join("state");
-    fs::create_dir_all(&rules).expect("rules dir");
-    fs::create_dir_all(&state).expect("state dir");
-    fs::write(rules.join("test.yaml"), TEST_RULES).expect("rules file");
-    let mut config = EngineConfig::new(broker, &input, &alerts, &dlq, &rules, &state);
+    let topics = Topics::create(broker, name, 2);
+    fs::write(topics.rules_dir.join("test.yaml"), TEST_RULES).expect("rules file");
+    let mut config = topics.config(broker);
     config.checkpoint_interval = interval.to_owned();
     // A killed engine never leaves its group: the broker waits out its session before the
     // restarted engine gets the partitions. Keep that wait short.
     config
         .source_properties
         .insert("session.timeout.ms".into(), "6000".into());
-    Run {
-        broker_topics: (input, alerts, dlq),
-        config,
-        _dir: dir,
-    }
+    Run { topics, config }
 }
 
 fn produce_chunk(broker: &Broker, topic: &str, chunk: &[Messages; 2]) {
@@ -169,7 +154,7 @@ fn produce_chunk(broker: &Broker, topic: &str, chunk: &[Messages; 2]) {
 
 #[track_caller]
 fn wait_caught_up(broker: &Broker, run: &Run, engine: &mut Engine) {
-    let probe = broker.offsets(&run.config.group_id, &run.broker_topics.0);
+    let probe = broker.offsets(&run.config.group_id, &run.topics.input);
     wait_for(
         CATCH_UP_TIMEOUT,
         "the group to commit the input's end",
@@ -184,14 +169,14 @@ fn wait_caught_up(broker: &Broker, run: &Run, engine: &mut Engine) {
 fn clean_alerts(broker: &Broker) -> BTreeMap<(String, String, String), usize> {
     let run = new_run(broker, "clean", "1s");
     for chunk in chunks() {
-        produce_chunk(broker, &run.broker_topics.0, &chunk);
+        produce_chunk(broker, &run.topics.input, &chunk);
     }
     let mut engine = Engine::start(&run.config.to_yaml());
     wait_caught_up(broker, &run, &mut engine);
     engine.stop();
-    let alerts = alert_keys(&broker.read_topic(&run.broker_topics.1));
+    let alerts = alert_keys(&broker.read_topic(&run.topics.alerts));
     assert!(
-        broker.read_topic(&run.broker_topics.2).is_empty(),
+        broker.read_topic(&run.topics.dlq).is_empty(),
         "the fixture has no bad events"
     );
     alerts
@@ -211,7 +196,11 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
     );
 
     let run = new_run(&broker, "crash", "1s");
-    let (input, alerts_topic, dlq) = run.broker_topics.clone();
+    let (input, alerts_topic, dlq) = (
+        run.topics.input.clone(),
+        run.topics.alerts.clone(),
+        run.topics.dlq.clone(),
+    );
     let chunks = chunks();
     let alerts_now = || broker.read_topic(&alerts_topic).len();
 
@@ -313,7 +302,11 @@ fn a_minute_long_broker_outage_loses_nothing() {
     run.config
         .source_properties
         .insert("session.timeout.ms".into(), "120000".into());
-    let (input, alerts_topic, dlq) = run.broker_topics.clone();
+    let (input, alerts_topic, dlq) = (
+        run.topics.input.clone(),
+        run.topics.alerts.clone(),
+        run.topics.dlq.clone(),
+    );
     let chunks = chunks();
 
     produce_chunk(&broker, &input, &chunks[0]);

@@ -12,7 +12,7 @@ use std::{
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use cordon_tests::{
-    Broker, Engine, EngineConfig, Record, TEST_RULES, unique_name, unique_topic, wait_for,
+    Broker, Engine, EngineConfig, Record, TEST_RULES, Topics, unique_name, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -736,26 +736,16 @@ struct Setup {
 
 fn setup(name: &str) -> Setup {
     let broker = Broker::start();
-    let input = unique_topic(&format!("{name}-requests"));
-    let alerts = unique_topic(&format!("{name}-alerts"));
-    let dlq = unique_topic(&format!("{name}-dlq"));
-    broker.create_topic(&input, 2);
-    broker.create_topic(&alerts, 1);
-    broker.create_topic(&dlq, 1);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let rules_dir = dir.path().join("rules");
-    let state_dir = dir.path().join("state");
-    fs::create_dir_all(&rules_dir).expect("rules dir");
-    fs::create_dir_all(&state_dir).expect("state dir");
-    fs::write(rules_dir.join("test.yaml"), TEST_RULES).expect("rules file");
-    let config = EngineConfig::new(&broker, &input, &alerts, &dlq, &rules_dir, &state_dir);
+    let t = Topics::create(&broker, name, 2);
+    fs::write(t.rules_dir.join("test.yaml"), TEST_RULES).expect("rules file");
+    let config = t.config(&broker);
     Setup {
         broker,
-        input,
-        alerts,
-        dlq,
+        input: t.input,
+        alerts: t.alerts,
+        dlq: t.dlq,
         config,
-        _dir: dir,
+        _dir: t.dir,
     }
 }
 
