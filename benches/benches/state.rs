@@ -108,6 +108,37 @@ fn state(c: &mut Criterion) {
             },
         );
     }
+    // Steady sparse keys: a full window of one event a pane each, then the next pane's event,
+    // which expires the oldest pane as it starts a new one (a slide per event).
+    group.throughput(Throughput::Elements(KEYS as u64));
+    let full: Vec<KeyState> = (0..KEYS as u64)
+        .map(|i| {
+            let mut k = KeyState::new();
+            for pane in 0..spec.panes {
+                let ts = T0 + pane * spec.pane_ms + (i as i64 % 1000);
+                k.update(&spec, &kinds, ts, &inputs(&kinds, i, ts), |_| {});
+            }
+            k
+        })
+        .collect();
+    let next_ts = T0 + spec.panes * spec.pane_ms;
+    let next: Vec<Vec<Option<Input>>> = (0..KEYS as u64)
+        .map(|i| inputs(&kinds, i + 1, next_ts))
+        .collect();
+    group.bench_function(
+        format!("{KEYS} keys with one event a pane, the event that slides a full window, {label}"),
+        |b| {
+            b.iter_batched_ref(
+                || full.clone(),
+                |keys| {
+                    for (k, inp) in keys.iter_mut().zip(&next) {
+                        black_box(k.update(&spec, &kinds, next_ts, inp, |_| {}));
+                    }
+                },
+                BatchSize::LargeInput,
+            );
+        },
+    );
     group.finish();
 
     let mut group = c.benchmark_group("cordon_engine::window::KeyState::snapshot");

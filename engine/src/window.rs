@@ -105,17 +105,20 @@ impl Panes {
         }
     }
 
-    /// Drops the oldest `n` panes.
-    fn drop_oldest(&mut self, n: usize) {
+    /// Drops the oldest `n` panes (at least one) and appends `newest`: what a window that
+    /// slides does. One pane out and one in keeps the allocation as it is.
+    fn slide(&mut self, n: usize, newest: Pane) {
         match self {
-            Panes::One(_) => *self = Panes::Many(Vec::new()),
-            Panes::Many(v) => {
+            Panes::Many(v) if n < v.len() => {
                 v.drain(..n);
-                match v.as_slice() {
-                    [one] => *self = Panes::One(*one),
-                    _ => v.shrink_to_fit(),
+                v.push(newest);
+                if v.len() == 1 {
+                    *self = Panes::One(newest);
+                } else {
+                    v.shrink_to_fit();
                 }
             }
+            _ => *self = Panes::One(newest),
         }
     }
 
@@ -324,9 +327,18 @@ impl KeyState {
                 .as_slice()
                 .partition_point(|pane| pane.idx <= p - spec.panes);
             if keep_from > 0 {
-                self.panes.drop_oldest(keep_from);
+                // Panes expire as the new newest one starts: drop and append in one move, so
+                // that a steady key (one pane out, one in) keeps its allocations.
+                let off = (ts - p * spec.pane_ms) as u32;
+                let newest = Pane {
+                    idx: p,
+                    min_off: off,
+                    max_off: off,
+                };
+                self.panes.slide(keep_from, newest);
                 let mut partials = std::mem::take(&mut self.partials).into_vec();
                 partials.drain(..keep_from * n);
+                partials.extend(kinds.iter().map(|k| Partial::new(*k)));
                 self.partials = partials.into_boxed_slice();
                 self.cache = None;
             }
