@@ -1,7 +1,7 @@
 //! In-process throughput and state size of the detection core on one thread: raw message bytes
 //! in, alerts out, with the shipped extraction pack.
 //!
-//! Two runs:
+//! Three runs:
 //! - `mix`: a heavy-tailed key mix. Every one of `--accounts` accounts sends at least one
 //!   request, then `--extra` more requests follow Zipf-like volumes (a few accounts send
 //!   thousands); accounts sit behind `--ranges` /24 ranges. Prints events/s, MB/s, live keys
@@ -10,6 +10,8 @@
 //! - `flood`: `--flood` requests from random accounts and random addresses with
 //!   `state.max_keys` = `--max-keys`, sampling live keys and resident memory as it goes, to show
 //!   the key limit holding and memory staying flat.
+//! - `mix, second hour`: the same population's next hour through a processor that has seen
+//!   the first, so that keys exist and windows slide and expire (steady state).
 //!
 //! The mix runs `--runs` times (default 3), each on a fresh processor, and reports the median
 //! rate with all of them: on a shared or virtual machine one run varies by 10% or more. State
@@ -84,15 +86,16 @@ impl Gen {
     }
 }
 
+/// Feeds `payloads` in batches with the wall clock at `now`; returns seconds and alerts.
 fn run(
     processor: &mut Processor,
     payloads: &[Vec<u8>],
+    now: i64,
     mut sample: impl FnMut(&Processor, usize),
 ) -> (f64, usize) {
     let started = Instant::now();
     let mut alerts = 0;
     let mut offset = 0i64;
-    let now = T0 + SPAN_MS;
     for (i, chunk) in payloads.chunks(BATCH).enumerate() {
         let inputs: Vec<Input<'_>> = chunk
             .iter()
@@ -115,6 +118,30 @@ fn run(
         sample(processor, i);
     }
     (started.elapsed().as_secs_f64(), alerts)
+}
+
+/// One hour of the heavy-tailed mix from `t0`: every account once, in order, then `extra`
+/// requests with Zipf-like volumes (`seed` picks them).
+fn mix(accounts: u64, extra: u64, ranges: u64, t0: i64, seed: u64) -> Vec<Vec<u8>> {
+    let mut g = Gen {
+        rng: ChaCha8Rng::seed_from_u64(seed),
+        n: 0,
+    };
+    let total = accounts + extra;
+    let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let account = if i < accounts {
+            i
+        } else {
+            // Zipf-like: a^(u^3) puts most of the extra volume on a few accounts.
+            let u: f64 = g.rng.random();
+            ((accounts as f64).powf(u * u * u) as u64).saturating_sub(1)
+        };
+        let range = xxhash_rust::xxh3::xxh3_64(&account.to_le_bytes()) % ranges;
+        let ts = t0 + (i as i64 * SPAN_MS) / total as i64;
+        payloads.push(g.event(account, range, ts));
+    }
+    payloads
 }
 
 fn main() {
@@ -141,24 +168,8 @@ fn main() {
     println!("| --- | --- |");
 
     // The heavy-tailed mix.
-    let mut g = Gen {
-        rng: ChaCha8Rng::seed_from_u64(42),
-        n: 0,
-    };
     let total = accounts + extra;
-    let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let account = if i < accounts {
-            i
-        } else {
-            // Zipf-like: a^(u^3) puts most of the extra volume on a few accounts.
-            let u: f64 = g.rng.random();
-            ((accounts as f64).powf(u * u * u) as u64).saturating_sub(1)
-        };
-        let range = xxhash_rust::xxh3::xxh3_64(&account.to_le_bytes()) % ranges;
-        let ts = T0 + (i as i64 * SPAN_MS) / total as i64;
-        payloads.push(g.event(account, range, ts));
-    }
+    let payloads = mix(accounts, extra, ranges, T0, 42);
     let bytes: usize = payloads.iter().map(Vec::len).sum();
     let rss_before = rss_bytes();
     let config = CoreConfig {
@@ -166,7 +177,7 @@ fn main() {
         ..CoreConfig::default()
     };
     let mut processor = Processor::new(&rules, config.clone());
-    let (secs, alerts) = run(&mut processor, &payloads, |_, _| {});
+    let (secs, alerts) = run(&mut processor, &payloads, T0 + SPAN_MS, |_, _| {});
     let rss_after = rss_bytes();
     let stats = processor.table_stats();
     let keys: u64 = stats.iter().map(|s| s.keys).sum();
@@ -213,7 +224,7 @@ fn main() {
     let mut rates = vec![total as f64 / secs];
     for _ in 1..runs {
         let mut again = Processor::new(&rules, config.clone());
-        let (secs, _) = run(&mut again, &payloads, |_, _| {});
+        let (secs, _) = run(&mut again, &payloads, T0 + SPAN_MS, |_, _| {});
         rates.push(total as f64 / secs);
     }
     drop(payloads);
@@ -314,7 +325,7 @@ fn main() {
                     g.event(a, ip, ts)
                 })
                 .collect();
-            let (secs, _) = run(&mut processor, &payloads, |p, _| {
+            let (secs, _) = run(&mut processor, &payloads, T0 + SPAN_MS, |p, _| {
                 peak_keys = peak_keys.max(p.live_keys())
             });
             elapsed += secs;
@@ -344,6 +355,21 @@ fn main() {
                 mb(rss_samples[half..].iter().copied().min().unwrap_or(0)),
                 mb(rss_samples[half..].iter().copied().max().unwrap_or(0))
             ),
+        );
+    }
+    // Steady state, last (it holds two hours of state, and the flood's resident memory above
+    // is measured in the same process): the mix's next hour through a processor that has seen
+    // the first, so keys exist and their windows slide and expire.
+    {
+        let first = mix(accounts, extra, ranges, T0, 42);
+        let mut steady = Processor::new(&rules, config);
+        run(&mut steady, &first, T0 + SPAN_MS, |_, _| {});
+        drop(first);
+        let second = mix(accounts, extra, ranges, T0 + SPAN_MS, 43);
+        let (secs, alerts) = run(&mut steady, &second, T0 + 2 * SPAN_MS, |_, _| {});
+        row(
+            "mix, second hour (keys exist, windows slide): events/s (one thread)",
+            format!("{:.0} ({alerts} alerts)", total as f64 / secs),
         );
     }
     if let Some(path) = arg_str("--json") {
