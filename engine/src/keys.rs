@@ -131,10 +131,24 @@ impl KeyTable {
         if self.index.capacity() > 64 && self.index.len() < self.index.capacity() / 4 {
             self.index.shrink_to_fit();
         }
-        if self.index.is_empty() {
-            // Nothing live: give the slots back too.
-            *self = Self::default();
+        if self.states.len() > 64 && self.index.len() < self.states.len() / 4 {
+            self.compact();
         }
+    }
+
+    /// Moves the live states to the front of a right-sized vector and renumbers their slots,
+    /// so that a table that shrank (a flood evicted, idle keys expired) gives the memory back.
+    /// Slots are only held within a batch, and keys are dropped between batches.
+    fn compact(&mut self) {
+        let mut states = Vec::with_capacity(self.index.len());
+        for slot in self.index.values_mut() {
+            if let Some(s) = self.states.get_mut(*slot as usize) {
+                *slot = Slot::try_from(states.len()).unwrap_or(Slot::MAX);
+                states.push(std::mem::take(s));
+            }
+        }
+        self.states = states;
+        self.free = Vec::new();
     }
 
     /// Estimated bytes held: the index, every slot (live or free) and the states' heap.
@@ -213,6 +227,31 @@ mod tests {
             "reused slots start empty"
         );
         assert!(t.get_mut(2).is_some());
+    }
+
+    #[test]
+    fn a_table_that_shrinks_gives_its_slots_back_and_keeps_its_keys() {
+        let mut t = KeyTable::default();
+        for k in 0..1000u64 {
+            let (slot, _) = t.slot_or_insert(k);
+            if let Some(s) = t.state_mut(slot) {
+                s.touch = k as u32;
+            }
+        }
+        t.retain(|s| s.touch % 10 == 0);
+        assert_eq!(t.len(), 100);
+        assert!(
+            t.states.capacity() < 1000,
+            "compacted: {}",
+            t.states.capacity()
+        );
+        for k in (0..1000u64).step_by(10) {
+            assert_eq!(t.get_mut(k).map(|s| s.touch), Some(k as u32), "key {k}");
+        }
+        assert!(t.get_mut(5).is_none());
+        // New keys take fresh slots after the live ones.
+        let (slot, new) = t.slot_or_insert(5000);
+        assert!(new && slot == 100);
     }
 
     #[test]
