@@ -6,7 +6,8 @@
 //! the processor find every key of a batch first and reach their states in a second pass, so
 //! the loads of different rows overlap instead of waiting one after another; and a state in
 //! the vector saves the allocator's header and rounding a box of it costs (56 bytes in a
-//! 64-byte chunk). A freed slot goes on a free list and is reused by the next new key.
+//! 64-byte chunk). A freed slot goes on a free list and is reused by the next new key; a table
+//! that shrinks below a quarter of its slots compacts them.
 //!
 //! A key is the 64-bit xxh3 hash of the entity value ([`key_of`]), not the value itself: most
 //! keys see a handful of events, and the text is only needed when a rule reads the key, which
