@@ -9,7 +9,7 @@
 //! ([`crate::udf`]). Aggregates belong in `features`, never in expressions.
 
 use crate::diag::{Diagnostic, did_you_mean};
-use crate::rule::{AggKind, ExprSrc, Rule};
+use crate::rule::{AggKind, ExprCheck, ExprSrc, Rule};
 use crate::schema::event_schema;
 use crate::udf::cordon_functions;
 use crate::yaml::Pos;
@@ -307,6 +307,53 @@ impl Compiler {
         (pos, format!("`{}`: {}", src.text, msg.trim()), None)
     }
 
+    /// Compiles what validated of a rule that did not ([`ExprCheck`]), pushing the errors onto
+    /// `diags`: a detection engineer sees an unknown aggregate and a misspelt field in the
+    /// condition in one pass, not one after the other.
+    pub fn check(&self, c: &ExprCheck, diags: &mut Vec<Diagnostic>) {
+        let mut push = |(pos, message, hint): (Pos, String, Option<String>)| {
+            diags.push(Diagnostic {
+                file: c.file.clone(),
+                pos,
+                rule_id: c.rule_id.clone(),
+                message,
+                hint,
+            })
+        };
+        let events = &self.event_schema;
+        if let Some(src) = &c.entity {
+            let _ = self
+                .expr(src, events, "`entity`", Want::Scalar)
+                .map_err(&mut push);
+        }
+        if let Some(src) = &c.filter {
+            let _ = self
+                .expr(src, events, "`where`", Want::Bool)
+                .map_err(&mut push);
+        }
+        for f in &c.features {
+            if let Some(src) = &f.arg {
+                let what = format!("the argument of {} in `{}`", f.agg.as_str(), f.name);
+                let _ = self
+                    .expr(src, events, &what, Want::of_argument(f.agg))
+                    .map_err(&mut push);
+            }
+        }
+        if let Some(src) = &c.condition {
+            let schema = Schema::new(
+                c.feature_names
+                    .iter()
+                    .map(|n| Field::new(n, DataType::Float64, true))
+                    .collect::<Vec<_>>(),
+            );
+            if let Ok(schema) = DFSchema::try_from(schema) {
+                let _ = self
+                    .expr(src, &schema, "`condition`", Want::Bool)
+                    .map_err(&mut push);
+            }
+        }
+    }
+
     /// Compiles a validated rule, pushing every error onto `diags`.
     pub fn compile(&self, rule: Rule, diags: &mut Vec<Diagnostic>) -> Option<CompiledRule> {
         let before = diags.len();
@@ -336,17 +383,7 @@ impl Compiler {
                 None => Some(None),
                 Some(src) => {
                     let what = format!("the argument of {} in `{}`", agg.as_str(), f.name);
-                    let want = match agg {
-                        AggKind::CountIf => Want::Bool,
-                        AggKind::Sum
-                        | AggKind::Avg
-                        | AggKind::Min
-                        | AggKind::Max
-                        | AggKind::Stddev
-                        | AggKind::Quantile => Want::Number,
-                        _ => Want::Scalar,
-                    };
-                    self.expr(src, events, &what, want)
+                    self.expr(src, events, &what, Want::of_argument(agg))
                         .map_err(&mut push)
                         .ok()
                         .map(Some)
@@ -402,6 +439,22 @@ enum Want {
     Bool,
     Number,
     Scalar,
+}
+
+impl Want {
+    /// What the argument of `agg` must be.
+    fn of_argument(agg: AggKind) -> Self {
+        match agg {
+            AggKind::CountIf => Want::Bool,
+            AggKind::Sum
+            | AggKind::Avg
+            | AggKind::Min
+            | AggKind::Max
+            | AggKind::Stddev
+            | AggKind::Quantile => Want::Number,
+            _ => Want::Scalar,
+        }
+    }
 }
 
 /// `... at Line: 1, Column: 7` in a sqlparser message.

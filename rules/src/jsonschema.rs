@@ -169,7 +169,7 @@ mod tests {
                     window: 1h\nevery: 5m\nfeatures: {n: count()}\ncondition: n > 1\n";
         let mut rules = Vec::new();
         let mut diags = Vec::new();
-        crate::load::validate_source("f.yaml", full, &mut rules, &mut diags);
+        crate::load::validate_source("f.yaml", full, &mut rules, &mut Vec::new(), &mut diags);
         assert!(diags.is_empty(), "{diags:?}");
         for key in REQUIRED_KEYS {
             let text: String = full
@@ -178,7 +178,13 @@ mod tests {
                 .map(|l| format!("{l}\n"))
                 .collect();
             let mut diags = Vec::new();
-            crate::load::validate_source("f.yaml", &text, &mut Vec::new(), &mut diags);
+            crate::load::validate_source(
+                "f.yaml",
+                &text,
+                &mut Vec::new(),
+                &mut Vec::new(),
+                &mut diags,
+            );
             assert!(
                 diags
                     .iter()

@@ -2,7 +2,7 @@
 
 use crate::compile::{CompiledRule, Compiler};
 use crate::diag::{Diagnostic, RuleSetError};
-use crate::rule::{Rule, validate_document};
+use crate::rule::{ExprCheck, Rule, validate_document_or_exprs};
 use crate::yaml::{Pos, parse_documents};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -86,13 +86,21 @@ fn io_diag(path: &Path, e: &std::io::Error) -> Diagnostic {
     }
 }
 
-/// Parses and validates one file's text, appending its rules and diagnostics.
-pub fn validate_source(file: &str, text: &str, rules: &mut Vec<Rule>, diags: &mut Vec<Diagnostic>) {
+/// Parses and validates one file's text, appending its rules and diagnostics, and the
+/// expressions of the rules that failed, for [`Compiler::check`].
+pub fn validate_source(
+    file: &str,
+    text: &str,
+    rules: &mut Vec<Rule>,
+    failed: &mut Vec<ExprCheck>,
+    diags: &mut Vec<Diagnostic>,
+) {
     match parse_documents(text) {
         Ok(docs) => {
             for doc in &docs {
-                if let Some(rule) = validate_document(file, text, doc, diags) {
-                    rules.push(rule);
+                match validate_document_or_exprs(file, text, doc, diags) {
+                    Ok(rule) => rules.push(rule),
+                    Err(exprs) => failed.push(*exprs),
                 }
             }
         }
@@ -110,26 +118,38 @@ pub fn validate_source(file: &str, text: &str, rules: &mut Vec<Rule>, diags: &mu
 pub fn load_sources(sources: &[(String, String)]) -> Result<RuleSet, RuleSetError> {
     let mut diags = Vec::new();
     let mut rules = Vec::new();
+    let mut failed = Vec::new();
     for (file, text) in sources {
-        validate_source(file, text, &mut rules, &mut diags);
+        validate_source(file, text, &mut rules, &mut failed, &mut diags);
     }
-    finish(rules, diags)
+    finish(rules, failed, diags)
 }
 
 /// Loads rules from files and directories.
 pub fn load_paths(paths: &[PathBuf]) -> Result<RuleSet, RuleSetError> {
     let mut diags = Vec::new();
     let mut rules = Vec::new();
+    let mut failed = Vec::new();
     for file in rule_files(paths, &mut diags) {
         match std::fs::read_to_string(&file) {
-            Ok(text) => validate_source(&file.display().to_string(), &text, &mut rules, &mut diags),
+            Ok(text) => validate_source(
+                &file.display().to_string(),
+                &text,
+                &mut rules,
+                &mut failed,
+                &mut diags,
+            ),
             Err(e) => diags.push(io_diag(&file, &e)),
         }
     }
-    finish(rules, diags)
+    finish(rules, failed, diags)
 }
 
-fn finish(rules: Vec<Rule>, mut diags: Vec<Diagnostic>) -> Result<RuleSet, RuleSetError> {
+fn finish(
+    rules: Vec<Rule>,
+    failed: Vec<ExprCheck>,
+    mut diags: Vec<Diagnostic>,
+) -> Result<RuleSet, RuleSetError> {
     // Ids are unique across the whole set.
     for (i, r) in rules.iter().enumerate() {
         if let Some(first) = rules[..i].iter().find(|o| o.id == r.id) {
@@ -146,6 +166,9 @@ fn finish(rules: Vec<Rule>, mut diags: Vec<Diagnostic>) -> Result<RuleSet, RuleS
         }
     }
     let compiler = Compiler::new();
+    for exprs in &failed {
+        compiler.check(exprs, &mut diags);
+    }
     let mut set = RuleSet::default();
     for rule in rules {
         let enabled = rule.enabled;

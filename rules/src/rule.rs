@@ -557,6 +557,26 @@ pub fn split_call(text: &str) -> Result<Call<'_>, String> {
     Ok((name, args))
 }
 
+/// The expressions of a rule that failed validation, for the compiler to check anyway
+/// ([`crate::Compiler::check`]): each is `None` where it did not validate itself.
+#[derive(Debug, Clone, Default)]
+pub struct ExprCheck {
+    /// The file.
+    pub file: String,
+    /// The rule's id, when it has one.
+    pub rule_id: Option<String>,
+    /// `entity`.
+    pub entity: Option<ExprSrc>,
+    /// `where`.
+    pub filter: Option<ExprSrc>,
+    /// The features that validated.
+    pub features: Vec<Feature>,
+    /// Every declared feature name (the condition may refer to any of them).
+    pub feature_names: Vec<String>,
+    /// `condition`.
+    pub condition: Option<ExprSrc>,
+}
+
 /// Validates one YAML document as a rule. Returns the rule when the document has no errors,
 /// and pushes every error found onto `diags`.
 pub fn validate_document(
@@ -565,6 +585,16 @@ pub fn validate_document(
     doc: &Node,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Rule> {
+    validate_document_or_exprs(file, source, doc, diags).ok()
+}
+
+/// [`validate_document`], returning on failure what of the rule's expressions validated.
+pub fn validate_document_or_exprs(
+    file: &str,
+    source: &str,
+    doc: &Node,
+    diags: &mut Vec<Diagnostic>,
+) -> Result<Rule, Box<ExprCheck>> {
     let mut cx = Ctx {
         file,
         source,
@@ -581,7 +611,7 @@ pub fn validate_document(
             None,
         );
         diags.append(&mut cx.diags);
-        return None;
+        return Err(Box::default());
     };
     // Find the id first so that every later error names its rule.
     for (k, v) in entries {
@@ -771,13 +801,18 @@ pub fn validate_document(
         None => window,
     };
 
-    let features = match get("features") {
+    let checked = match get("features") {
         Some(n) => validate_features(&mut cx, n),
         None => {
             missing(&mut cx, "features");
             None
         }
     };
+    let (valid_features, declared) = checked
+        .as_ref()
+        .map(|(v, names, _)| (v.clone(), names.clone()))
+        .unwrap_or_default();
+    let features = checked.and_then(|(v, _, ok)| ok.then_some(v));
     let feature_names: Vec<String> = features.iter().flatten().map(|f| f.name.clone()).collect();
     let condition = match get("condition") {
         Some(n) => cx.expr("condition", n),
@@ -810,31 +845,47 @@ pub fn validate_document(
     let ok = cx.diags.is_empty();
     diags.append(&mut cx.diags);
     if !ok {
-        return None;
+        // The rule does not load, but its expressions that did validate are still compiled,
+        // so that their errors show in the same pass as the others.
+        return Err(Box::new(ExprCheck {
+            file: file.to_owned(),
+            rule_id: cx.rule_id.clone(),
+            entity,
+            filter: filter.flatten(),
+            features: valid_features,
+            feature_names: declared,
+            condition,
+        }));
     }
-    Some(Rule {
-        id: id?,
-        version: version?,
-        title: title?,
-        description: description?,
-        severity: severity?,
-        tags: tags?,
-        enabled: enabled?,
-        entity: entity?,
-        filter: filter.flatten(),
-        window: window?,
-        every: every?,
-        features: features?,
-        condition: condition?,
-        suppress: suppress?,
-        evidence: evidence?,
-        tests: tests?,
-        file: file.to_owned(),
-        pos: doc.pos,
-    })
+    let rule = (|| {
+        Some(Rule {
+            id: id?,
+            version: version?,
+            title: title?,
+            description: description?,
+            severity: severity?,
+            tags: tags?,
+            enabled: enabled?,
+            entity: entity?,
+            filter: filter.flatten(),
+            window: window?,
+            every: every?,
+            features: features?,
+            condition: condition?,
+            suppress: suppress?,
+            evidence: evidence?,
+            tests: tests?,
+            file: file.to_owned(),
+            pos: doc.pos,
+        })
+    })();
+    // Every part is present when nothing was reported.
+    rule.ok_or_else(Box::default)
 }
 
-fn validate_features(cx: &mut Ctx<'_>, node: &Node) -> Option<Vec<Feature>> {
+/// The features that validated, every declared name, and whether all validated (`None` when
+/// `features` is not a non-empty mapping).
+fn validate_features(cx: &mut Ctx<'_>, node: &Node) -> Option<(Vec<Feature>, Vec<String>, bool)> {
     let Value::Map(entries) = &node.value else {
         cx.err(
             node.pos,
@@ -856,11 +907,13 @@ fn validate_features(cx: &mut Ctx<'_>, node: &Node) -> Option<Vec<Feature>> {
     }
     let before = cx.diags.len();
     let mut out = Vec::new();
+    let mut names = Vec::new();
     for (k, v) in entries {
         let Some(name) = k.as_str() else {
             cx.err(k.pos, "feature names must be strings", None);
             continue;
         };
+        names.push(name.to_owned());
         if !is_ident(name) {
             cx.err(
                 k.pos,
@@ -930,7 +983,8 @@ fn validate_features(cx: &mut Ctx<'_>, node: &Node) -> Option<Vec<Feature>> {
             pos: k.pos,
         });
     }
-    (cx.diags.len() == before).then_some(out)
+    let ok = cx.diags.len() == before;
+    Some((out, names, ok))
 }
 
 /// The position of byte `off` of `text`, where `text` starts at `start` (newlines move lines).

@@ -372,3 +372,43 @@ fn conditions_yield_the_feature_bounds_they_require() {
     assert!(ge.admits(Some(300.0)) && !ge.admits(Some(299.0)) && !ge.admits(None));
     assert!(!ge.admits(Some(f64::NAN)) && !ge.admits(Some(f64::INFINITY)));
 }
+
+#[test]
+fn expression_errors_show_with_validation_errors_of_the_same_rule() {
+    // Regression: a rule whose feature failed validation was not compiled, so the errors in
+    // its expressions only showed once the feature was fixed.
+    let text = "id: a.bad
+version: 1
+title: bad
+severity: low
+entity: acount_id
+window: 1h
+every: 5m
+features:
+  n: count()
+  s: sum(output_tokns)
+  q: distnct(ip)
+condition: n > 10 AND nope > 3 AND q > 1
+";
+    let errs = errors(text);
+    has(
+        &errs,
+        "r.yaml:11:6: rule a.bad: feature `q`: unknown aggregate `distnct`",
+    );
+    has(
+        &errs,
+        "r.yaml:5:9: rule a.bad: unknown event field `acount_id`",
+    );
+    has(
+        &errs,
+        "r.yaml:10:10: rule a.bad: unknown event field `output_tokns`",
+    );
+    has(&errs, "r.yaml:12:23: rule a.bad: unknown feature `nope`");
+    // `q` is declared, if invalid: the condition may name it without a second error.
+    assert!(
+        !errs.iter().any(|e| e.contains("unknown feature `q`")),
+        "{}",
+        errs.join("\n")
+    );
+    assert_eq!(errs.len(), 4, "{}", errs.join("\n"));
+}
