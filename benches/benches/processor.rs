@@ -207,16 +207,7 @@ fn process(c: &mut Criterion) {
 }
 
 fn run_batch(p: &mut Processor, chunk: &[Vec<u8>], first_offset: i64, now: i64) -> usize {
-    let inputs: Vec<Input<'_>> = chunk
-        .iter()
-        .enumerate()
-        .map(|(i, payload)| Input {
-            partition: 0,
-            offset: first_offset + i as i64,
-            key: None,
-            payload,
-        })
-        .collect();
+    let inputs = Input::sequence(0, first_offset, chunk.iter().map(Vec::as_slice));
     let mut out = Output::default();
     if let Err(e) = p.process(&inputs, now, &mut out) {
         panic!("the shipped pack failed on simulator traffic: {e}");

@@ -286,18 +286,8 @@ pub fn run(rules: &RuleSet, opts: &BacktestOptions) -> anyhow::Result<Report> {
     let mut offset = 0i64;
     for (i, chunk) in chunks.enumerate() {
         now = chunk.iter().filter_map(|m| m.ts).fold(now, i64::max);
-        let inputs: Vec<Input<'_>> = chunk
-            .iter()
-            .map(|m| {
-                offset += 1;
-                Input {
-                    partition: 0,
-                    offset,
-                    key: None,
-                    payload: &m.payload,
-                }
-            })
-            .collect();
+        let inputs = Input::sequence(0, offset + 1, chunk.iter().map(|m| m.payload.as_slice()));
+        offset += chunk.len() as i64;
         let mut out = Output::default();
         processor.process(&inputs, now, &mut out)?;
         report.events += out.stats.events;

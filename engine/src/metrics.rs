@@ -643,16 +643,7 @@ condition: requests >= 1000
         payloads.push(b"{not json".to_vec());
         payloads.push(br#"{"ts":1772359200000,"ip":"192.0.2.77"}"#.to_vec());
         payloads.push(br#"{"ts":1000000000000,"account_id":"a","ip":"192.0.2.77"}"#.to_vec());
-        let inputs: Vec<Input<'_>> = payloads
-            .iter()
-            .enumerate()
-            .map(|(i, payload)| Input {
-                partition: 0,
-                offset: i as i64,
-                key: None,
-                payload,
-            })
-            .collect();
+        let inputs = Input::sequence(0, 0, payloads.iter().map(Vec::as_slice));
         let mut out = Output::default();
         p.process(&inputs, T0 + 60_000, &mut out).expect("process");
         assert_eq!(out.alerts.len(), 1, "{:?}", out.stats);

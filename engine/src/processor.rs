@@ -41,6 +41,27 @@ pub struct Input<'a> {
     pub payload: &'a [u8],
 }
 
+impl<'a> Input<'a> {
+    /// Unkeyed messages of one partition at consecutive offsets from `first_offset`: what a
+    /// file, a fixture or a benchmark feeds the core.
+    pub fn sequence(
+        partition: i32,
+        first_offset: i64,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Vec<Input<'a>> {
+        payloads
+            .into_iter()
+            .zip(first_offset..)
+            .map(|(payload, offset)| Input {
+                partition,
+                offset,
+                key: None,
+                payload,
+            })
+            .collect()
+    }
+}
+
 /// An alert ready for the sink.
 #[derive(Debug, Clone)]
 pub struct AlertRecord {
@@ -1066,18 +1087,8 @@ suppress: 6h
         let mut out = Output::default();
         let mut offset = 0;
         for batch in batches {
-            let inputs: Vec<Input<'_>> = batch
-                .iter()
-                .map(|payload| {
-                    offset += 1;
-                    Input {
-                        partition: 0,
-                        offset,
-                        key: None,
-                        payload,
-                    }
-                })
-                .collect();
+            let inputs = Input::sequence(0, offset + 1, batch.iter().map(Vec::as_slice));
+            offset += batch.len() as i64;
             p.process(&inputs, NOW, &mut out).expect("process");
         }
         out

@@ -97,18 +97,8 @@ fn run(
     let mut alerts = 0;
     let mut offset = 0i64;
     for (i, chunk) in payloads.chunks(BATCH).enumerate() {
-        let inputs: Vec<Input<'_>> = chunk
-            .iter()
-            .map(|p| {
-                offset += 1;
-                Input {
-                    partition: 0,
-                    offset,
-                    key: None,
-                    payload: p,
-                }
-            })
-            .collect();
+        let inputs = Input::sequence(0, offset + 1, chunk.iter().map(Vec::as_slice));
+        offset += chunk.len() as i64;
         let mut out = Output::default();
         if let Err(e) = processor.process(&inputs, now, &mut out) {
             eprintln!("{e}");
