@@ -808,12 +808,14 @@ pub fn validate_document_or_exprs(
             None
         }
     };
-    let (valid_features, declared) = checked
-        .as_ref()
-        .map(|(v, names, _)| (v.clone(), names.clone()))
-        .unwrap_or_default();
-    let features = checked.and_then(|(v, _, ok)| ok.then_some(v));
-    let feature_names: Vec<String> = features.iter().flatten().map(|f| f.name.clone()).collect();
+    let features_ok = checked.as_ref().is_some_and(|(_, _, ok)| *ok);
+    let (features, declared, _) = checked.unwrap_or_default();
+    // Names can only be checked against features that validated.
+    let feature_names: Vec<String> = if features_ok {
+        features.iter().map(|f| f.name.clone()).collect()
+    } else {
+        Vec::new()
+    };
     let condition = match get("condition") {
         Some(n) => cx.expr("condition", n),
         None => {
@@ -823,8 +825,7 @@ pub fn validate_document_or_exprs(
     };
     let evidence = match get("evidence") {
         Some(n) => cx.string_list("evidence", n).inspect(|names| {
-            // Names can only be checked against features that validated.
-            if let (Value::Seq(items), Some(_)) = (&n.value, &features) {
+            if let (Value::Seq(items), true) = (&n.value, features_ok) {
                 for (name, item) in names.iter().zip(items) {
                     if !feature_names.contains(name) {
                         cx.err(
@@ -852,7 +853,7 @@ pub fn validate_document_or_exprs(
             rule_id: cx.rule_id.clone(),
             entity,
             filter: filter.flatten(),
-            features: valid_features,
+            features,
             feature_names: declared,
             condition,
         }));
@@ -870,7 +871,7 @@ pub fn validate_document_or_exprs(
             filter: filter.flatten(),
             window: window?,
             every: every?,
-            features: features?,
+            features,
             condition: condition?,
             suppress: suppress?,
             evidence: evidence?,
