@@ -165,6 +165,31 @@ fn wait_caught_up(broker: &Broker, run: &Run, engine: &mut Engine) {
     );
 }
 
+/// `run` wrote the clean run's alerts, none of them twice, and dead-lettered nothing.
+#[track_caller]
+fn assert_like_clean(
+    broker: &Broker,
+    run: &Run,
+    clean: &BTreeMap<(String, String, String), usize>,
+    what: &str,
+) {
+    let got = alert_keys(&broker.read_topic(&run.topics.alerts));
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{what}: alerts written more than once: {twice:#?}"
+    );
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        clean.keys().collect::<Vec<_>>(),
+        "{what}: alerts differ from the clean run's"
+    );
+    assert!(
+        broker.read_topic(&run.topics.dlq).is_empty(),
+        "{what}: nothing is dead-lettered"
+    );
+}
+
 /// The clean run's alerts over all chunks.
 fn clean_alerts(broker: &Broker) -> BTreeMap<(String, String, String), usize> {
     let run = new_run(broker, "clean", "1s");
@@ -196,19 +221,15 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
     );
 
     let run = new_run(&broker, "crash", "1s");
-    let (input, alerts_topic, dlq) = (
-        run.topics.input.clone(),
-        run.topics.alerts.clone(),
-        run.topics.dlq.clone(),
-    );
+    let (input, alerts_topic) = (&run.topics.input, &run.topics.alerts);
     let chunks = chunks();
-    let alerts_now = || broker.read_topic(&alerts_topic).len();
+    let alerts_now = || broker.read_topic(alerts_topic).len();
 
     // 1. Checkpoints far apart: the engine writes the first chunk's alerts, then dies before
     //    any periodic checkpoint covers them. The restart must replay and not rewrite them.
     let mut slow = run.config.clone();
     slow.checkpoint_interval = "1h".to_owned();
-    produce_chunk(&broker, &input, &chunks[0]);
+    produce_chunk(&broker, input, &chunks[0]);
     let mut engine = Engine::start(&slow.to_yaml());
     wait_until(CATCH_UP_TIMEOUT, "the first chunk's alerts", || {
         engine.assert_running();
@@ -218,7 +239,7 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
 
     // 2. Restart with frequent checkpoints, more input; die once the group has committed all
     //    of it (a crash after a checkpoint).
-    produce_chunk(&broker, &input, &chunks[1]);
+    produce_chunk(&broker, input, &chunks[1]);
     let mut engine = Engine::start(&run.config.to_yaml());
     wait_caught_up(&broker, &run, &mut engine);
     // The first run's alerts were past its only checkpoint: this run read them back.
@@ -238,7 +259,7 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
 
     // 3. The last chunk; die as soon as the engine has taken its partitions over (restored
     //    and read back the alerts), before or while it processes the chunk.
-    produce_chunk(&broker, &input, &chunks[2]);
+    produce_chunk(&broker, input, &chunks[2]);
     let mut engine = Engine::start(&run.config.to_yaml());
     wait_until(
         CATCH_UP_TIMEOUT,
@@ -261,7 +282,7 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
             engine.assert_running();
             alerts_now() > before
                 || broker
-                    .offsets(&run.config.group_id, &input)
+                    .offsets(&run.config.group_id, input)
                     .caught_up()
                     .is_ok()
         },
@@ -273,21 +294,7 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
     wait_caught_up(&broker, &run, &mut engine);
     engine.stop();
 
-    let crashed = alert_keys(&broker.read_topic(&alerts_topic));
-    let twice: Vec<_> = crashed.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "alerts written more than once: {twice:#?}"
-    );
-    assert_eq!(
-        crashed.keys().collect::<Vec<_>>(),
-        clean.keys().collect::<Vec<_>>(),
-        "the crashed run's alerts differ from the clean run's"
-    );
-    assert!(
-        broker.read_topic(&dlq).is_empty(),
-        "nothing is dead-lettered"
-    );
+    assert_like_clean(&broker, &run, &clean, "the crashed run");
 }
 
 #[test]
@@ -302,18 +309,14 @@ fn a_minute_long_broker_outage_loses_nothing() {
     run.config
         .source_properties
         .insert("session.timeout.ms".into(), "120000".into());
-    let (input, alerts_topic, dlq) = (
-        run.topics.input.clone(),
-        run.topics.alerts.clone(),
-        run.topics.dlq.clone(),
-    );
+    let input = &run.topics.input;
     let chunks = chunks();
 
-    produce_chunk(&broker, &input, &chunks[0]);
+    produce_chunk(&broker, input, &chunks[0]);
     let mut engine = Engine::start(&run.config.to_yaml());
     wait_caught_up(&broker, &run, &mut engine);
     // The second chunk goes in and the broker freezes while the engine works on it.
-    produce_chunk(&broker, &input, &chunks[1]);
+    produce_chunk(&broker, input, &chunks[1]);
     broker.pause();
     let frozen = std::time::Instant::now();
     while frozen.elapsed() < OUTAGE {
@@ -321,23 +324,9 @@ fn a_minute_long_broker_outage_loses_nothing() {
         std::thread::sleep(Duration::from_millis(500));
     }
     broker.resume();
-    produce_chunk(&broker, &input, &chunks[2]);
+    produce_chunk(&broker, input, &chunks[2]);
     wait_caught_up(&broker, &run, &mut engine);
     engine.stop();
 
-    let got = alert_keys(&broker.read_topic(&alerts_topic));
-    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "alerts written more than once: {twice:#?}"
-    );
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        clean.keys().collect::<Vec<_>>(),
-        "alerts differ from the clean run's"
-    );
-    assert!(
-        broker.read_topic(&dlq).is_empty(),
-        "nothing is dead-lettered"
-    );
+    assert_like_clean(&broker, &run, &clean, "the run through the outage");
 }

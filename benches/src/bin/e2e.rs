@@ -236,6 +236,18 @@ impl Tansu {
         }
     }
 
+    /// An input topic with `partitions` partitions and one-partition alerts and dead-letter
+    /// topics, unique names from `prefix`: `(input, alerts, dlq)`.
+    fn create_topics(&self, prefix: &str, partitions: i32) -> Result<(String, String, String)> {
+        let input = unique(&format!("{prefix}-requests"));
+        let alerts = unique(&format!("{prefix}-alerts"));
+        let dlq = unique(&format!("{prefix}-dlq"));
+        self.create_topic(&input, partitions)?;
+        self.create_topic(&alerts, 1)?;
+        self.create_topic(&dlq, 1)?;
+        Ok((input, alerts, dlq))
+    }
+
     fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let out = Command::new(&self.bin)
@@ -636,12 +648,7 @@ fn run() -> Result<()> {
     let dir = tempfile::Builder::new().prefix("cordon-e2e-").tempdir()?;
     let tansu = Tansu::start(&tansu_bin, dir.path())?;
     let bootstrap = tansu.bootstrap();
-    let input = unique("bench-requests");
-    let alerts = unique("bench-alerts");
-    let dlq = unique("bench-dlq");
-    tansu.create_topic(&input, partitions)?;
-    tansu.create_topic(&alerts, 1)?;
-    tansu.create_topic(&dlq, 1)?;
+    let (input, alerts, dlq) = tansu.create_topics("bench", partitions)?;
 
     let mut t = Table {
         rows: Vec::new(),
@@ -772,12 +779,7 @@ fn run() -> Result<()> {
     );
 
     // (c) Latency at half of (b)'s rate, on fresh topics and a fresh engine.
-    let lat_in = unique("bench-lat-requests");
-    let lat_alerts = unique("bench-lat-alerts");
-    let lat_dlq = unique("bench-lat-dlq");
-    tansu.create_topic(&lat_in, partitions)?;
-    tansu.create_topic(&lat_alerts, 1)?;
-    tansu.create_topic(&lat_dlq, 1)?;
+    let (lat_in, lat_alerts, lat_dlq) = tansu.create_topics("bench-lat", partitions)?;
     let mut engine = Engine::start(
         &cordon_bin,
         dir.path(),
