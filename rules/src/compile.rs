@@ -58,7 +58,9 @@ pub struct CompiledRule {
     /// Bounds on single features that the condition requires, from its top-level `AND`
     /// conjuncts of the form `feature >= 300` (or `>`, `<`, `<=`, either side): a window whose
     /// feature is outside one of them, or undefined, cannot match, so the engine skips it
-    /// without reading the rest. Most keys are far below a rule's volume threshold.
+    /// without reading the rest. Most keys are far below a rule's volume threshold. Ordered
+    /// by [`crate::AggKind::read_cost`], then as written: a count fails a window before a
+    /// distinct set is merged for it.
     pub bounds: Vec<Bound>,
 }
 
@@ -421,6 +423,11 @@ impl Compiler {
         let condition = condition?;
         let mut bounds = Vec::new();
         condition_bounds(&condition, &mut bounds);
+        bounds.sort_by_key(|b| {
+            features
+                .get(b.feature)
+                .map_or(u8::MAX, |f| f.agg.read_cost())
+        });
         Some(CompiledRule {
             entity: entity?,
             filter: filter.flatten(),

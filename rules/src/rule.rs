@@ -161,6 +161,19 @@ impl AggKind {
         })
     }
 
+    /// Relative cost of reading the aggregate from a window of several panes: a count or
+    /// moments add up numbers, extrema and arrivals fold small records, distinct sets and
+    /// sketches merge sets. The engine checks a rule's bounds cheapest first
+    /// ([`crate::CompiledRule::bounds`]).
+    pub fn read_cost(self) -> u8 {
+        match self {
+            AggKind::Count | AggKind::CountIf => 0,
+            AggKind::Sum | AggKind::Avg | AggKind::Stddev => 1,
+            AggKind::Min | AggKind::Max | AggKind::InterarrivalCv => 2,
+            AggKind::Distinct | AggKind::Quantile | AggKind::TopShare | AggKind::Entropy => 3,
+        }
+    }
+
     /// How many arguments the aggregate takes.
     pub fn arity(self) -> usize {
         match self {

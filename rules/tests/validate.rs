@@ -362,6 +362,15 @@ fn conditions_yield_the_feature_bounds_they_require() {
             b(2, BoundOp::Le, 7.0)
         ]
     );
+    // Cheapest to read first: the count before the distinct set, whatever the order written.
+    assert_eq!(
+        rule("k >= 20 AND m > 1 AND n >= 200"),
+        vec![
+            b(1, BoundOp::Gt, 1.0),
+            b(0, BoundOp::Ge, 200.0),
+            b(2, BoundOp::Ge, 20.0)
+        ]
+    );
     // Under OR or NOT no single conjunct is required.
     assert_eq!(rule("n >= 300 OR k > 10"), vec![]);
     assert_eq!(rule("NOT (n < 300 AND k > 1)"), vec![]);
