@@ -242,8 +242,21 @@ struct Scratch {
     candidates: Vec<Candidates>,
     /// The keys one table's update touched.
     touched: Vec<Touched>,
-    /// Each row's key slot in the table being updated ([`Slot::MAX`]: the row is not counted).
-    row_slots: Vec<Slot>,
+    /// The rows of the table being updated.
+    rows: Rows,
+}
+
+/// One table's view of a batch's rows, rebuilt for each table.
+#[derive(Debug, Default)]
+struct Rows {
+    /// Each row's key slot ([`Slot::MAX`]: the row is not counted).
+    slots: Vec<Slot>,
+    /// Each row's key's place in the batch's touched keys (`u32::MAX`: not counted).
+    keys: Vec<u32>,
+    /// Per touched key: its rows, then where its run starts in `order`.
+    counts: Vec<u32>,
+    /// The counted rows grouped by key (keys in first-touch order), in row order within a key.
+    order: Vec<u32>,
 }
 
 /// One key's window waiting for a rule's condition.
@@ -663,7 +676,7 @@ impl Processor {
                 self.batch_seq,
                 &mut candidates,
                 &mut self.scratch.touched,
-                &mut self.scratch.row_slots,
+                &mut self.scratch.rows,
                 &mut out.stats,
             );
             self.live_keys += added;
@@ -753,7 +766,7 @@ fn update_table(
     batch_seq: u32,
     candidates: &mut [Candidates],
     touched: &mut Vec<Touched>,
-    row_slots: &mut Vec<Slot>,
+    rows: &mut Rows,
     stats: &mut BatchStats,
 ) -> u64 {
     let spec = &plan.tables[t];
@@ -807,6 +820,7 @@ fn update_table(
             .iter()
             .any(|s| s.kind == SlotKind::Count && s.preds.iter().all(|p| cols[*p].flag(row)))
     };
+    let row_slots = &mut rows.slots;
     row_slots.clear();
     for (row, hash) in hashes.iter().enumerate() {
         let slot = match hash {
@@ -820,10 +834,16 @@ fn update_table(
         row_slots.push(slot);
     }
     // First touches, in a loop of their own: the states' loads of different rows overlap too.
+    // Each counted row notes its key's place among the batch's touched keys.
+    let (row_keys, counts) = (&mut rows.keys, &mut rows.counts);
+    row_keys.clear();
+    counts.clear();
     for (row, slot) in row_slots.iter().enumerate() {
-        if let Some(ks) = keys.state_mut(*slot)
-            && ks.touch != batch_seq
-        {
+        let Some(ks) = keys.state_mut(*slot) else {
+            row_keys.push(u32::MAX);
+            continue;
+        };
+        if ks.touch != batch_seq {
             // First event of this key in the batch.
             ks.touch = batch_seq;
             ks.set_batch_slot(touched.len() as u32);
@@ -833,13 +853,32 @@ fn update_table(
                 seen: 0,
                 row,
             });
+            counts.push(0);
+        }
+        let b = ks.batch_slot();
+        counts[b as usize] += 1;
+        row_keys.push(b);
+    }
+    // The rows grouped by key, in row order within a key (a counting sort): pass 2 then meets
+    // a key's state, panes and sets once for all of its rows, not again after other keys' rows
+    // have pushed them out of cache. Each key still sees its events in order.
+    let mut next = 0u32;
+    for c in counts.iter_mut() {
+        (*c, next) = (next, next + *c);
+    }
+    let order = &mut rows.order;
+    order.clear();
+    order.resize(next as usize, 0);
+    for (row, b) in row_keys.iter().enumerate() {
+        if let Some(c) = counts.get_mut(*b as usize) {
+            order[*c as usize] = row as u32;
+            *c += 1;
         }
     }
-    // Pass 2: update the states row by row.
-    for ((row, ts), slot) in times.iter().enumerate().zip(row_slots.iter()) {
-        if *slot == Slot::MAX {
-            continue;
-        }
+    // Pass 2: update the states, key by key.
+    for row in order.iter().map(|r| *r as usize) {
+        let ts = &times[row];
+        let slot = &row_slots[row];
         for (s, input) in spec.slots.iter().zip(inputs.iter_mut()) {
             *input = None;
             if !s.preds.iter().all(|p| cols[*p].flag(row)) {
