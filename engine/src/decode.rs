@@ -19,6 +19,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+mod scan;
+
 /// Why an event was refused. The set is bounded: it labels metrics and dead-letter headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
@@ -107,6 +109,7 @@ impl Rejection {
 }
 
 /// A timestamp as JSON carries it: RFC 3339 text or epoch milliseconds.
+#[derive(Debug, PartialEq)]
 enum Ts<'a> {
     Millis(i64),
     Text(Cow<'a, str>),
@@ -175,6 +178,7 @@ impl<'de> Deserialize<'de> for AttrValue {
     }
 }
 
+#[derive(Debug, PartialEq)]
 struct Attrs<'a>(Vec<(Cow<'a, str>, String)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Attrs<'a> {
@@ -201,8 +205,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Attrs<'a> {
 }
 
 /// The wire form of an event. Every field is optional here so that a missing required field is
-/// reported as `missing_field`, not as a serde error. Unknown fields are ignored.
-#[derive(Deserialize)]
+/// reported as `missing_field`, not as a serde error. Unknown fields are ignored. Most
+/// messages are read by [`scan`], which fills the same struct; serde_json reads the rest.
+#[derive(Deserialize, Default, Debug, PartialEq)]
 struct Wire<'a> {
     #[serde(borrow)]
     ts: Option<Ts<'a>>,
@@ -393,9 +398,12 @@ impl EventBatchBuilder {
                 ),
             ));
         }
-        let wire: Wire<'_> = match serde_json::from_slice(payload) {
-            Ok(w) => w,
-            Err(e) => return Err(classify(payload, &e)),
+        let wire: Wire<'_> = match scan::wire(payload) {
+            Some(w) => w,
+            None => match serde_json::from_slice(payload) {
+                Ok(w) => w,
+                Err(e) => return Err(classify(payload, &e)),
+            },
         };
         let ts = match &wire.ts {
             Some(ts) => parse_ts("ts", ts)?,

@@ -1,0 +1,631 @@
+//! The decoder's fast path: one forward pass over a flat event object, straight into
+//! [`Wire`], without serde's per-field machinery.
+//!
+//! It takes only what it can read without doubt: an object of known and unknown fields whose
+//! keys and strings carry no escape or control character, whose numbers are integers of at
+//! most 18 digits, and whose only nested values are the `labels` array and a flat `attrs`
+//! object. Anything else (an escape, a float, a duplicate field, a nested unknown value, a
+//! wrong type, malformed JSON) makes it give up, and the message goes through serde_json as
+//! before, which decodes it or says exactly what is wrong. So the fast path never decides an
+//! error, and where it decides a success, serde_json decides the same (a property test
+//! checks that property on generated and damaged messages, below).
+//!
+//! Why hand-written: serde_json spends 1.1-1.2 µs on a 492-byte simulator event (the decode
+//! bench), more than the engine's whole per-event budget of 1 µs; sonic-rs was slower without
+//! host CPU flags (README, Performance).
+
+use super::{Attrs, Ts, Wire};
+use std::borrow::Cow;
+
+/// `payload` as a [`Wire`], or `None` when the fast path does not take it (see the module
+/// doc): the caller then parses it with serde_json.
+pub(super) fn wire(payload: &[u8]) -> Option<Wire<'_>> {
+    // Checked once for the whole message: every string is then a slice of valid text.
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut s = Scanner {
+        text,
+        b: payload,
+        i: 0,
+    };
+    let mut w = Wire::default();
+    let mut seen = 0u32;
+    s.ws();
+    s.eat(b'{')?;
+    s.ws();
+    if !s.eat_if(b'}') {
+        loop {
+            let key = s.key()?;
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            let field = field_index(key);
+            if let Some(f) = field {
+                // serde's derive refuses a field given twice.
+                let bit = 1u32 << f;
+                if seen & bit != 0 {
+                    return None;
+                }
+                seen |= bit;
+                s.field(f, &mut w)?;
+            } else {
+                s.skip_scalar()?;
+            }
+            s.ws();
+            if s.eat_if(b',') {
+                s.ws();
+                continue;
+            }
+            s.eat(b'}')?;
+            break;
+        }
+    }
+    s.ws();
+    (s.i == s.b.len()).then_some(w)
+}
+
+/// The index of a [`Wire`] field, in the order [`Scanner::field`] dispatches on.
+fn field_index(key: &[u8]) -> Option<usize> {
+    Some(match key {
+        b"ts" => 0,
+        b"account_id" => 1,
+        b"ip" => 2,
+        b"request_id" => 3,
+        b"org_id" => 4,
+        b"api_key_id" => 5,
+        b"user_agent" => 6,
+        b"client_fp" => 7,
+        b"model" => 8,
+        b"endpoint" => 9,
+        b"prompt_fp" => 10,
+        b"template_fp" => 11,
+        b"prompt_simhash" => 12,
+        b"payment_fp" => 13,
+        b"country" => 14,
+        b"status" => 15,
+        b"input_tokens" => 16,
+        b"output_tokens" => 17,
+        b"reasoning_tokens" => 18,
+        b"max_tokens" => 19,
+        b"latency_ms" => 20,
+        b"asn" => 21,
+        b"labels" => 22,
+        b"account_created" => 23,
+        b"attrs" => 24,
+        b"prompt" => 25,
+        _ => return None,
+    })
+}
+
+/// A mark (0x80) on each byte of `word` (little-endian) that is a quote, a backslash or a
+/// control character. The lowest mark is exact; marks above it may be spurious (a borrow), so
+/// only the first is used.
+fn special(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    zero_byte(word ^ (ONES * u64::from(b'"')))
+        | zero_byte(word ^ (ONES * u64::from(b'\\')))
+        | below_space
+}
+
+struct Scanner<'a> {
+    /// The message, valid UTF-8.
+    text: &'a str,
+    /// The same, as bytes.
+    b: &'a [u8],
+    i: usize,
+}
+
+/// A JSON value the fast path reads in a field's place.
+enum Scalar<'a> {
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+    Null,
+}
+
+impl<'a> Scanner<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    /// Skips JSON whitespace.
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        self.eat_if(c).then_some(())
+    }
+
+    fn eat_if(&mut self, c: u8) -> bool {
+        let hit = self.peek() == Some(c);
+        self.i += usize::from(hit);
+        hit
+    }
+
+    fn lit(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.i + word.len();
+        (self.b.get(self.i..end)? == word).then(|| self.i = end)
+    }
+
+    /// A string's text, without the quotes; gives up at an escape or a control character
+    /// (serde_json refuses a raw control character in a string).
+    fn str(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        // Eight bytes at a time to the first quote, backslash or control character.
+        let mut end = start;
+        while let Some(chunk) = self.b.get(end..end + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            let hits = special(u64::from_le_bytes(word));
+            if hits != 0 {
+                end += hits.trailing_zeros() as usize / 8;
+                break;
+            }
+            end += 8;
+        }
+        if self.b.get(end..end + 8).is_none() {
+            end += self
+                .b
+                .get(end..)?
+                .iter()
+                .position(|c| matches!(c, b'"' | b'\\' | 0..=0x1f))?;
+        }
+        if self.b[end] != b'"' {
+            return None;
+        }
+        self.i = end + 1;
+        self.text.get(start..end)
+    }
+
+    /// A key, known or not.
+    fn key(&mut self) -> Option<&'a [u8]> {
+        self.str().map(str::as_bytes)
+    }
+
+    /// An integer as JSON writes it (`-?(0|[1-9][0-9]*)`, at most 18 digits, so it fits an
+    /// `i64`); gives up at a fraction or an exponent, and at `-0`, which serde_json reads as
+    /// the float -0.0.
+    fn int(&mut self) -> Option<i64> {
+        let neg = self.eat_if(b'-');
+        let start = self.i;
+        let mut v: i64 = 0;
+        while let Some(d @ b'0'..=b'9') = self.peek() {
+            if self.i - start == 18 {
+                return None;
+            }
+            v = v * 10 + i64::from(d - b'0');
+            self.i += 1;
+        }
+        let digits = self.i - start;
+        if digits == 0 || (digits > 1 && self.b[start] == b'0') || (neg && v == 0) {
+            return None;
+        }
+        if let Some(b'.' | b'e' | b'E') = self.peek() {
+            return None;
+        }
+        Some(if neg { -v } else { v })
+    }
+
+    fn scalar(&mut self) -> Option<Scalar<'a>> {
+        Some(match self.peek()? {
+            b'"' => Scalar::Str(self.str()?),
+            b'-' | b'0'..=b'9' => Scalar::Int(self.int()?),
+            b't' => {
+                self.lit(b"true")?;
+                Scalar::Bool(true)
+            }
+            b'f' => {
+                self.lit(b"false")?;
+                Scalar::Bool(false)
+            }
+            b'n' => {
+                self.lit(b"null")?;
+                Scalar::Null
+            }
+            _ => return None,
+        })
+    }
+
+    /// An unknown field's value: any scalar (nested values go to serde).
+    fn skip_scalar(&mut self) -> Option<()> {
+        self.scalar().map(|_| ())
+    }
+
+    fn opt_str(&mut self) -> Option<Option<Cow<'a, str>>> {
+        match self.scalar()? {
+            Scalar::Str(s) => Some(Some(Cow::Borrowed(s))),
+            Scalar::Null => Some(None),
+            _ => None,
+        }
+    }
+
+    fn opt_int(&mut self) -> Option<Option<i64>> {
+        match self.scalar()? {
+            Scalar::Int(v) => Some(Some(v)),
+            Scalar::Null => Some(None),
+            _ => None,
+        }
+    }
+
+    fn opt_ts(&mut self) -> Option<Option<Ts<'a>>> {
+        match self.scalar()? {
+            Scalar::Str(s) => Some(Some(Ts::Text(Cow::Borrowed(s)))),
+            Scalar::Int(v) => Some(Some(Ts::Millis(v))),
+            Scalar::Null => Some(None),
+            Scalar::Bool(_) => None,
+        }
+    }
+
+    /// `labels`: null or an array of strings.
+    fn labels(&mut self) -> Option<Option<Vec<Cow<'a, str>>>> {
+        if self.peek()? == b'n' {
+            self.lit(b"null")?;
+            return Some(None);
+        }
+        self.eat(b'[')?;
+        let mut out = Vec::new();
+        self.ws();
+        if self.eat_if(b']') {
+            return Some(Some(out));
+        }
+        loop {
+            self.ws();
+            out.push(Cow::Borrowed(self.str()?));
+            self.ws();
+            if !self.eat_if(b',') {
+                self.eat(b']')?;
+                return Some(Some(out));
+            }
+        }
+    }
+
+    /// `attrs`: null or an object of string, integer, boolean or null values (null ones
+    /// dropped, as [`super::AttrValue`] does).
+    fn attrs(&mut self) -> Option<Option<Attrs<'a>>> {
+        if self.peek()? == b'n' {
+            self.lit(b"null")?;
+            return Some(None);
+        }
+        self.eat(b'{')?;
+        let mut out = Vec::new();
+        self.ws();
+        if self.eat_if(b'}') {
+            return Some(Some(Attrs(out)));
+        }
+        loop {
+            self.ws();
+            let key = self.str()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            let v = match self.scalar()? {
+                Scalar::Str(s) => Some(s.to_owned()),
+                Scalar::Int(v) => Some(v.to_string()),
+                Scalar::Bool(v) => Some(v.to_string()),
+                Scalar::Null => None,
+            };
+            if let Some(v) = v {
+                out.push((Cow::Borrowed(key), v));
+            }
+            self.ws();
+            if !self.eat_if(b',') {
+                self.eat(b'}')?;
+                return Some(Some(Attrs(out)));
+            }
+        }
+    }
+
+    /// Reads field `f` (an index into [`FIELDS`]) into `w`.
+    fn field(&mut self, f: usize, w: &mut Wire<'a>) -> Option<()> {
+        match f {
+            0 => w.ts = self.opt_ts()?,
+            1 => w.account_id = self.opt_str()?,
+            2 => w.ip = self.opt_str()?,
+            3 => w.request_id = self.opt_str()?,
+            4 => w.org_id = self.opt_str()?,
+            5 => w.api_key_id = self.opt_str()?,
+            6 => w.user_agent = self.opt_str()?,
+            7 => w.client_fp = self.opt_str()?,
+            8 => w.model = self.opt_str()?,
+            9 => w.endpoint = self.opt_str()?,
+            10 => w.prompt_fp = self.opt_str()?,
+            11 => w.template_fp = self.opt_str()?,
+            12 => w.prompt_simhash = self.opt_str()?,
+            13 => w.payment_fp = self.opt_str()?,
+            14 => w.country = self.opt_str()?,
+            15 => w.status = self.opt_int()?,
+            16 => w.input_tokens = self.opt_int()?,
+            17 => w.output_tokens = self.opt_int()?,
+            18 => w.reasoning_tokens = self.opt_int()?,
+            19 => w.max_tokens = self.opt_int()?,
+            20 => w.latency_ms = self.opt_int()?,
+            21 => w.asn = self.opt_int()?,
+            22 => w.labels = self.labels()?,
+            23 => w.account_created = self.opt_ts()?,
+            24 => w.attrs = self.attrs()?,
+            25 => w.prompt = self.opt_str()?,
+            _ => return None,
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What serde_json makes of `payload` (the slow path).
+    fn serde(payload: &[u8]) -> Option<Wire<'_>> {
+        serde_json::from_slice(payload).ok()
+    }
+
+    /// The property the decoder relies on: what the fast path takes, serde_json takes, with the
+    /// same values.
+    fn agrees(payload: &[u8]) -> Result<(), TestCaseError> {
+        if let Some(fast) = wire(payload) {
+            let slow = serde(payload);
+            prop_assert_eq!(
+                Some(fast),
+                slow,
+                "payload {:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn takes_the_simulators_events() {
+        use crate::simulate::{SimOptions, Simulation};
+        let mut sim = Simulation::new(SimOptions {
+            seed: 5,
+            benign_accounts: 2_000,
+            ..SimOptions::default()
+        });
+        let events = sim.hour(0);
+        assert!(events.len() > 1_000, "{} events", events.len());
+        for event in &events {
+            let payload = serde_json::to_vec(event).expect("serializes");
+            let fast = wire(&payload);
+            assert!(fast.is_some(), "{}", String::from_utf8_lossy(&payload));
+            assert_eq!(fast, serde(&payload));
+        }
+    }
+
+    #[test]
+    fn the_first_mark_is_the_first_special_byte() {
+        let is_special = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
+        for at in 0..8 {
+            for c in 0..=255u8 {
+                for after in [b'a', b'"', 0x01, 0xff] {
+                    let mut word = [b'a'; 8];
+                    word[at] = c;
+                    if at + 1 < 8 {
+                        word[at + 1] = after;
+                    }
+                    let want = word.iter().position(|b| is_special(*b));
+                    let marks = special(u64::from_le_bytes(word));
+                    let got = (marks != 0).then(|| marks.trailing_zeros() as usize / 8);
+                    assert_eq!(got, want, "{word:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gives_up_where_serde_must_decide() {
+        for payload in [
+            // Escapes, in a value and in a key.
+            r#"{"ts":1,"account_id":"a\"b","ip":"1.2.3.4"}"#,
+            r#"{"t\u0073":1}"#,
+            // Numbers serde_json reads as floats, or refuses.
+            r#"{"ts":1.5}"#,
+            r#"{"ts":1e3}"#,
+            r#"{"status":-0}"#,
+            r#"{"status":01}"#,
+            r#"{"status":1234567890123456789}"#,
+            // A field twice, nested unknown values, wrong types.
+            r#"{"ts":1,"ts":2}"#,
+            r#"{"extra":{"x":1}}"#,
+            r#"{"extra":[1]}"#,
+            r#"{"status":"200"}"#,
+            r#"{"account_id":7}"#,
+            r#"{"labels":["a",1]}"#,
+            r#"{"attrs":{"f":1.5}}"#,
+            // Malformed.
+            r#"{"ts":1,}"#,
+            r#"{"ts":1} x"#,
+            r#"["ts"]"#,
+            "{\"ip\":\"1.2.3.4\u{1}\"}",
+            "",
+        ] {
+            assert!(wire(payload.as_bytes()).is_none(), "{payload}");
+        }
+        // Invalid UTF-8 in an unknown field's value or key.
+        assert!(wire(b"{\"x\":\"\xff\"}").is_none());
+        assert!(wire(b"{\"\xff\":1}").is_none());
+    }
+
+    #[test]
+    fn reads_what_it_takes_like_serde() {
+        for payload in [
+            "{}",
+            " { } \n",
+            r#"{"ts":"2026-03-01T10:00:00Z","account_id":"a","ip":"::1","status":null}"#,
+            r#"{ "ts" : -5 , "labels" : [ ] , "attrs" : { } , "x" : true , "y" : null }"#,
+            r#"{"labels":null,"attrs":null,"account_created":1772000000000}"#,
+            r#"{"attrs":{"tier":"pro","n":-3,"b":false,"skip":null,"tier":"x"}}"#,
+            r#"{"account_id":"日本語","country":"é","status":123456789012345678}"#,
+        ] {
+            let fast = wire(payload.as_bytes());
+            assert!(fast.is_some(), "{payload}");
+            assert_eq!(fast, serde(payload.as_bytes()), "{payload}");
+        }
+    }
+
+    const KEYS: &[&str] = &[
+        "ts",
+        "account_id",
+        "ip",
+        "status",
+        "labels",
+        "attrs",
+        "account_created",
+        "prompt_simhash",
+        "asn",
+        "extra",
+        "t\\u0073",
+        "\u{e9}t\u{e9}",
+    ];
+
+    fn value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            "[a-zA-Z0-9 ._:-]{0,12}".prop_map(|s| format!("\"{s}\"")),
+            prop::sample::select(vec![
+                "\"caf\u{e9}\"",
+                "\"a\\\"b\"",
+                "\"\\u00e9\"",
+                "\"tab\\tx\"",
+                "\"raw\u{1}ctl\"",
+                "\"2026-03-01T10:00:00Z\"",
+            ])
+            .prop_map(str::to_owned),
+            any::<i64>().prop_map(|v| v.to_string()),
+            (-1000i64..1000).prop_map(|v| v.to_string()),
+            prop::sample::select(vec![
+                "-0",
+                "01",
+                "1.5",
+                "-0.0",
+                "1e3",
+                "123456789012345678",
+                "1234567890123456789",
+                "18446744073709551616",
+                "true",
+                "false",
+                "null",
+                "-",
+            ])
+            .prop_map(str::to_owned),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec((prop::sample::select(KEYS), inner), 0..4).prop_map(|v| {
+                    let fields: Vec<String> =
+                        v.iter().map(|(k, x)| format!("\"{k}\":{x}")).collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            ]
+        })
+    }
+
+    /// A string with, now and then, an escape, a non-ASCII character or a control character.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "[a-zA-Z0-9 ._:-]{0,12}".prop_map(|s| format!("\"{s}\"")),
+            1 => prop::sample::select(vec![
+                "\"caf\u{e9}\"",
+                "\"a\\\"b\"",
+                "\"\\u00e9\"",
+                "\"raw\u{1}ctl\"",
+            ])
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    /// A value of the type the field `key` takes, mostly, or anything.
+    fn field_value(key: &'static str) -> BoxedStrategy<String> {
+        let int = prop_oneof![
+            4 => (-1_000_000i64..1_000_000).prop_map(|v| v.to_string()),
+            1 => prop::sample::select(vec!["-0", "1.0", "1234567890123456789", "null"])
+                .prop_map(str::to_owned),
+        ];
+        let typed = match key {
+            "ts" | "account_created" => prop_oneof![
+                (1_000_000_000_000i64..2_000_000_000_000).prop_map(|v| v.to_string()),
+                Just("\"2026-03-01T10:00:00Z\"".to_owned()),
+            ]
+            .boxed(),
+            "status" | "asn" => int.boxed(),
+            "labels" => prop::collection::vec(text(), 0..3)
+                .prop_map(|v| format!("[{}]", v.join(",")))
+                .boxed(),
+            "attrs" => prop::collection::vec((text(), prop_oneof![text(), int.clone()]), 0..3)
+                .prop_map(|v| {
+                    let kv: Vec<String> = v.iter().map(|(k, x)| format!("{k}:{x}")).collect();
+                    format!("{{{}}}", kv.join(","))
+                })
+                .boxed(),
+            _ => text().boxed(),
+        };
+        prop_oneof![4 => typed, 1 => value()].boxed()
+    }
+
+    fn object() -> impl Strategy<Value = String> {
+        let ws = prop::sample::select(vec!["", "", " ", "\n\t "]);
+        let field = prop::sample::select(KEYS).prop_flat_map(|k| (Just(k), field_value(k)));
+        prop::collection::vec((field, ws), 0..8).prop_map(|fields| {
+            let body: Vec<String> = fields
+                .iter()
+                .map(|((k, v), w)| format!("{w}\"{k}\"{w}:{w}{v}{w}"))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        })
+    }
+
+    #[test]
+    fn the_generated_messages_reach_both_paths() {
+        // Guards the properties below against passing vacuously: among the generated
+        // messages, the fast path takes many and gives many to serde, and serde refuses some.
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut fast, mut slow, mut refused) = (0, 0, 0);
+        for _ in 0..1_000 {
+            let payload = object().new_tree(&mut runner).expect("generates").current();
+            match (wire(payload.as_bytes()), serde(payload.as_bytes())) {
+                (Some(_), _) => fast += 1,
+                (None, Some(_)) => slow += 1,
+                (None, None) => refused += 1,
+            }
+        }
+        assert!(
+            fast >= 100 && slow >= 100 && refused >= 100,
+            "{fast} {slow} {refused}"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn what_the_fast_path_takes_serde_takes_alike(payload in object()) {
+            agrees(payload.as_bytes())?;
+        }
+
+        #[test]
+        fn damaged_messages_are_never_taken_unlike_serde(
+            payload in object(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cut in any::<bool>(),
+        ) {
+            let mut bytes = payload.into_bytes();
+            let i = at.index(bytes.len() + 1);
+            if cut {
+                bytes.truncate(i);
+            } else {
+                bytes.insert(i, byte);
+            }
+            agrees(&bytes)?;
+        }
+    }
+}
