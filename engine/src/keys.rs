@@ -73,9 +73,12 @@ impl KeyTable {
 
     /// The slot of `key`, adding the key with an empty state if it is new (then `true`).
     pub fn slot_or_insert(&mut self, key: u64) -> (Slot, bool) {
-        if let Some(slot) = self.index.get(&key) {
-            return (*slot, false);
-        }
+        use std::collections::hash_map::Entry;
+        // One probe of the index for both the lookup and the insertion.
+        let vacant = match self.index.entry(key) {
+            Entry::Occupied(e) => return (*e.get(), false),
+            Entry::Vacant(v) => v,
+        };
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -84,7 +87,7 @@ impl KeyTable {
                 Slot::try_from(self.states.len() - 1).unwrap_or(Slot::MAX)
             }
         };
-        self.index.insert(key, slot);
+        vacant.insert(slot);
         (slot, true)
     }
 
