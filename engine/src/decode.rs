@@ -553,6 +553,15 @@ impl EventBatchBuilder {
         Ok(())
     }
 
+    /// Hands back the event times [`finish`](Self::finish) returned, so that the next batch
+    /// fills the same vector.
+    pub fn recycle(&mut self, mut times: Vec<i64>) {
+        if self.times.is_empty() && times.capacity() > self.times.capacity() {
+            times.clear();
+            self.times = times;
+        }
+    }
+
     /// The rows appended so far as a record batch; the builder is empty afterwards.
     pub fn finish(&mut self) -> (RecordBatch, Vec<i64>) {
         let mut columns: Vec<ArrayRef> = vec![

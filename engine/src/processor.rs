@@ -244,6 +244,9 @@ struct Scratch {
     touched: Vec<Touched>,
     /// The rows of the table being updated.
     rows: Rows,
+    /// Entity hash columns of the last batch, for the next one's text columns. Taken fresh
+    /// each batch, they landed in new pages whenever new keys had taken the freed ones.
+    hashes: Vec<Vec<Option<u64>>>,
 }
 
 /// One table's view of a batch's rows, rebuilt for each table.
@@ -658,7 +661,7 @@ impl Processor {
         }
         let (batch, times) = self.builder.finish();
         out.stats.events += times.len() as u64;
-        let cols = evaluate_columns(&self.plan, &batch)?;
+        let cols = evaluate_columns(&self.plan, &batch, &mut self.scratch.hashes)?;
         let mut candidates = std::mem::take(&mut self.scratch.candidates);
         candidates.resize_with(rules, Candidates::default);
         for c in &mut candidates {
@@ -708,6 +711,13 @@ impl Processor {
             )
         });
         self.scratch.candidates = candidates;
+        self.builder.recycle(times);
+        self.scratch
+            .hashes
+            .extend(cols.into_iter().filter_map(|c| match c {
+                Col::Text(_, hashes) => Some(hashes),
+                _ => None,
+            }));
         result
     }
 }
@@ -720,8 +730,13 @@ fn eval_err(what: &'static str, text: &str, e: DataFusionError) -> ProcessError 
     }
 }
 
-/// Evaluates every planned expression once over the batch.
-fn evaluate_columns(plan: &Plan, batch: &RecordBatch) -> Result<Vec<Col>, ProcessError> {
+/// Evaluates every planned expression once over the batch; text columns' hashes go into
+/// vectors from `pool`.
+fn evaluate_columns(
+    plan: &Plan,
+    batch: &RecordBatch,
+    pool: &mut Vec<Vec<Option<u64>>>,
+) -> Result<Vec<Col>, ProcessError> {
     plan.exprs
         .iter()
         .map(|e| {
@@ -744,9 +759,9 @@ fn evaluate_columns(plan: &Plan, batch: &RecordBatch) -> Result<Vec<Col>, Proces
                 Conv::Number => Col::Number(cast_to(&DataType::Float64)?.as_primitive().clone()),
                 Conv::Text => {
                     let s = cast_to(&DataType::Utf8)?.as_string::<i32>().clone();
-                    let hashes = (0..s.len())
-                        .map(|i| s.is_valid(i).then(|| key_of(s.value(i))))
-                        .collect();
+                    let mut hashes = pool.pop().unwrap_or_default();
+                    hashes.clear();
+                    hashes.extend((0..s.len()).map(|i| s.is_valid(i).then(|| key_of(s.value(i)))));
                     Col::Text(s, hashes)
                 }
             })
