@@ -1,7 +1,8 @@
 //! Event decoding: Kafka message bytes to Arrow record batches of event schema v1.
 //!
-//! Each message is parsed once with serde into a borrowed struct, checked, and appended to
-//! column builders; a message that fails any check becomes a
+//! Each message is parsed once into a borrowed struct (by a fast path, `decode/scan.rs`, when
+//! it takes the message, else by serde_json, which also decides every error), checked, and
+//! appended to column builders; a message that fails any check becomes a
 //! [`DeadLetter`](crate::processor::DeadLetter) with a reason from a bounded set and never stops
 //! the batch. Raw prompt text is turned into fingerprints here and goes no further: it is not
 //! stored, logged or emitted, and it is redacted from dead letters.

@@ -5,7 +5,7 @@
 //! keys and strings carry no escape or control character, whose numbers are integers of at
 //! most 18 digits, and whose only nested values are the `labels` array and a flat `attrs`
 //! object. Anything else (an escape, a float, a duplicate field, a nested unknown value, a
-//! wrong type, malformed JSON) makes it give up, and the message goes through serde_json as
+//! wrong type, bytes that are not UTF-8, malformed JSON) makes it give up, and the message goes through serde_json as
 //! before, which decodes it or says exactly what is wrong. So the fast path never decides an
 //! error, and where it decides a success, serde_json decides the same (a property test
 //! checks that property on generated and damaged messages, below).
