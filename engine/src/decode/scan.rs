@@ -262,63 +262,57 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// `labels`: null or an array of strings.
-    fn labels(&mut self) -> Option<Option<Vec<Cow<'a, str>>>> {
+    /// Null, or a run of items between `open` and `close` separated by commas: `item` reads
+    /// one (`Some(None)` reads one and drops it).
+    fn seq<T>(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<Option<T>>,
+    ) -> Option<Option<Vec<T>>> {
         if self.peek()? == b'n' {
             self.lit(b"null")?;
             return Some(None);
         }
-        self.eat(b'[')?;
+        self.eat(open)?;
         let mut out = Vec::new();
         self.ws();
-        if self.eat_if(b']') {
+        if self.eat_if(close) {
             return Some(Some(out));
         }
         loop {
             self.ws();
-            out.push(Cow::Borrowed(self.str()?));
+            out.extend(item(self)?);
             self.ws();
             if !self.eat_if(b',') {
-                self.eat(b']')?;
+                self.eat(close)?;
                 return Some(Some(out));
             }
         }
     }
 
+    /// `labels`: null or an array of strings.
+    fn labels(&mut self) -> Option<Option<Vec<Cow<'a, str>>>> {
+        self.seq(b'[', b']', |s| s.str().map(|l| Some(Cow::Borrowed(l))))
+    }
+
     /// `attrs`: null or an object of string, integer, boolean or null values (null ones
     /// dropped, as [`super::AttrValue`] does).
     fn attrs(&mut self) -> Option<Option<Attrs<'a>>> {
-        if self.peek()? == b'n' {
-            self.lit(b"null")?;
-            return Some(None);
-        }
-        self.eat(b'{')?;
-        let mut out = Vec::new();
-        self.ws();
-        if self.eat_if(b'}') {
-            return Some(Some(Attrs(out)));
-        }
-        loop {
-            self.ws();
-            let key = self.str()?;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
-            let v = match self.scalar()? {
-                Scalar::Str(s) => Some(s.to_owned()),
+        let pairs = self.seq(b'{', b'}', |s| {
+            let key = s.str()?;
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            let value = match s.scalar()? {
+                Scalar::Str(v) => Some(v.to_owned()),
                 Scalar::Int(v) => Some(v.to_string()),
                 Scalar::Bool(v) => Some(v.to_string()),
                 Scalar::Null => None,
             };
-            if let Some(v) = v {
-                out.push((Cow::Borrowed(key), v));
-            }
-            self.ws();
-            if !self.eat_if(b',') {
-                self.eat(b'}')?;
-                return Some(Some(Attrs(out)));
-            }
-        }
+            Some(value.map(|v| (Cow::Borrowed(key), v)))
+        })?;
+        Some(pairs.map(Attrs))
     }
 
     /// Reads field `f` (an index into [`FIELDS`]) into `w`.
