@@ -553,9 +553,9 @@ mod tests {
             param: 0.0,
         },
     ];
-    const T0: i64 = 1_772_359_200_000;
+    pub(super) const T0: i64 = 1_772_359_200_000;
 
-    fn ev(
+    pub(super) fn ev(
         k: &mut KeyState,
         ts: i64,
         flag: bool,
@@ -728,6 +728,39 @@ mod tests {
         let bytes = crate::codec::encode_state(&k).expect("encode");
         let mut back: KeyState = crate::codec::decode_state(&bytes).expect("decode");
         assert_eq!(read(&mut back), read(&mut k));
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::tests::{T0, ev};
+    use super::*;
+
+    /// The serialized key states a checkpoint holds, pinned by a hash of their bytes: a change
+    /// of the in-memory layout must not change what a checkpoint reads and writes.
+    #[test]
+    fn the_serialized_form_of_a_key_state_is_pinned() {
+        let hash = |k: &KeyState| {
+            xxhash_rust::xxh3::xxh3_64(&crate::codec::encode_state(k).expect("encode"))
+        };
+        let empty = KeyState::new();
+        let mut one = KeyState::new();
+        ev(&mut one, T0 + 1_000, true, 3.0, 7);
+        let mut many = KeyState::new();
+        for i in 0..300u64 {
+            // Out of order within the hour, over five panes, past the exact distinct limit.
+            let ts = T0 + ((i * 7) % 5) as i64 * 60_000 + (i % 13) as i64;
+            ev(&mut many, ts, i % 3 == 0, i as f64, i);
+        }
+        assert_eq!(
+            [hash(&empty), hash(&one), hash(&many)],
+            [
+                2_146_753_698_291_646_439,
+                16_571_851_182_254_427_884,
+                10_447_571_695_114_658_077
+            ],
+            "the checkpoint form of a key state changed"
+        );
     }
 }
 
