@@ -425,6 +425,12 @@ impl KafkaSource {
                     // second of alert latency, and some brokers (tansu) serve a consumer far
                     // slower with it. 50 ms costs a few idle fetches a second.
                     ("fetch.wait.max.ms", "50"),
+                    // When its queue is over `queued.min.messages`, librdkafka puts off the
+                    // next fetch by this much, 1 s by default: a loop that reads slower than
+                    // the broker serves then empties the queue and waits idle for the rest of
+                    // the second (the e2e harness showed the loop, broker and fetcher all idle
+                    // in those gaps). 10 ms keeps the queue topped up.
+                    ("fetch.queue.backoff.ms", "10"),
                     // Consumer lag, see the module doc; `0` turns the lag metric off.
                     ("statistics.interval.ms", "5000"),
                 ],
