@@ -1244,6 +1244,45 @@ suppress: 6h
     }
 
     #[test]
+    fn a_key_sliding_mid_batch_among_other_keys_is_evaluated_on_its_own_rows() {
+        // Rows are applied key by key within a batch. acct-7's window slides on its last
+        // event, in the middle of a batch where acct-8's rows interleave with its own: the
+        // window it leaves must alert with acct-7's events and request ids only.
+        let cot = r#","labels":["cot_elicitation"],"output_tokens":100"#;
+        let mut events = Vec::new();
+        for i in 0..20 {
+            let ts = T0 + i * 1000;
+            let fp = format!(r#"{cot},"prompt_fp":"p{i}""#);
+            events.push(ev(ts, "acct-7", "203.0.113.9", &fp));
+            events.push(ev(ts + 500, "acct-8", "198.51.100.7", ""));
+        }
+        let later = T0 + 65 * 60_000;
+        events.push(ev(later, "acct-7", "203.0.113.9", ""));
+        events.push(ev(later + 1, "acct-8", "198.51.100.7", ""));
+        let out = run(&mut processor(), std::slice::from_ref(&events));
+        assert_eq!(out.alerts.len(), 1, "{:?}", out.alerts);
+        let a = &out.alerts[0].alert;
+        assert_eq!(a.entity.value, "acct-7");
+        assert_eq!(a.event_count, 20);
+        assert_eq!(a.features["requests"], serde_json::json!(20));
+        assert_eq!(a.window.end, "2026-03-01T10:05:00.000Z");
+        let samples: Vec<String> = (17..20)
+            .map(|i| format!("r-{}-acct-7", T0 + i * 1000))
+            .collect();
+        assert_eq!(a.sample_request_ids, samples);
+        // The same events one per batch raise the same alert, for the same window.
+        let singles: Vec<Vec<Vec<u8>>> = events.iter().map(|e| vec![e.clone()]).collect();
+        let again = run(&mut processor(), &singles);
+        let ids = |o: &Output| {
+            o.alerts
+                .iter()
+                .map(|a| a.alert.alert_id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&again), ids(&out));
+    }
+
+    #[test]
     fn benign_traffic_stays_quiet() {
         let mut batch = Vec::new();
         for u in 0..50 {
