@@ -256,7 +256,7 @@ struct Rows {
     slots: Vec<Slot>,
     /// Each row's key's place in the batch's touched keys (`u32::MAX`: not counted).
     keys: Vec<u32>,
-    /// Per touched key: its rows, then where its run starts in `order`.
+    /// Per touched key: its rows, then where its run starts in `order`, then where it ends.
     counts: Vec<u32>,
     /// The counted rows grouped by key (keys in first-touch order), in row order within a key.
     order: Vec<u32>,
@@ -890,39 +890,42 @@ fn update_table(
             *c += 1;
         }
     }
-    // Pass 2: update the states, key by key.
-    for row in order.iter().map(|r| *r as usize) {
-        let ts = &times[row];
-        let slot = &row_slots[row];
-        for (s, input) in spec.slots.iter().zip(inputs.iter_mut()) {
-            *input = None;
-            if !s.preds.iter().all(|p| cols[*p].flag(row)) {
-                continue;
-            }
-            *input = match (s.kind.input(), s.arg.map(|a| &cols[a])) {
-                (InputKind::Nothing, _) => Some(AggInput::One),
-                (InputKind::Time, _) => Some(AggInput::Time(*ts)),
-                (InputKind::Number, Some(Col::Number(a))) => {
-                    a.is_valid(row).then(|| AggInput::Number(a.value(row)))
-                }
-                (InputKind::Hash, Some(Col::Text(_, h))) => h[row].map(AggInput::Hash),
-                _ => None,
-            };
-        }
-        let Some(ks) = keys.state_mut(*slot) else {
+    // Pass 2: update the states, key by key: key `b`'s rows end at `counts[b]` in `order`.
+    let mut start = 0;
+    for (b, end) in counts.iter().enumerate() {
+        let run = &order[start as usize..*end as usize];
+        start = *end;
+        let Some(ks) = keys.state_mut(touched[b].slot) else {
             continue;
         };
-        let b = ks.batch_slot() as usize;
-        let update = ks.update(&spec.window, kinds, *ts, &inputs, |k| {
-            snapshot_rules(k, &touched[b], candidates)
-        });
-        match update {
-            Update::Applied | Update::AppliedAfterSlide => {
-                let t = &mut touched[b];
-                t.rows[t.seen % SAMPLE_IDS] = row as u32;
-                t.seen += 1;
+        for row in run.iter().map(|r| *r as usize) {
+            let ts = times[row];
+            for (s, input) in spec.slots.iter().zip(inputs.iter_mut()) {
+                *input = None;
+                if !s.preds.iter().all(|p| cols[*p].flag(row)) {
+                    continue;
+                }
+                *input = match (s.kind.input(), s.arg.map(|a| &cols[a])) {
+                    (InputKind::Nothing, _) => Some(AggInput::One),
+                    (InputKind::Time, _) => Some(AggInput::Time(ts)),
+                    (InputKind::Number, Some(Col::Number(a))) => {
+                        a.is_valid(row).then(|| AggInput::Number(a.value(row)))
+                    }
+                    (InputKind::Hash, Some(Col::Text(_, h))) => h[row].map(AggInput::Hash),
+                    _ => None,
+                };
             }
-            Update::TooOld => stats.too_old += 1,
+            let update = ks.update(&spec.window, kinds, ts, &inputs, |k| {
+                snapshot_rules(k, &touched[b], candidates)
+            });
+            match update {
+                Update::Applied | Update::AppliedAfterSlide => {
+                    let t = &mut touched[b];
+                    t.rows[t.seen % SAMPLE_IDS] = row as u32;
+                    t.seen += 1;
+                }
+                Update::TooOld => stats.too_old += 1,
+            }
         }
     }
     for t in touched.iter() {
