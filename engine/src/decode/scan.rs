@@ -30,16 +30,14 @@ pub(super) fn wire(payload: &[u8]) -> Option<Wire<'_>> {
     let mut w = Wire::default();
     let mut seen = 0u32;
     s.ws();
-    s.eat(b'{')?;
-    s.ws();
-    if !s.eat_if(b'}') {
-        loop {
-            let key = s.key()?;
-            s.ws();
-            s.eat(b':')?;
-            s.ws();
-            let field = field_index(key);
-            if let Some(f) = field {
+    // The object's members are read into `w` as they come; `seq` collects nothing.
+    let members = s.seq(b'{', b'}', |s| {
+        let key = s.key()?;
+        s.ws();
+        s.eat(b':')?;
+        s.ws();
+        match field_index(key) {
+            Some(f) => {
                 // serde's derive refuses a field given twice.
                 let bit = 1u32 << f;
                 if seen & bit != 0 {
@@ -47,18 +45,13 @@ pub(super) fn wire(payload: &[u8]) -> Option<Wire<'_>> {
                 }
                 seen |= bit;
                 s.field(f, &mut w)?;
-            } else {
-                s.skip_scalar()?;
             }
-            s.ws();
-            if s.eat_if(b',') {
-                s.ws();
-                continue;
-            }
-            s.eat(b'}')?;
-            break;
+            None => s.skip_scalar()?,
         }
-    }
+        Some(None::<()>)
+    });
+    // `null` is not an event.
+    members??;
     s.ws();
     (s.i == s.b.len()).then_some(w)
 }
