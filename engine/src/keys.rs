@@ -104,6 +104,11 @@ impl KeyTable {
         self.states.get_mut(slot as usize)
     }
 
+    /// The state in `slot`.
+    pub fn state(&self, slot: Slot) -> Option<&KeyState> {
+        self.states.get(slot as usize)
+    }
+
     /// The state of `key`.
     pub fn get_mut(&mut self, key: u64) -> Option<&mut KeyState> {
         let slot = self.index.find(key, |e| e.key() == key)?.slot;

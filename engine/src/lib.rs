@@ -45,6 +45,7 @@ pub mod keys;
 pub mod metrics;
 pub mod ocsf;
 pub mod plan;
+pub mod prefetch;
 pub mod processor;
 pub mod reload;
 pub mod remap;

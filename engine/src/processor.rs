@@ -769,6 +769,10 @@ fn evaluate_columns(
         .collect()
 }
 
+/// How many keys ahead pass 2 of [`update_table`] prefetches a key's panes and partials
+/// ([`KeyState::prefetch`]).
+const PREFETCH_AHEAD: usize = 8;
+
 /// Updates one table with the batch; pushes candidates for its rules; returns keys added.
 #[allow(clippy::too_many_arguments)]
 fn update_table(
@@ -895,6 +899,14 @@ fn update_table(
     for (b, end) in counts.iter().enumerate() {
         let run = &order[start as usize..*end as usize];
         start = *end;
+        // The panes and partials of a key a few runs ahead start loading now, so that the
+        // misses of several keys overlap instead of each key waiting for its own.
+        if let Some(s) = touched
+            .get(b + PREFETCH_AHEAD)
+            .and_then(|t| keys.state(t.slot))
+        {
+            s.prefetch();
+        }
         let Some(ks) = keys.state_mut(touched[b].slot) else {
             continue;
         };

@@ -711,7 +711,7 @@ fn read_to_end(
     Ok((records, ends))
 }
 
-/// Sends `SIG<name>` to `pid` with the `kill` command (the workspace forbids unsafe code).
+/// Sends `SIG<name>` to `pid` with the `kill` command (the workspace denies unsafe code).
 #[track_caller]
 fn signal(pid: u32, name: &str) {
     let output = Command::new("kill")
