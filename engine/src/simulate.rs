@@ -40,6 +40,7 @@ pub const CAMPAIGN_KINDS: &[&str] = &[
     "narrow-focus",
     "new-model-pivot",
     "machine-timing",
+    "new-account-cluster",
 ];
 
 /// What to simulate.
@@ -398,7 +399,10 @@ impl Simulation {
                 });
             }
         }
-        // Offices, campuses and carriers: many people behind one range each.
+        // Offices, campuses and carriers: many people behind one range each. The first campus
+        // is at the start of term: its students signed up in the week before the simulation,
+        // so many new accounts share its range, each sending a few requests (what
+        // `extraction.new-account-cluster` must tell from a cluster of new accounts put to work).
         let mut placed = 0u32;
         let mut site = 0u32;
         while placed < total / 5 {
@@ -410,7 +414,11 @@ impl Simulation {
             let r = range(3, site);
             let tz = [-8, -5, 0, 1, 5, 9][site as usize % 6];
             for p in 0..people {
-                let created = old(rng);
+                let created = if site == 0 {
+                    start - rng.random_range(HOUR..6 * DAY)
+                } else {
+                    old(rng)
+                };
                 let mut who = self.account(rng, "site", created);
                 who.ips = vec![ip(&r, p % 40)];
                 who.client_fp = fp.into();
@@ -729,6 +737,23 @@ impl Simulation {
                         to_ms: hours(4),
                         period_ms: period,
                         jitter_ms: 300,
+                    };
+                    add(self, a, rng);
+                }
+            }
+            "new-account-cluster" => {
+                // Accounts registered in the days before, put to work together behind one /24,
+                // each busy but far below a single-account rule, each with its own prompts
+                // (fewer accounts and no shared template: not a hydra-range).
+                let r = range(10, i as u32);
+                for k in 0..accounts(15) {
+                    let mut a = base.clone();
+                    a.who.created = from - rng.random_range(HOUR..5 * DAY);
+                    a.who.ips = vec![ip(&r, k)];
+                    a.rate = rng.random_range(12.0..25.0);
+                    a.rhythm = Rhythm::Between {
+                        from_ms: from,
+                        to_ms: hours(4),
                     };
                     add(self, a, rng);
                 }
