@@ -16,7 +16,7 @@
 //!
 //! The index holds each key as two 32-bit halves beside its slot (12 bytes an entry), not as a
 //! `HashMap<u64, u32>`, whose entries are padded to 16 bytes: with a million keys in 2^21
-//! buckets that is 16 MB a table less, about 16 bytes a key of the shipped pack's mix, and an
+//! buckets that is 8 MB a table less, about 8 bytes a key of the shipped pack's mix, and an
 //! index that stays in cache longer.
 //!
 //! The serialized form is a map from key to state, as the boxed map's was, so checkpoints
