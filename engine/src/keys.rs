@@ -14,6 +14,13 @@
 //! happens while an event with that text is at hand. Two entities colliding in 64 bits (about 3
 //! in 10^6 across 10 million keys) would share a window.
 //!
+//! Where a key sits in the index is decided by a hash of the key seeded at random for each
+//! table, not by the key itself. Keys are unseeded xxh3 hashes of entity values, and some
+//! entity values are the sender's to choose (a prompt template's fingerprint, a client
+//! fingerprint): with the key itself as the index hash, anyone could grind values offline
+//! whose keys share their low bits and pile them onto one probe sequence, making every
+//! lookup in that table scan them all. The seeded hash costs two multiplications a lookup.
+//!
 //! The index holds each key as two 32-bit halves beside its slot (12 bytes an entry), not as a
 //! `HashMap<u64, u32>`, whose entries are padded to 16 bytes: with a million keys in 2^21
 //! buckets that is 8 MB a table less, about 8 bytes a key of the shipped pack's mix, and an
@@ -23,11 +30,13 @@
 //! written before the change load unchanged.
 
 use crate::window::KeyState;
+use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::hash::BuildHasher;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The key of an entity value.
@@ -39,7 +48,7 @@ pub fn key_of(entity: &str) -> u64 {
 pub type Slot = u32;
 
 /// An index entry: a key, split so that the entry is 12 bytes with 4-byte alignment, and its
-/// slot. Keys are already uniform 64-bit hashes, so the key is its own hash.
+/// slot.
 #[derive(Debug, Clone, Copy)]
 struct Entry12 {
     lo: u32,
@@ -65,6 +74,8 @@ impl Entry12 {
 #[derive(Debug, Default)]
 pub struct KeyTable {
     index: HashTable<Entry12>,
+    /// The index's hash of a key (see the module docs).
+    hasher: RandomState,
     states: Vec<KeyState>,
     free: Vec<Slot>,
 }
@@ -82,8 +93,13 @@ impl KeyTable {
 
     /// The slot of `key`, adding the key with an empty state if it is new (then `true`).
     pub fn slot_or_insert(&mut self, key: u64) -> (Slot, bool) {
+        let hasher = &self.hasher;
         // One probe of the index for both the lookup and the insertion.
-        let vacant = match self.index.entry(key, |e| e.key() == key, Entry12::key) {
+        let vacant = match self.index.entry(
+            hasher.hash_one(key),
+            |e| e.key() == key,
+            |e| hasher.hash_one(e.key()),
+        ) {
             Entry::Occupied(e) => return (e.get().slot, false),
             Entry::Vacant(v) => v,
         };
@@ -111,7 +127,10 @@ impl KeyTable {
 
     /// The state of `key`.
     pub fn get_mut(&mut self, key: u64) -> Option<&mut KeyState> {
-        let slot = self.index.find(key, |e| e.key() == key)?.slot;
+        let slot = self
+            .index
+            .find(self.hasher.hash_one(key), |e| e.key() == key)?
+            .slot;
         self.states.get_mut(slot as usize)
     }
 
@@ -146,7 +165,8 @@ impl KeyTable {
             false
         });
         if self.index.capacity() > 64 && self.index.len() < self.index.capacity() / 4 {
-            self.index.shrink_to_fit(Entry12::key);
+            let hasher = &self.hasher;
+            self.index.shrink_to_fit(|e| hasher.hash_one(e.key()));
         }
         if self.states.len() > 64 && self.index.len() < self.states.len() / 4 {
             self.compact();
@@ -202,6 +222,7 @@ impl<'de> Deserialize<'de> for KeyTable {
                 let n = m.size_hint().unwrap_or(0);
                 let mut t = KeyTable {
                     index: HashTable::with_capacity(n),
+                    hasher: RandomState::default(),
                     states: Vec::with_capacity(n),
                     free: Vec::new(),
                 };
@@ -270,6 +291,26 @@ mod tests {
         // New keys take fresh slots after the live ones.
         let (slot, new) = t.slot_or_insert(5000);
         assert!(new && slot == 100);
+    }
+
+    #[test]
+    fn keys_ground_to_share_their_low_bits_still_spread_over_the_index() {
+        // Keys whose low 32 bits are all equal: what a sender grinding entity values offline
+        // would aim for, since the index's buckets are picked by the low bits of its hash.
+        let keys: Vec<u64> = (0..10_000u64).map(|i| (i << 32) | 0x5eed).collect();
+        let mut t = KeyTable::default();
+        let buckets: std::collections::HashSet<u64> = keys
+            .iter()
+            .map(|k| t.hasher.hash_one(*k) & 0xffff)
+            .collect();
+        // 10,000 uniform hashes take about 9,290 of 65,536 values; unhashed keys would take 1.
+        assert!(buckets.len() > 8_500, "{} of 10000", buckets.len());
+        for k in &keys {
+            assert!(t.slot_or_insert(*k).1, "new");
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(t.slot_or_insert(*k), (i as Slot, false));
+        }
     }
 
     #[test]
