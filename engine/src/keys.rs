@@ -19,7 +19,10 @@
 //! entity values are the sender's to choose (a prompt template's fingerprint, a client
 //! fingerprint): with the key itself as the index hash, anyone could grind values offline
 //! whose keys share their low bits and pile them onto one probe sequence, making every
-//! lookup in that table scan them all. The seeded hash costs two multiplications a lookup.
+//! lookup in that table scan them all. The seed is foldhash's: drawn from address-space layout
+//! randomization, so it differs per process, and per table within one. It is not a
+//! cryptographic guarantee, but it leaves nothing to grind offline, at the cost of two
+//! multiplications a lookup.
 //!
 //! The index holds each key as two 32-bit halves beside its slot (12 bytes an entry), not as a
 //! `HashMap<u64, u32>`, whose entries are padded to 16 bytes: with a million keys in 2^21
