@@ -905,7 +905,7 @@ fn update_table(
             .get(b + PREFETCH_AHEAD)
             .and_then(|t| keys.state(t.slot))
         {
-            s.prefetch();
+            s.prefetch(kinds.len());
         }
         let Some(ks) = keys.state_mut(touched[b].slot) else {
             continue;

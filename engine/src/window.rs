@@ -498,14 +498,14 @@ impl KeyState {
     /// Starts loading the memory an update of the key's newest pane reads: its pane list, the
     /// newest pane's partials and the window cache ([`crate::prefetch`]). A hint only: it
     /// changes nothing. (Prefetching one level further, the boxed sets those partials point
-    /// to, measured no faster.)
-    pub fn prefetch(&self) {
+    /// to, measured no faster.) `n` is the table's slots per pane, as [`KeyState::update`]
+    /// takes them: the caller knows it, and working it out here would cost a division per key.
+    pub fn prefetch(&self, n: usize) {
         use crate::prefetch::prefetch;
         if let Panes::Many(v) = &self.panes {
             prefetch(v.as_ptr());
             prefetch(v.as_ptr().wrapping_add(v.len().saturating_sub(1)));
         }
-        let n = self.slots();
         let head = self
             .partials
             .as_ptr()
@@ -749,7 +749,7 @@ mod tests {
         read(&mut busy);
         assert!(busy.cache.is_some(), "the busy key has built its cache");
         for k in [empty, one, busy] {
-            k.prefetch();
+            k.prefetch(KINDS.len());
         }
     }
 
