@@ -142,9 +142,15 @@ impl KeyTable {
 
     /// Every live key's state.
     pub fn values(&self) -> impl Iterator<Item = &KeyState> {
+        self.iter().map(|(_, s)| s)
+    }
+
+    /// Every live key with its state, in the index's order, which differs from table to
+    /// table and from run to run (its hash is seeded at random).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &KeyState)> {
         self.index
             .iter()
-            .filter_map(|e| self.states.get(e.slot as usize))
+            .filter_map(|e| Some((e.key(), self.states.get(e.slot as usize)?)))
     }
 
     /// Calls `f` with every live key's state.
@@ -156,14 +162,14 @@ impl KeyTable {
         }
     }
 
-    /// Keeps the keys for which `keep` is true; the others' slots are freed.
-    pub fn retain(&mut self, mut keep: impl FnMut(&mut KeyState) -> bool) {
+    /// Keeps the keys for which `keep(key, state)` is true; the others' slots are freed.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64, &mut KeyState) -> bool) {
         let (states, free) = (&mut self.states, &mut self.free);
         self.index.retain(|e| {
             let Some(s) = states.get_mut(e.slot as usize) else {
                 return false;
             };
-            if keep(s) {
+            if keep(e.key(), s) {
                 return true;
             }
             *s = KeyState::default();
@@ -260,7 +266,7 @@ mod tests {
         if let Some(s) = t.state_mut(a) {
             s.touch = 7;
         }
-        t.retain(|s| s.touch != 7);
+        t.retain(|_, s| s.touch != 7);
         assert_eq!(t.len(), 1);
         assert!(t.get_mut(1).is_none());
         let (c, new_c) = t.slot_or_insert(3);
@@ -283,7 +289,7 @@ mod tests {
                 s.touch = k as u32;
             }
         }
-        t.retain(|s| s.touch % 10 == 0);
+        t.retain(|_, s| s.touch % 10 == 0);
         assert_eq!(t.len(), 100);
         assert!(
             t.states.capacity() < 1000,

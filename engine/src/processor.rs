@@ -546,7 +546,7 @@ impl Processor {
         for p in self.partitions.values_mut() {
             for (spec, keys) in self.plan.tables.iter().zip(p.tables.iter_mut()) {
                 let before = keys.len();
-                keys.retain(|k| !k.expired(&spec.window, p.watermark));
+                keys.retain(|_, k| !k.expired(&spec.window, p.watermark));
                 dropped += (before - keys.len()) as u64;
             }
             for gate in &mut p.gates {
@@ -556,7 +556,10 @@ impl Processor {
         self.live_keys -= dropped;
     }
 
-    /// Evicts least recently used keys until at most 90% of `max_keys` remain.
+    /// Evicts least recently used keys until at most 90% of `max_keys` remain. Keys last
+    /// touched in the same batch are told apart by their key, and partitions and tables are
+    /// visited in a fixed order, so that the same input evicts the same keys in every run
+    /// (the index's own order is seeded at random).
     fn enforce_max_keys(&mut self) {
         let max = self.config.max_keys;
         if self.live_keys <= max {
@@ -564,22 +567,32 @@ impl Processor {
         }
         let target = max - max / 10;
         let excess = (self.live_keys - target) as usize;
-        let mut touches: Vec<u32> = self
+        let mut order: Vec<(u32, u64)> = self
             .partitions
             .values()
-            .flat_map(|p| p.tables.iter().flat_map(|t| t.values().map(|k| k.touch)))
+            .flat_map(|p| {
+                p.tables
+                    .iter()
+                    .flat_map(|t| t.iter().map(|(key, k)| (k.touch, key)))
+            })
             .collect();
-        let nth = excess
-            .saturating_sub(1)
-            .min(touches.len().saturating_sub(1));
-        let (_, cutoff, _) = touches.select_nth_unstable(nth);
+        let nth = excess.saturating_sub(1).min(order.len().saturating_sub(1));
+        let (_, cutoff, _) = order.select_nth_unstable(nth);
         let cutoff = *cutoff;
+        // At most `excess - 1` keys come strictly before the cutoff, so `left` runs out only
+        // on keys equal to it: one per table (the same key in several tables), taken in table
+        // order.
         let mut left = excess;
-        for p in self.partitions.values_mut() {
+        let mut ids: Vec<i32> = self.partitions.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(p) = self.partitions.get_mut(&id) else {
+                continue;
+            };
             for (t, keys) in p.tables.iter_mut().enumerate() {
                 let before = keys.len();
-                keys.retain(|k| {
-                    if left > 0 && k.touch <= cutoff {
+                keys.retain(|key, k| {
+                    if left > 0 && (k.touch, key) <= cutoff {
                         left -= 1;
                         false
                     } else {
@@ -1295,6 +1308,51 @@ suppress: 6h
                 .collect::<Vec<_>>()
         };
         assert_eq!(ids(&again), ids(&out));
+    }
+
+    #[test]
+    fn the_same_input_evicts_the_same_keys_in_every_run() {
+        // Every key of a batch is last touched in that batch, so `state.max_keys` must choose
+        // among equals. Two processors (each with its own randomly seeded index order) fed
+        // the same batches must keep the same keys.
+        let rules =
+            cordon_rules::load_sources(&[("t.yaml".into(), RULES.into())]).expect("rules load");
+        let config = CoreConfig {
+            max_keys: 500,
+            ..CoreConfig::default()
+        };
+        let batches: Vec<Vec<Vec<u8>>> = (0..4)
+            .map(|b| {
+                (0..300)
+                    .map(|i| {
+                        let n = b * 300 + i;
+                        ev(
+                            T0 + n,
+                            &format!("acct-{n}"),
+                            &format!("10.0.{}.{}", n / 250, n % 250),
+                            "",
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let live = |p: &Processor| {
+            let mut keys: Vec<(usize, u64)> = p.partitions[&0]
+                .tables
+                .iter()
+                .enumerate()
+                .flat_map(|(t, keys)| keys.iter().map(move |(k, _)| (t, k)))
+                .collect();
+            keys.sort_unstable();
+            keys
+        };
+        let mut a = Processor::new(&rules, config.clone());
+        let mut b = Processor::new(&rules, config);
+        run(&mut a, &batches);
+        run(&mut b, &batches);
+        assert!(a.evictions.iter().sum::<u64>() > 0, "the limit was reached");
+        assert!(a.live_keys <= 500, "{}", a.live_keys);
+        assert_eq!(live(&a), live(&b));
     }
 
     #[test]
