@@ -786,6 +786,10 @@ fn evaluate_columns(
 /// ([`KeyState::prefetch`]).
 const PREFETCH_AHEAD: usize = 8;
 
+/// How many rows ahead pass 1 of [`update_table`] prefetches a row's index entry, and the
+/// first-touch loop a row's key state.
+const LOOKUP_AHEAD: usize = 16;
+
 /// Updates one table with the batch; pushes candidates for its rules; returns keys added.
 #[allow(clippy::too_many_arguments)]
 fn update_table(
@@ -855,6 +859,10 @@ fn update_table(
     let row_slots = &mut rows.slots;
     row_slots.clear();
     for (row, hash) in hashes.iter().enumerate() {
+        // The index entry of a key a few rows ahead starts loading now (see `KeyTable::prefetch`).
+        if let Some(Some(ahead)) = hashes.get(row + LOOKUP_AHEAD) {
+            keys.prefetch(*ahead);
+        }
         let slot = match hash {
             Some(hash) if counted(row) => {
                 let (slot, new) = keys.slot_or_insert(*hash);
@@ -871,6 +879,10 @@ fn update_table(
     row_keys.clear();
     counts.clear();
     for (row, slot) in row_slots.iter().enumerate() {
+        // Likewise the state of a key a few rows ahead.
+        if let Some(ahead) = row_slots.get(row + LOOKUP_AHEAD) {
+            keys.prefetch_state(*ahead);
+        }
         let Some(ks) = keys.state_mut(*slot) else {
             row_keys.push(u32::MAX);
             continue;
