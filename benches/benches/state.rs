@@ -13,12 +13,17 @@
 //! - `cordon_engine::keys::KeyTable`: finding a batch's keys among 1,000,000 and touching their
 //!   states, as a table's update does, against the boxed hash map it replaced (one lookup and
 //!   state per row in turn): the measurement behind `engine/src/keys.rs`.
+//! - `cordon_engine::hll::Hll::insert`: values into 1,000 sketches past their exact limit (the
+//!   mix's template keys), against DataSketches' `HllSketch::update`, and with the register
+//!   prefetched a few values ahead as the processor does for a key's rows: the measurement
+//!   behind `engine/src/hll.rs`.
 //!
 //! Run: `cargo bench -p cordon-benches --bench state`.
 
 mod common;
 
 use cordon_engine::agg::{Input, InputKind, Partial, SlotKind};
+use cordon_engine::hll::{Hll, LG_K};
 use cordon_engine::keys::{KeyTable, Slot};
 use cordon_engine::plan::Plan;
 use cordon_engine::window::{KeyState, WindowSpec};
@@ -273,9 +278,93 @@ fn key_table(c: &mut Criterion) {
     group.finish();
 }
 
+fn hll(c: &mut Criterion) {
+    use datasketches::hll::{HllSketch, HllType};
+    // 8,000 sketches of 4 KiB registers: more than the last-level cache holds, as the mix's
+    // template keys' panes and windows are, among everything else an event touches.
+    const SKETCHES: usize = 8_000;
+    const VALUES: usize = 5_000;
+    let h = |i: u64| xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
+    // Each sketch past the library's set mode (400 values), as a busy key's window is.
+    let mut library: Vec<HllSketch> = (0..SKETCHES)
+        .map(|s| {
+            let mut k = HllSketch::new(LG_K, HllType::Hll8).expect("valid lg_k");
+            (0..400).for_each(|i| k.update(h((s * 1_000 + i) as u64)));
+            k
+        })
+        .collect();
+    let mut ours: Vec<Box<Hll>> = (0..SKETCHES)
+        .map(|s| {
+            let mut k = Box::<Hll>::default();
+            (0..400).for_each(|i| k.insert(h((s * 1_000 + i) as u64)));
+            k
+        })
+        .collect();
+    // Batches of new values in runs of five per sketch (a template key's rows in one batch);
+    // many batches, so that one finds little of the last in cache.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let batches: Vec<Vec<(usize, u64)>> = (0..200)
+        .map(|_| {
+            (0..VALUES / 5)
+                .flat_map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let sketch = (x % SKETCHES as u64) as usize;
+                    let base = x;
+                    (0..5).map(move |j| (sketch, h(base.wrapping_add(j))))
+                })
+                .collect()
+        })
+        .collect();
+    let mut group = c.benchmark_group("cordon_engine::hll::Hll::insert");
+    group.throughput(Throughput::Elements(VALUES as u64));
+    let mut n = 0usize;
+    group.bench_function(
+        format!("{VALUES} values into {SKETCHES} sketches: datasketches HllSketch::update"),
+        |b| {
+            b.iter(|| {
+                n += 1;
+                for (s, v) in &batches[n % batches.len()] {
+                    library[*s].update(*v);
+                }
+            })
+        },
+    );
+    group.bench_function(
+        format!("{VALUES} values into {SKETCHES} sketches: Hll::insert"),
+        |b| {
+            b.iter(|| {
+                n += 1;
+                for (s, v) in &batches[n % batches.len()] {
+                    ours[*s].insert(*v);
+                }
+            })
+        },
+    );
+    group.bench_function(
+        format!("{VALUES} values into {SKETCHES} sketches: Hll::insert, each run prefetched"),
+        |b| {
+            b.iter(|| {
+                n += 1;
+                for run in batches[n % batches.len()].chunks(5) {
+                    for (s, v) in run {
+                        ours[*s].prefetch(*v);
+                    }
+                    for (s, v) in run {
+                        ours[*s].insert(*v);
+                    }
+                }
+            })
+        },
+    );
+    group.finish();
+    black_box((&library, &ours));
+}
+
 criterion_group! {
     name = benches;
     config = common::config(3);
-    targets = state, key_table
+    targets = state, key_table, hll
 }
 criterion_main!(benches);

@@ -13,17 +13,17 @@
 //! argument shares one [`Partial::Quantiles`]; `top_share` and `entropy` share
 //! [`Partial::Frequencies`].
 
+use crate::hll::Hll;
 use cordon_rules::AggKind;
 use datasketches::common::SearchCriteria;
 use datasketches::frequencies::{ErrorType, FrequentItemsSketch};
-use datasketches::hll::{HllSketch, HllType, HllUnion};
 use datasketches::kll::{KllFloat, KllSketch};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Distinct values kept exactly (per pane and per window) before switching to HyperLogLog.
 pub const EXACT_DISTINCT_LIMIT: usize = 128;
 /// HyperLogLog precision (lg of the register count): 1.6% relative standard error.
-pub const HLL_LG_K: u8 = 12;
+pub const HLL_LG_K: u8 = crate::hll::LG_K;
 /// Values kept exactly for quantiles before switching to KLL.
 pub const EXACT_QUANTILE_LIMIT: usize = 64;
 /// KLL accuracy parameter: about 1.65% normalized rank error.
@@ -158,7 +158,19 @@ macro_rules! sketch_serde {
     };
 }
 
-sketch_serde!(HllSketch, hll_serde, HllSketch::deserialize);
+/// Serde for [`Hll`]: DataSketches' HLL image, as the library's sketches were written.
+mod hll_serde {
+    use super::*;
+    pub(super) fn serialize<S: Serializer>(v: &Hll, s: S) -> Result<S::Ok, S::Error> {
+        sketch_bytes::ser(v.to_bytes(), s)
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Box<Hll>, D::Error> {
+        let bytes = sketch_bytes::de(d)?;
+        Hll::from_bytes(&bytes)
+            .map(Box::new)
+            .map_err(serde::de::Error::custom)
+    }
+}
 sketch_serde!(
     KllSketch<KllFloat<f64>>,
     kll_serde,
@@ -170,9 +182,11 @@ sketch_serde!(
     FrequentItemsSketch::<u64>::deserialize
 );
 
-fn new_hll() -> HllSketch {
-    // HLL_LG_K is inside the library's valid range (4..=21).
-    HllSketch::new(HLL_LG_K, HllType::Hll8).unwrap_or_else(|_| unreachable!("valid lg_k"))
+/// A sketch of `values`.
+fn hll_of(values: &[u64]) -> Box<Hll> {
+    let mut s = Box::<Hll>::default();
+    values.iter().for_each(|x| s.insert(*x));
+    s
 }
 
 fn new_kll() -> KllSketch<KllFloat<f64>> {
@@ -500,7 +514,7 @@ pub enum Partial {
     /// No distinct value (`None`), or three or more sorted unique 64-bit hashes while few.
     DistinctExact(Option<Box<Vec<u64>>>),
     /// Distinct values in a HyperLogLog sketch.
-    DistinctHll(#[serde(with = "hll_serde")] Box<HllSketch>),
+    DistinctHll(#[serde(with = "hll_serde")] Box<Hll>),
     /// Values for quantiles (`None` before the first).
     Quantiles(Option<Box<QuantileSet>>),
     /// Value frequencies (`None` before the first).
@@ -714,7 +728,7 @@ impl Partial {
             Partial::Extrema(Some(_)) => size_of::<Extrema>(),
             Partial::DistinctTwo(_) => size_of::<[u64; 2]>(),
             Partial::DistinctExact(Some(v)) => size_of::<Vec<u64>>() + v.capacity() * 8,
-            Partial::DistinctHll(s) => size_of::<HllSketch>() + s.estimated_size(),
+            Partial::DistinctHll(_) => size_of::<Hll>(),
             Partial::Quantiles(Some(s)) => size_of::<QuantileSet>() + s.heap_bytes(),
             Partial::Frequencies(Some(s)) => size_of::<FreqSet>() + s.heap_bytes(),
             Partial::Arrivals(Some(_)) => size_of::<Arrivals>(),
@@ -800,14 +814,14 @@ where
 {
     let first = parts.clone().next()?;
     if first.is_distinct() && parts.clone().any(|p| matches!(p, Partial::DistinctHll(_))) {
-        let mut u = HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("valid lg_k"));
+        let mut u = Box::<Hll>::default();
         for p in parts {
             match p {
-                Partial::DistinctHll(s) => u.update(s),
-                p => p.exact_values().iter().for_each(|h| u.update_value(*h)),
+                Partial::DistinctHll(s) => u.merge(s),
+                p => p.exact_values().iter().for_each(|h| u.insert(*h)),
             }
         }
-        return Some(Partial::DistinctHll(Box::new(u.to_sketch(HllType::Hll8))));
+        return Some(Partial::DistinctHll(u));
     }
     let mut merged = parts.next()?.clone();
     parts.for_each(|p| merged.merge(p));
@@ -873,14 +887,13 @@ impl Partial {
                         }
                         v.insert(i, h);
                     } else {
-                        let mut s = new_hll();
-                        v.iter().for_each(|x| s.update(*x));
-                        s.update(h);
-                        *self = Partial::DistinctHll(Box::new(s));
+                        let mut s = hll_of(v);
+                        s.insert(h);
+                        *self = Partial::DistinctHll(s);
                     }
                 }
             }
-            Partial::DistinctHll(s) => s.update(h),
+            Partial::DistinctHll(s) => s.insert(h),
             _ => {}
         }
     }
@@ -921,16 +934,12 @@ impl Partial {
             *self = Partial::distinct_of_sorted(union);
             return;
         };
-        let mut u = HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("valid lg_k"));
-        u.update(o);
         match self {
-            Partial::DistinctHll(s) => {
-                u.update(s);
-                **s = u.to_sketch(HllType::Hll8);
-            }
+            Partial::DistinctHll(s) => s.merge(o),
             _ => {
-                self.exact_values().iter().for_each(|h| u.update_value(*h));
-                *self = Partial::DistinctHll(Box::new(u.to_sketch(HllType::Hll8)));
+                let mut s = o.clone();
+                self.exact_values().iter().for_each(|h| s.insert(*h));
+                *self = Partial::DistinctHll(s);
             }
         }
     }
@@ -944,11 +953,7 @@ impl Partial {
             _ if values.len() <= EXACT_DISTINCT_LIMIT => {
                 Partial::DistinctExact(Some(Box::new(values)))
             }
-            _ => {
-                let mut s = new_hll();
-                values.iter().for_each(|x| s.update(*x));
-                Partial::DistinctHll(Box::new(s))
-            }
+            _ => Partial::DistinctHll(hll_of(&values)),
         }
     }
 
@@ -960,10 +965,9 @@ impl Partial {
             Partial::DistinctOne(_) => Some(1.0),
             Partial::DistinctTwo(_) => Some(2.0),
             Partial::DistinctExact(Some(v)) => Some(v.len() as f64),
-            // The composite estimator depends only on the registers, so a window reads the
-            // same whether its values arrived in one pane or were merged from several (the HIP
-            // estimator of a directly updated sketch would differ from its union's).
-            Partial::DistinctHll(s) => Some(s.composite_estimate().round()),
+            // The estimate depends only on the registers, so a window reads the same whether
+            // its values arrived in one pane or were merged from several.
+            Partial::DistinctHll(s) => Some(s.estimate().round()),
             _ => None,
         }
     }

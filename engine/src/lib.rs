@@ -40,6 +40,7 @@ pub mod decode;
 pub mod demo;
 pub mod fingerprint;
 pub mod gate;
+pub mod hll;
 pub mod http;
 pub mod keys;
 pub mod metrics;

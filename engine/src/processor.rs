@@ -935,6 +935,22 @@ fn update_table(
         let Some(ks) = keys.state_mut(touched[b].slot) else {
             continue;
         };
+        // A key with several rows in the batch: the sketch registers its rows will raise start
+        // loading together, rather than one miss after another as the rows are applied.
+        if run.len() > 1 {
+            for (slot, s) in spec.slots.iter().enumerate() {
+                if let (SlotKind::Distinct, Some(Col::Text(_, h))) =
+                    (s.kind, s.arg.map(|a| &cols[a]))
+                {
+                    for h in run
+                        .iter()
+                        .filter_map(|r| h.get(*r as usize).copied().flatten())
+                    {
+                        ks.prefetch_distinct(kinds.len(), slot, h);
+                    }
+                }
+            }
+        }
         for row in run.iter().map(|r| *r as usize) {
             let ts = times[row];
             for (s, input) in spec.slots.iter().zip(inputs.iter_mut()) {

@@ -517,6 +517,19 @@ impl KeyState {
         }
     }
 
+    /// Starts loading the sketch registers that the hash `h` would raise in slot `slot` of
+    /// the newest pane and of the window cache, where those are HyperLogLog sketches. `n` is
+    /// the table's slots per pane.
+    pub fn prefetch_distinct(&self, n: usize, slot: usize, h: u64) {
+        let newest = self.partials.len().saturating_sub(n) + slot;
+        if let Some(Partial::DistinctHll(s)) = self.partials.get(newest) {
+            s.prefetch(h);
+        }
+        if let Some(Some(Partial::DistinctHll(s))) = self.cache.as_ref().and_then(|c| c.get(slot)) {
+            s.prefetch(h);
+        }
+    }
+
     /// Estimated bytes held by this key, excluding the table's own entry overhead.
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
