@@ -427,7 +427,7 @@ impl EventBatchBuilder {
         };
         let ip_text = wire.ip.as_deref().map(str::trim);
         let ip = match ip_text {
-            Some(ip) => ip.parse::<IpAddr>().map_err(|_| {
+            Some(ip) => cordon_rules::udf::parse_ip(ip).ok_or_else(|| {
                 Rejection::new(
                     Reason::BadIp,
                     format!("`ip` `{ip}` is not an IPv4 or IPv6 address"),
