@@ -23,7 +23,7 @@
 mod common;
 
 use cordon_engine::agg::{Input, InputKind, Partial, SlotKind};
-use cordon_engine::hll::{Hll, LG_K};
+use cordon_engine::hll::{Hll, LG_K, coupon};
 use cordon_engine::keys::{KeyTable, Slot};
 use cordon_engine::plan::Plan;
 use cordon_engine::window::{KeyState, WindowSpec};
@@ -349,7 +349,7 @@ fn hll(c: &mut Criterion) {
                 n += 1;
                 for run in batches[n % batches.len()].chunks(5) {
                     for (s, v) in run {
-                        ours[*s].prefetch(*v);
+                        ours[*s].prefetch(coupon(*v).0);
                     }
                     for (s, v) in run {
                         ours[*s].insert(*v);

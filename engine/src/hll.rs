@@ -79,9 +79,10 @@ impl Hasher for CouponBits {
 
 /// The register and value DataSketches gives the 64-bit hash `h` of a value: the low 26 bits
 /// of a coupon address a register (of which a sketch of 2^k registers takes the low k), the
-/// top six are the value.
+/// top six are the value. Worked out once, it serves every sketch the value goes into
+/// ([`Hll::raise`]).
 #[inline]
-fn coupon(h: u64) -> (usize, u8) {
+pub fn coupon(h: u64) -> (usize, u8) {
     coupon_parts(coupon_bits(Coupon::from_value(h)))
 }
 
@@ -103,8 +104,9 @@ impl Hll {
         self.raise(slot, value);
     }
 
+    /// Adds a value by its [`coupon`].
     #[inline]
-    fn raise(&mut self, slot: usize, value: u8) {
+    pub fn raise(&mut self, slot: usize, value: u8) {
         let Some(r) = self.regs.get_mut(slot) else {
             return;
         };
@@ -119,10 +121,9 @@ impl Hll {
         }
     }
 
-    /// Starts loading the register the hash `h` would update.
+    /// Starts loading register `slot` (of a value's [`coupon`]).
     #[inline]
-    pub fn prefetch(&self, h: u64) {
-        let (slot, _) = coupon(h);
+    pub fn prefetch(&self, slot: usize) {
         crate::prefetch::prefetch(self.regs.as_ptr().wrapping_add(slot));
     }
 

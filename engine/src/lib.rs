@@ -9,6 +9,7 @@
 //! - [`decode`]: message bytes to Arrow batches of event schema v1, or dead letters.
 //! - [`fingerprint`]: raw prompt text to fingerprints (the text goes no further).
 //! - [`agg`]: aggregates: per-pane partials, exact when small, sketches when large.
+//! - [`hll`]: the HyperLogLog sketch of `distinct()` (DataSketches' hash and wire format).
 //! - [`plan`]: shared state tables, slots and expressions of a rule set.
 //! - [`window`]: per-entity sliding windows of panes.
 //! - [`keys`]: the keys of a state table, found a batch at a time.

@@ -373,10 +373,26 @@ impl KeyState {
         pane.max_off = pane.max_off.max(off);
         let partials = &mut self.partials[pos * n..(pos + 1) * n];
         for ((partial, input), slot) in partials.iter_mut().zip(inputs).zip(0..) {
-            if let Some(input) = input {
-                partial.add(*input);
-                if let Some(Some(c)) = self.cache.as_mut().map(|c| &mut c[slot]) {
-                    c.add(*input);
+            let Some(input) = input else {
+                continue;
+            };
+            let cached = match self.cache.as_mut().map(|c| &mut c[slot]) {
+                Some(Some(c)) => Some(c),
+                _ => None,
+            };
+            match (partial, cached, input) {
+                // A busy key's pane and window sketches: the value's coupon, a hash of the
+                // value, is worked out once for both.
+                (Partial::DistinctHll(p), Some(Partial::DistinctHll(c)), Input::Hash(h)) => {
+                    let (register, value) = crate::hll::coupon(*h);
+                    p.raise(register, value);
+                    c.raise(register, value);
+                }
+                (partial, cached, input) => {
+                    partial.add(*input);
+                    if let Some(c) = cached {
+                        c.add(*input);
+                    }
                 }
             }
         }
@@ -522,11 +538,19 @@ impl KeyState {
     /// the table's slots per pane.
     pub fn prefetch_distinct(&self, n: usize, slot: usize, h: u64) {
         let newest = self.partials.len().saturating_sub(n) + slot;
-        if let Some(Partial::DistinctHll(s)) = self.partials.get(newest) {
-            s.prefetch(h);
-        }
-        if let Some(Some(Partial::DistinctHll(s))) = self.cache.as_ref().and_then(|c| c.get(slot)) {
-            s.prefetch(h);
+        let pane = match self.partials.get(newest) {
+            Some(Partial::DistinctHll(s)) => Some(s),
+            _ => None,
+        };
+        let cache = match self.cache.as_ref().and_then(|c| c.get(slot)) {
+            Some(Some(Partial::DistinctHll(s))) => Some(s),
+            _ => None,
+        };
+        if pane.is_some() || cache.is_some() {
+            let (register, _) = crate::hll::coupon(h);
+            pane.into_iter()
+                .chain(cache)
+                .for_each(|s| s.prefetch(register));
         }
     }
 
@@ -613,6 +637,43 @@ mod tests {
     fn read(k: &mut KeyState) -> WindowSnapshot {
         k.clear_dirty();
         k.snapshot(&SPEC, 0, &READS)
+    }
+
+    #[test]
+    fn a_busy_keys_cached_sketch_reads_as_the_merge_of_its_panes() {
+        // Thousands of distinct values in each of three panes: the panes' and the window
+        // cache's sets are sketches, raised together by every event once the cache exists.
+        let mut k = KeyState::new();
+        let mut n = 0u64;
+        for pane in 0..3 {
+            for i in 0..2_000 {
+                ev(
+                    &mut k,
+                    T0 + pane * SPEC.pane_ms + i,
+                    false,
+                    1.0,
+                    xxhash_rust::xxh3::xxh3_64(&n.to_le_bytes()),
+                );
+                n += 1;
+                if pane == 1 && i == 10 {
+                    read(&mut k);
+                }
+            }
+        }
+        assert!(
+            matches!(
+                k.cache.as_deref().map(|c| &c[..]),
+                Some([.., Some(Partial::DistinctHll(_))])
+            ),
+            "the cache holds a sketch"
+        );
+        let cached = read(&mut k);
+        let mut uncached = k.clone();
+        uncached.cache = None;
+        let merged = read(&mut uncached);
+        assert_eq!(cached.features, merged.features);
+        let distinct = cached.features[3].unwrap_or(0.0);
+        assert!((distinct - 6_000.0).abs() < 6_000.0 * 0.05, "{distinct}");
     }
 
     #[test]
