@@ -815,12 +815,11 @@ where
     let first = parts.clone().next()?;
     if first.is_distinct() && parts.clone().any(|p| matches!(p, Partial::DistinctHll(_))) {
         let mut u = Box::<Hll>::default();
-        for p in parts {
-            match p {
-                Partial::DistinctHll(s) => u.merge(s),
-                p => p.exact_values().iter().for_each(|h| u.insert(*h)),
-            }
-        }
+        u.merge_all(parts.clone().filter_map(|p| match p {
+            Partial::DistinctHll(s) => Some(&**s),
+            _ => None,
+        }));
+        parts.for_each(|p| p.exact_values().iter().for_each(|h| u.insert(*h)));
         return Some(Partial::DistinctHll(u));
     }
     let mut merged = parts.next()?.clone();
