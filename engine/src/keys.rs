@@ -191,12 +191,13 @@ impl Index {
         self.entries.iter_mut().filter(|e| e.slot != FREE)
     }
 
-    /// Frees the entries `keep` rejects, then rebuilds the index at a size for the keys
-    /// left when it shrank below a quarter full. Linear probing cannot leave a hole in a
-    /// probe sequence, so freed entries are closed by rebuilding (a retain visits every entry
-    /// anyway).
+    /// Frees the entries `keep` rejects, then closes the holes they leave in probe sequences
+    /// ([`Index::reseat`]), or rebuilds the index at a size for the keys left when it shrank
+    /// below a quarter full.
     fn retain(&mut self, mut keep: impl FnMut(&Entry12) -> bool, hash: impl Fn(u64) -> u64) {
         let before = self.len;
+        // A position free before any entry is freed: no probe sequence crosses it.
+        let start = self.entries.iter().position(|e| e.slot == FREE);
         for e in self.entries.iter_mut().filter(|e| e.slot != FREE) {
             if !keep(e) {
                 e.slot = FREE;
@@ -206,12 +207,47 @@ impl Index {
         if self.len == before {
             return;
         }
-        let capacity = if self.entries.len() > 64 && self.len < self.entries.len() / 4 {
-            Self::capacity_for(self.len)
-        } else {
-            self.entries.len()
-        };
-        self.rebuild(capacity, hash);
+        if self.entries.len() > 64 && self.len < self.entries.len() / 4 {
+            self.rebuild(Self::capacity_for(self.len), hash);
+        } else if let Some(start) = start {
+            self.reseat(start, hash);
+        }
+    }
+
+    /// Moves every entry to the first free position of its probe sequence, in place: after
+    /// entries were freed, a lookup must not stop at a hole before the key it looks for.
+    /// Rebuilding into a new array would do the same, but would hold two copies of the index
+    /// at once, and glibc keeps the freed one's pages (it raises its mmap threshold after
+    /// freeing a large block): the eviction flood's resident memory rose by 80 MB that way.
+    ///
+    /// Entries are visited once round the array, starting after `start`, a position that was
+    /// free before any entry was freed: no probe sequence crosses it, so none wraps past the
+    /// start of the visit. Each entry moves to the first free position from its home, which
+    /// lies on its old probe sequence. An entry visited earlier keeps its sequence, because a
+    /// sequence runs from its home to its entry, all of it visited before any later position
+    /// a move frees. (Starting after a position that was freed instead, an entry could move
+    /// into it, and an earlier entry's sequence could then run across positions that are
+    /// visited, and freed, only later: the property test found that case.)
+    fn reseat(&mut self, start: usize, hash: impl Fn(u64) -> u64) {
+        let mask = self.mask();
+        for step in 1..=self.entries.len() {
+            let j = (start + step) & mask;
+            let Some(e) = self.entries.get(j).copied().filter(|e| e.slot != FREE) else {
+                continue;
+            };
+            let mut i = hash(e.key()) as usize & mask;
+            while i != j && self.entries.get(i).is_some_and(|x| x.slot != FREE) {
+                i = (i + 1) & mask;
+            }
+            if i != j {
+                if let Some(x) = self.entries.get_mut(i) {
+                    *x = e;
+                }
+                if let Some(x) = self.entries.get_mut(j) {
+                    x.slot = FREE;
+                }
+            }
+        }
     }
 }
 
