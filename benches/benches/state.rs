@@ -12,7 +12,8 @@
 //! - `cordon_engine::agg::Partial::add`: one value into a partial, per storage kind.
 //! - `cordon_engine::keys::KeyTable`: finding a batch's keys among 1,000,000 and touching their
 //!   states, as a table's update does, against the boxed hash map it replaced (one lookup and
-//!   state per row in turn): the measurement behind `engine/src/keys.rs`.
+//!   state per row in turn), and with the index entries and states prefetched 16 rows ahead
+//!   as the processor does: the measurement behind `engine/src/keys.rs`.
 //! - `cordon_engine::hll::Hll::insert`: values into 1,000 sketches past their exact limit (the
 //!   mix's template keys), against DataSketches' `HllSketch::update`, and with the register
 //!   prefetched a few values ahead as the processor does for a key's rows: the measurement
@@ -254,6 +255,31 @@ fn key_table(c: &mut Criterion) {
                         .map(|k| slab.slot_or_insert(*k).0),
                 );
                 for s in &slots {
+                    if let Some(ks) = slab.state_mut(*s) {
+                        ks.touch = n as u32;
+                    }
+                }
+                black_box(&slots);
+            })
+        },
+    );
+    group.bench_function(
+        format!("find and touch {BATCH} of {KEYS} keys: key table, two passes, prefetched"),
+        |b| {
+            b.iter(|| {
+                n += 1;
+                let batch = &batches[n % batches.len()];
+                slots.clear();
+                for (i, k) in batch.iter().enumerate() {
+                    if let Some(ahead) = batch.get(i + 16) {
+                        slab.prefetch(*ahead);
+                    }
+                    slots.push(slab.slot_or_insert(*k).0);
+                }
+                for (i, s) in slots.iter().enumerate() {
+                    if let Some(ahead) = slots.get(i + 16) {
+                        slab.prefetch_state(*ahead);
+                    }
                     if let Some(ks) = slab.state_mut(*s) {
                         ks.touch = n as u32;
                     }
