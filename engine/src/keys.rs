@@ -548,6 +548,42 @@ mod tests {
         assert!(t.get_mut(12345).is_none());
     }
 
+    #[test]
+    fn removals_from_a_full_index_leave_every_other_key_found() {
+        // Three quarters full (long clusters, some wrapping round the end of the array), then
+        // a tenth of the keys removed at random, round after round, with new keys in between.
+        let mut t = seeded();
+        let mut live: std::collections::BTreeSet<u64> = Default::default();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..30 {
+            // Fill to just below the growth point.
+            while (t.len() + 2) * 4 <= t.index.entries.len() * 3 || t.len() < 1_000 {
+                let k = next();
+                t.slot_or_insert(k);
+                live.insert(k);
+            }
+            let cap = t.index.entries.len();
+            let cut = next();
+            t.retain(|k, _| (k ^ cut) % 10 != 0);
+            live.retain(|k| (k ^ cut) % 10 != 0);
+            assert_eq!(
+                t.index.entries.len(),
+                cap,
+                "round {round}: reseated in place"
+            );
+            assert_eq!(t.len(), live.len(), "round {round}");
+            for k in &live {
+                assert!(t.get_mut(*k).is_some(), "round {round}: key {k:#x} lost");
+            }
+        }
+    }
+
     proptest::proptest! {
         /// The table against a `HashMap` model: inserts and removals in any order, then every
         /// key the model holds is found with its state and no other key is.
