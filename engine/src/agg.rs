@@ -1056,6 +1056,47 @@ mod tests {
     }
 
     #[test]
+    fn a_sketch_partial_from_the_library_era_decodes_into_the_same_registers() {
+        // How the last round wrote `Partial::DistinctHll`: variant 8, then DataSketches' own
+        // image of its sketch as bytes. The library keeps 200 values in its set mode and
+        // 5,000 in HLL_8 registers; both must load as the sketch of the same values.
+        use datasketches::hll::{HllSketch, HllType};
+        for n in [200u64, 5_000] {
+            let mut lib = HllSketch::new(HLL_LG_K, HllType::Hll8).expect("valid lg_k");
+            (0..n).for_each(|i| lib.update(h(i)));
+            let mut old = vec![8u8];
+            old.extend(
+                bincode::serde::encode_to_vec(
+                    serde_bytes_of(&lib.serialize()),
+                    bincode::config::standard(),
+                )
+                .expect("encode"),
+            );
+            let (p, used): (Partial, usize) =
+                bincode::serde::decode_from_slice(&old, bincode::config::standard())
+                    .expect("an old partial decodes");
+            assert_eq!(used, old.len());
+            let mut ours = Partial::new(SlotKind::Distinct);
+            (0..n).for_each(|i| ours.add(Input::Hash(h(i))));
+            match (&p, &ours) {
+                (Partial::DistinctHll(a), Partial::DistinctHll(b)) => assert!(a == b, "{n}"),
+                _ => panic!("{n} values: not sketches"),
+            }
+        }
+    }
+
+    /// Bytes that serialize as serde bytes (what `sketch_bytes::ser` writes).
+    fn serde_bytes_of(b: &[u8]) -> impl Serialize + '_ {
+        struct B<'a>(&'a [u8]);
+        impl Serialize for B<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+        B(b)
+    }
+
+    #[test]
     fn distinct_switches_to_hll_past_the_exact_limit() {
         let mut p = Partial::new(SlotKind::Distinct);
         for i in 0..EXACT_DISTINCT_LIMIT as u64 {
