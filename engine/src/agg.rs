@@ -19,6 +19,7 @@ use datasketches::common::SearchCriteria;
 use datasketches::frequencies::{ErrorType, FrequentItemsSketch};
 use datasketches::kll::{KllFloat, KllSketch};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thin_vec::ThinVec;
 
 /// Distinct values kept exactly (per pane and per window) before switching to HyperLogLog.
 pub const EXACT_DISTINCT_LIMIT: usize = 128;
@@ -156,6 +157,24 @@ macro_rules! sketch_serde {
             }
         }
     };
+}
+
+/// Serde for an exact distinct set: as the `Option<Box<Vec<u64>>>` it replaced (`None` when
+/// empty), so that checkpoints load unchanged.
+mod exact_serde {
+    use super::*;
+    pub(super) fn serialize<S: Serializer>(v: &ThinVec<u64>, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_empty() {
+            s.serialize_none()
+        } else {
+            s.serialize_some(&v[..])
+        }
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ThinVec<u64>, D::Error> {
+        Ok(Option::<Vec<u64>>::deserialize(d)?
+            .map(ThinVec::from)
+            .unwrap_or_default())
+    }
 }
 
 /// Serde for [`Hll`]: DataSketches' HLL image, as the library's sketches were written.
@@ -511,8 +530,10 @@ pub enum Partial {
     DistinctOne(u64),
     /// Exactly two distinct values, sorted: one 16-byte allocation (a vector would take two).
     DistinctTwo(Box<[u64; 2]>),
-    /// No distinct value (`None`), or three or more sorted unique 64-bit hashes while few.
-    DistinctExact(Option<Box<Vec<u64>>>),
+    /// No distinct value (empty, no allocation), or three or more sorted unique 64-bit hashes
+    /// while few: one allocation with its length and capacity in front, so that a lookup
+    /// loads the set's first line once rather than a boxed vector's header and then its values.
+    DistinctExact(#[serde(with = "exact_serde")] ThinVec<u64>),
     /// Distinct values in a HyperLogLog sketch.
     DistinctHll(#[serde(with = "hll_serde")] Box<Hll>),
     /// Values for quantiles (`None` before the first).
@@ -532,7 +553,7 @@ impl Partial {
             SlotKind::Count => Partial::Count(0),
             SlotKind::Moments => Partial::Moments(None),
             SlotKind::Extrema => Partial::Extrema(None),
-            SlotKind::Distinct => Partial::DistinctExact(None),
+            SlotKind::Distinct => Partial::DistinctExact(ThinVec::new()),
             SlotKind::Quantiles => Partial::Quantiles(None),
             SlotKind::Frequencies => Partial::Frequencies(None),
             SlotKind::Arrivals => Partial::Arrivals(None),
@@ -727,7 +748,8 @@ impl Partial {
             Partial::Moments(Some(_)) => size_of::<Moments>(),
             Partial::Extrema(Some(_)) => size_of::<Extrema>(),
             Partial::DistinctTwo(_) => size_of::<[u64; 2]>(),
-            Partial::DistinctExact(Some(v)) => size_of::<Vec<u64>>() + v.capacity() * 8,
+            // The set's header (length and capacity) sits in its allocation.
+            Partial::DistinctExact(v) if v.capacity() > 0 => 16 + v.capacity() * 8,
             Partial::DistinctHll(_) => size_of::<Hll>(),
             Partial::Quantiles(Some(s)) => size_of::<QuantileSet>() + s.heap_bytes(),
             Partial::Frequencies(Some(s)) => size_of::<FreqSet>() + s.heap_bytes(),
@@ -857,14 +879,14 @@ impl Partial {
         match self {
             Partial::DistinctOne(h) => std::slice::from_ref(h),
             Partial::DistinctTwo(v) => &v[..],
-            Partial::DistinctExact(Some(v)) => v,
+            Partial::DistinctExact(v) => v,
             _ => &[],
         }
     }
 
     fn distinct_insert(&mut self, h: u64) {
         match self {
-            Partial::DistinctExact(None) => *self = Partial::DistinctOne(h),
+            Partial::DistinctExact(v) if v.is_empty() => *self = Partial::DistinctOne(h),
             Partial::DistinctOne(a) if *a == h => {}
             Partial::DistinctOne(a) => {
                 let a = *a;
@@ -872,13 +894,13 @@ impl Partial {
             }
             Partial::DistinctTwo(v) => {
                 if let Err(i) = v.binary_search(&h) {
-                    let mut set = Vec::with_capacity(4);
+                    let mut set = ThinVec::with_capacity(4);
                     set.extend_from_slice(&v[..]);
                     set.insert(i, h);
-                    *self = Partial::DistinctExact(Some(Box::new(set)));
+                    *self = Partial::DistinctExact(set);
                 }
             }
-            Partial::DistinctExact(Some(v)) => {
+            Partial::DistinctExact(v) => {
                 if let Err(i) = v.binary_search(&h) {
                     if v.len() < EXACT_DISTINCT_LIMIT {
                         if v.capacity() == v.len() {
@@ -946,11 +968,11 @@ impl Partial {
     /// The distinct partial of sorted unique hashes: the smallest shape that holds them.
     fn distinct_of_sorted(values: Vec<u64>) -> Partial {
         match values[..] {
-            [] => Partial::DistinctExact(None),
+            [] => Partial::DistinctExact(ThinVec::new()),
             [a] => Partial::DistinctOne(a),
             [a, b] => Partial::DistinctTwo(Box::new([a, b])),
             _ if values.len() <= EXACT_DISTINCT_LIMIT => {
-                Partial::DistinctExact(Some(Box::new(values)))
+                Partial::DistinctExact(ThinVec::from(values))
             }
             _ => Partial::DistinctHll(hll_of(&values)),
         }
@@ -960,10 +982,9 @@ impl Partial {
     /// partial of another kind.
     pub fn distinct_count(&self) -> Option<f64> {
         match self {
-            Partial::DistinctExact(None) => Some(0.0),
             Partial::DistinctOne(_) => Some(1.0),
             Partial::DistinctTwo(_) => Some(2.0),
-            Partial::DistinctExact(Some(v)) => Some(v.len() as f64),
+            Partial::DistinctExact(v) => Some(v.len() as f64),
             // The estimate depends only on the registers, so a window reads the same whether
             // its values arrived in one pane or were merged from several.
             Partial::DistinctHll(s) => Some(s.estimate().round()),
@@ -1103,7 +1124,7 @@ mod tests {
             p.add(Input::Hash(h(i)));
             p.add(Input::Hash(h(i)));
         }
-        assert!(matches!(p, Partial::DistinctExact(Some(_))));
+        assert!(matches!(&p, Partial::DistinctExact(v) if v.len() == EXACT_DISTINCT_LIMIT));
         assert_eq!(
             p.read(AggKind::Distinct, 0.0),
             Some(EXACT_DISTINCT_LIMIT as f64)
