@@ -612,6 +612,47 @@ impl Partial {
         )
     }
 
+    /// Adds one event's input to a pane's partial and, for a busy key, to the window's
+    /// partial of the same slot. Where both are sketches, the value's coupon (a hash of the
+    /// value) is worked out once for both.
+    pub fn add_with_window(&mut self, window: Option<&mut Partial>, input: Input) {
+        match (self, window, input) {
+            (Partial::DistinctHll(p), Some(Partial::DistinctHll(w)), Input::Hash(h)) => {
+                let (register, value) = crate::hll::coupon(h);
+                p.raise(register, value);
+                w.raise(register, value);
+            }
+            (pane, window, input) => {
+                pane.add(input);
+                if let Some(w) = window {
+                    w.add(input);
+                }
+            }
+        }
+    }
+
+    /// Starts loading the sketch registers that the values hashed to `hashes` would raise in
+    /// this pane's partial and the window's, where those are sketches. Nothing is worked out
+    /// when neither is one.
+    pub fn prefetch_registers(&self, window: Option<&Partial>, hashes: impl Iterator<Item = u64>) {
+        fn sketch(p: Option<&Partial>) -> Option<&Hll> {
+            match p {
+                Some(Partial::DistinctHll(s)) => Some(s),
+                _ => None,
+            }
+        }
+        let (pane, window) = (sketch(Some(self)), sketch(window));
+        if pane.is_none() && window.is_none() {
+            return;
+        }
+        for h in hashes {
+            let (register, _) = crate::hll::coupon(h);
+            pane.into_iter()
+                .chain(window)
+                .for_each(|s| s.prefetch(register));
+        }
+    }
+
     /// Adds one event's input.
     pub fn add(&mut self, input: Input) {
         match (&mut *self, input) {

@@ -168,15 +168,23 @@ impl Index {
         }
     }
 
+    /// The first free position of the probe sequence from `home`, or `stop` if the sequence
+    /// reaches it first.
+    fn free_from(&self, home: usize, stop: usize) -> usize {
+        let mask = self.mask();
+        let mut i = home & mask;
+        while i != stop && self.entries.get(i).is_some_and(|x| x.slot != FREE) {
+            i = (i + 1) & mask;
+        }
+        i
+    }
+
     /// Moves the live entries into a fresh index of `capacity` entries.
     fn rebuild(&mut self, capacity: usize, hash: impl Fn(u64) -> u64) {
         let old = std::mem::replace(&mut self.entries, Self::free_entries(capacity));
-        let mask = self.mask();
         for e in old.iter().filter(|e| e.slot != FREE) {
-            let mut i = hash(e.key()) as usize & mask;
-            while self.entries.get(i).is_some_and(|x| x.slot != FREE) {
-                i = (i + 1) & mask;
-            }
+            // A fresh index at most three quarters full always has a free position.
+            let i = self.free_from(hash(e.key()) as usize, usize::MAX);
             if let Some(x) = self.entries.get_mut(i) {
                 *x = *e;
             }
@@ -235,10 +243,7 @@ impl Index {
             let Some(e) = self.entries.get(j).copied().filter(|e| e.slot != FREE) else {
                 continue;
             };
-            let mut i = hash(e.key()) as usize & mask;
-            while i != j && self.entries.get(i).is_some_and(|x| x.slot != FREE) {
-                i = (i + 1) & mask;
-            }
+            let i = self.free_from(hash(e.key()) as usize, j);
             if i != j {
                 if let Some(x) = self.entries.get_mut(i) {
                     *x = e;

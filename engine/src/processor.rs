@@ -942,12 +942,10 @@ fn update_table(
                 if let (SlotKind::Distinct, Some(Col::Text(_, h))) =
                     (s.kind, s.arg.map(|a| &cols[a]))
                 {
-                    for h in run
+                    let hashes = run
                         .iter()
-                        .filter_map(|r| h.get(*r as usize).copied().flatten())
-                    {
-                        ks.prefetch_distinct(kinds.len(), slot, h);
-                    }
+                        .filter_map(|r| h.get(*r as usize).copied().flatten());
+                    ks.prefetch_distinct(kinds.len(), slot, hashes);
                 }
             }
         }

@@ -373,27 +373,9 @@ impl KeyState {
         pane.max_off = pane.max_off.max(off);
         let partials = &mut self.partials[pos * n..(pos + 1) * n];
         for ((partial, input), slot) in partials.iter_mut().zip(inputs).zip(0..) {
-            let Some(input) = input else {
-                continue;
-            };
-            let cached = match self.cache.as_mut().map(|c| &mut c[slot]) {
-                Some(Some(c)) => Some(c),
-                _ => None,
-            };
-            match (partial, cached, input) {
-                // A busy key's pane and window sketches: the value's coupon, a hash of the
-                // value, is worked out once for both.
-                (Partial::DistinctHll(p), Some(Partial::DistinctHll(c)), Input::Hash(h)) => {
-                    let (register, value) = crate::hll::coupon(*h);
-                    p.raise(register, value);
-                    c.raise(register, value);
-                }
-                (partial, cached, input) => {
-                    partial.add(*input);
-                    if let Some(c) = cached {
-                        c.add(*input);
-                    }
-                }
+            if let Some(input) = input {
+                let cached = self.cache.as_mut().and_then(|c| c[slot].as_mut());
+                partial.add_with_window(cached, *input);
             }
         }
         self.slot_dirty |= DIRTY;
@@ -533,24 +515,14 @@ impl KeyState {
         }
     }
 
-    /// Starts loading the sketch registers that the hash `h` would raise in slot `slot` of
-    /// the newest pane and of the window cache, where those are HyperLogLog sketches. `n` is
-    /// the table's slots per pane.
-    pub fn prefetch_distinct(&self, n: usize, slot: usize, h: u64) {
+    /// Starts loading the sketch registers that values hashed to `hashes` would raise in slot
+    /// `slot` of the newest pane and of the window cache, where those are sketches
+    /// ([`Partial::prefetch_registers`]). `n` is the table's slots per pane.
+    pub fn prefetch_distinct(&self, n: usize, slot: usize, hashes: impl Iterator<Item = u64>) {
         let newest = self.partials.len().saturating_sub(n) + slot;
-        let pane = match self.partials.get(newest) {
-            Some(Partial::DistinctHll(s)) => Some(s),
-            _ => None,
-        };
-        let cache = match self.cache.as_ref().and_then(|c| c.get(slot)) {
-            Some(Some(Partial::DistinctHll(s))) => Some(s),
-            _ => None,
-        };
-        if pane.is_some() || cache.is_some() {
-            let (register, _) = crate::hll::coupon(h);
-            pane.into_iter()
-                .chain(cache)
-                .for_each(|s| s.prefetch(register));
+        if let Some(pane) = self.partials.get(newest) {
+            let window = self.cache.as_ref().and_then(|c| c.get(slot)?.as_ref());
+            pane.prefetch_registers(window, hashes);
         }
     }
 
