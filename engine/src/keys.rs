@@ -426,7 +426,9 @@ impl<'de> Deserialize<'de> for KeyTable {
                     states: Vec::with_capacity(n),
                     free: Vec::new(),
                 };
-                while let Some((key, state)) = m.next_entry::<u64, KeyState>()? {
+                while let Some((key, mut state)) = m.next_entry::<u64, KeyState>()? {
+                    // The packed window count is the decoder's to work out, not the file's.
+                    state.recount_events();
                     let (slot, _) = t.slot_or_insert(key);
                     if let Some(s) = t.state_mut(slot) {
                         *s = state;

@@ -7,8 +7,8 @@
 //! `where` reads one counter. Expressions with the same text are evaluated once per batch.
 
 use crate::agg::{InputKind, SlotKind};
-use crate::window::WindowSpec;
-use cordon_rules::{AggKind, CompiledRule, RuleSet};
+use crate::window::{EVENTS_SLOT, WindowSpec};
+use cordon_rules::{AggKind, Bound, BoundOp, CompiledRule, RuleSet};
 use datafusion::physical_expr::PhysicalExpr;
 use std::sync::Arc;
 
@@ -62,6 +62,9 @@ pub struct TableSpec {
     pub slots: Vec<SlotSpec>,
     /// Rules reading this table.
     pub rules: Vec<usize>,
+    /// The smallest of its rules' [`RulePlan::min_events`]: a key whose window holds fewer
+    /// events ([`crate::window::KeyState::may_reach`]) cannot match any of them.
+    pub min_events: u64,
 }
 
 /// How a rule reads one feature.
@@ -88,6 +91,11 @@ pub struct RulePlan {
     pub reads: Vec<FeatureRead>,
     /// `suppress` in ms.
     pub suppress_ms: i64,
+    /// Events the table's [`EVENTS_SLOT`] count must reach in a window for the rule's
+    /// condition to hold: a bound like `requests >= 300` on a count or `count_if` that counts
+    /// under at least the events slot's filter, so that it never exceeds that slot's count.
+    /// 0 when the condition sets no such bound.
+    pub min_events: u64,
 }
 
 /// The plan of a rule set.
@@ -103,6 +111,36 @@ pub struct Plan {
 
 fn fmt_ms(ms: i64) -> String {
     humantime::format_duration(std::time::Duration::from_millis(ms.max(0) as u64)).to_string()
+}
+
+/// A rule's [`RulePlan::min_events`]: the largest floor its bounds put on a count that counts
+/// a subset of the table's [`EVENTS_SLOT`] events (its predicates include that slot's).
+fn min_events(bounds: &[Bound], reads: &[FeatureRead], slots: &[SlotSpec]) -> u64 {
+    let Some(events) = slots.get(EVENTS_SLOT) else {
+        return 0;
+    };
+    bounds
+        .iter()
+        .filter_map(|b| {
+            let read = reads.get(b.feature)?;
+            let slot = slots.get(read.slot)?;
+            let counts_a_subset = matches!(read.agg, AggKind::Count | AggKind::CountIf)
+                && slot.kind == SlotKind::Count
+                && events.preds.iter().all(|p| slot.preds.contains(p));
+            if !counts_a_subset {
+                return None;
+            }
+            // The least whole count that passes.
+            let floor = match b.op {
+                BoundOp::Ge => b.value.ceil(),
+                BoundOp::Gt => b.value.floor() + 1.0,
+                BoundOp::Lt | BoundOp::Le => return None,
+            };
+            // `as` saturates a float past u64's range; NaN fails the comparison.
+            (floor > 0.0).then_some(floor as u64)
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 impl Plan {
@@ -135,6 +173,7 @@ impl Plan {
                         window,
                         slots: Vec::new(),
                         rules: Vec::new(),
+                        min_events: u64::MAX,
                     });
                     plan.tables.len() - 1
                 }
@@ -167,13 +206,17 @@ impl Plan {
                     param: f.param.unwrap_or(0.5),
                 });
             }
-            plan.tables[table].rules.push(plan.rules.len());
+            let min_events = min_events(&compiled.bounds, &reads, &plan.tables[table].slots);
+            let t = &mut plan.tables[table];
+            t.rules.push(plan.rules.len());
+            t.min_events = t.min_events.min(min_events);
             plan.rules.push(RulePlan {
                 compiled: compiled.clone(),
                 table,
                 events,
                 reads,
                 suppress_ms: rule.suppress.as_millis() as i64,
+                min_events,
             });
         }
         plan
@@ -343,14 +386,22 @@ condition: accounts > 1
             1
         );
         assert_eq!(shared.name, "account_id/1h/5m");
+        // Volume floors: each rule's count bound, when its count is a subset of the events
+        // slot's (same `where`); the table's is the least of its rules'.
+        let floors: Vec<(&str, u64)> = plan
+            .rules
+            .iter()
+            .map(|r| (r.compiled.rule.id.as_str(), r.min_events))
+            .collect();
+        // `requests > 1` needs two events; `accounts > 1` bounds a distinct count, not a count.
+        assert_eq!(floors, vec![("a", 2), ("b", 2), ("c", 2), ("d", 0)]);
+        for t in &plan.tables {
+            let least = t.rules.iter().map(|r| plan.rules[*r].min_events).min();
+            assert_eq!(Some(t.min_events), least, "{}", t.name);
+        }
         // window.rs reads a key's busyness from this slot.
         for t in &plan.tables {
-            assert_eq!(
-                t.slots[crate::window::EVENTS_SLOT].kind,
-                SlotKind::Count,
-                "{}",
-                t.name
-            );
+            assert_eq!(t.slots[EVENTS_SLOT].kind, SlotKind::Count, "{}", t.name);
         }
     }
 }

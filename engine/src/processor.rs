@@ -17,7 +17,7 @@ use crate::gate::{
 use crate::keys::{KeyTable, Slot, key_of};
 use crate::plan::{Conv, Plan, RulePlan};
 use crate::remap::{Layout, Remap};
-use crate::window::{KeyState, SAMPLE_IDS, Update, WindowSnapshot};
+use crate::window::{KeyState, MAX_BATCH_SLOT, SAMPLE_IDS, Update, WindowSnapshot, may_reach};
 use cordon_rules::{CompiledRule, RuleSet};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray,
@@ -618,6 +618,14 @@ impl Processor {
         now_ms: i64,
         out: &mut Output,
     ) -> Result<(), ProcessError> {
+        // A key's batch slot has room for this many keys per table, and a table touches at
+        // most one key per message: a larger batch goes through in parts.
+        if inputs.len() > MAX_BATCH_SLOT as usize {
+            for part in inputs.chunks(MAX_BATCH_SLOT as usize) {
+                self.process(part, now_ms, out)?;
+            }
+            return Ok(());
+        }
         // Never 0: a new key's `touch` is 0 and must not look touched in this batch.
         self.batch_seq = self.batch_seq.checked_add(1).unwrap_or(1);
         let mut by_partition: BTreeMap<i32, Vec<&Input<'_>>> = BTreeMap::new();
@@ -819,10 +827,19 @@ fn update_table(
         for (slot, i) in (t.seen - n..t.seen).enumerate() {
             samples[slot] = t.rows[i % SAMPLE_IDS];
         }
+        // A key whose window holds fewer events than every rule's volume threshold needs, as
+        // most keys do, is not read at all: its count is packed in its state.
+        let held = k.events_at_most();
+        if !may_reach(held, spec.min_events) {
+            return;
+        }
         // The key's panes are merged once for all of the table's rules.
         let mut w = k.window(&spec.window, &mut scratch);
         for r in &spec.rules {
             let rp = &plan.rules[*r];
+            if !may_reach(held, rp.min_events) {
+                continue;
+            }
             // A window outside a bound the condition requires cannot match: skip it before
             // reading the rest (most keys are far below every rule's volume threshold).
             let admitted = rp
@@ -1235,6 +1252,62 @@ suppress: 6h
         );
         let snap = p.peek(0, "a").expect("key a");
         assert_eq!(snap.features, vec![Some(3.0), Some(1.0), Some(2.0)]);
+    }
+
+    fn rules_of(yaml: &str) -> Processor {
+        let rules =
+            cordon_rules::load_sources(&[("t.yaml".into(), yaml.into())]).expect("rules load");
+        Processor::new(&rules, CoreConfig::default())
+    }
+
+    #[test]
+    fn a_volume_threshold_past_the_packed_count_still_fires() {
+        // A key's window count is packed in 11 bits and saturates at 2,047: a rule that needs
+        // 2,500 events must still see the key, before and after its window slides.
+        let mut p = rules_of(
+            "id: t.big\nversion: 1\ntitle: t\nseverity: low\nentity: account_id\n\
+             window: 1h\nevery: 5m\nsuppress: 5m\nfeatures:\n  n: count()\ncondition: n >= 2500\n",
+        );
+        // One event a second for 100 minutes, in batches of 500.
+        let events: Vec<Vec<u8>> = (0..6_000)
+            .map(|i| ev(T0 + i * 1000, "a", "192.0.2.1", ""))
+            .collect();
+        let batches: Vec<Vec<Vec<u8>>> = events.chunks(500).map(<[_]>::to_vec).collect();
+        let out = run(&mut p, &batches);
+        let new: Vec<_> = out
+            .alerts
+            .iter()
+            .filter(|a| a.alert.status == crate::gate::Status::New)
+            .collect();
+        assert!(!new.is_empty(), "no alert at 2,500 events");
+        assert_eq!(new[0].alert.features["n"], serde_json::json!(2500));
+        // After the first hour the window slides every 5 minutes and keeps about 3,600
+        // events, so it matches again once the first alert's suppression is over.
+        assert!(new.len() >= 2, "{new:?}");
+    }
+
+    #[test]
+    fn a_rule_counting_what_the_events_slot_does_not_is_never_skipped() {
+        // The table's events slot counts `status < 400`; the second rule counts server errors,
+        // which that slot never sees, so its threshold says nothing about the slot's count.
+        let mut p = rules_of(
+            "id: t.ok\nversion: 1\ntitle: t\nseverity: low\nentity: account_id\n\
+             where: status < 400\nwindow: 1h\nevery: 5m\nfeatures:\n  n: count()\n\
+             condition: n >= 1000\n---\n\
+             id: t.errors\nversion: 1\ntitle: t\nseverity: low\nentity: account_id\n\
+             window: 1h\nevery: 5m\nfeatures:\n  errors: count_if(status >= 500)\n\
+             condition: errors >= 5\n",
+        );
+        let plan = &p.plan;
+        assert_eq!(plan.rules[0].min_events, 1000);
+        assert_eq!(plan.rules[1].min_events, 0);
+        assert_eq!(plan.tables[0].min_events, 0);
+        let batch: Vec<Vec<u8>> = (0..5)
+            .map(|i| ev(T0 + i, "a", "192.0.2.1", r#","status":503"#))
+            .collect();
+        let out = run(&mut p, &[batch]);
+        assert_eq!(out.alerts.len(), 1, "{:?}", out.alerts);
+        assert_eq!(out.alerts[0].alert.rule.id, "t.errors");
     }
 
     #[test]

@@ -137,6 +137,23 @@ type Cache = Box<[Option<Partial>]>;
 /// The dirty flag's bit in [`KeyState`]'s packed `slot_dirty`.
 const DIRTY: u32 = 1 << 31;
 
+/// Where [`KeyState`]'s packed `slot_dirty` keeps the window's [`EVENTS_SLOT`] count: 11 bits
+/// above the batch slot, saturating at [`EVENTS_SATURATED`].
+const EVENTS_SHIFT: u32 = 20;
+
+/// The window count at which the packed count stops: it then means "at least this many".
+pub const EVENTS_SATURATED: u64 = (1 << 11) - 1;
+
+/// Whether a window whose [`KeyState::events_at_most`] is `at_most` may have `events` or more
+/// events in its [`EVENTS_SLOT`] count (it has, or the packed count is saturated).
+pub fn may_reach(at_most: u64, events: u64) -> bool {
+    at_most >= EVENTS_SATURATED || at_most >= events
+}
+
+/// Largest batch slot [`KeyState::set_batch_slot`] takes: the bits below the packed count.
+/// A table touches at most one key per row, so a batch of fewer rows than this always fits.
+pub const MAX_BATCH_SLOT: u32 = (1 << EVENTS_SHIFT) - 1;
+
 /// A snapshot of one key's window as one rule sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowSnapshot {
@@ -247,9 +264,18 @@ pub struct KeyState {
     cache: Option<Box<Cache>>,
     /// Batch sequence of the last update, for least-recently-used eviction.
     pub touch: u32,
-    /// The batch slot (low 31 bits, see [`KeyState::batch_slot`]) and the dirty flag (top
-    /// bit), packed so that the struct stays within 56 bytes.
+    /// Packed so that the struct stays within 56 bytes: the batch slot (low 20 bits, see
+    /// [`KeyState::batch_slot`]), the window's [`EVENTS_SLOT`] count (11 bits, see
+    /// [`KeyState::events_at_most`]) and the dirty flag (top bit). The count is worked out
+    /// again from the panes whenever a key is decoded or remapped: a checkpoint holds these
+    /// bits without it, as it did before the count was packed here.
+    #[serde(serialize_with = "without_events")]
     slot_dirty: u32,
+}
+
+/// `slot_dirty` as a checkpoint holds it: without the packed window count.
+fn without_events<S: serde::Serializer>(slot_dirty: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u32(slot_dirty & !((EVENTS_SATURATED as u32) << EVENTS_SHIFT))
 }
 
 impl KeyState {
@@ -276,13 +302,49 @@ impl KeyState {
 
     /// Scratch for the current batch: where the processor tracks this key's rows.
     pub fn batch_slot(&self) -> u32 {
-        self.slot_dirty & !DIRTY
+        self.slot_dirty & MAX_BATCH_SLOT
     }
 
-    /// Sets the batch slot (below 2^31; a batch has far fewer keys).
+    /// Sets the batch slot (at most [`MAX_BATCH_SLOT`]; the processor splits larger batches).
     pub fn set_batch_slot(&mut self, slot: u32) {
-        debug_assert!(slot < DIRTY, "batch slot {slot} out of range");
-        self.slot_dirty = (self.slot_dirty & DIRTY) | (slot & !DIRTY);
+        debug_assert!(slot <= MAX_BATCH_SLOT, "batch slot {slot} out of range");
+        self.slot_dirty = (self.slot_dirty & !MAX_BATCH_SLOT) | (slot & MAX_BATCH_SLOT);
+    }
+
+    /// The window's [`EVENTS_SLOT`] count, or [`EVENTS_SATURATED`] when it is at least that:
+    /// an upper bound on every count the window holds under the same filter, known without
+    /// touching the panes. The processor skips a key's window read when this is below every
+    /// rule's volume threshold, which most keys are.
+    pub fn events_at_most(&self) -> u64 {
+        u64::from((self.slot_dirty >> EVENTS_SHIFT) & EVENTS_SATURATED as u32)
+    }
+
+    fn set_events(&mut self, events: u64) {
+        let packed = (events.min(EVENTS_SATURATED) as u32) << EVENTS_SHIFT;
+        self.slot_dirty = (self.slot_dirty & !((EVENTS_SATURATED as u32) << EVENTS_SHIFT)) | packed;
+    }
+
+    /// The sum of the [`EVENTS_SLOT`] counts of `panes`.
+    fn pane_events(&self, panes: std::ops::Range<usize>) -> u64 {
+        let n = self.slots();
+        if n == 0 {
+            return 0;
+        }
+        self.partials
+            .chunks_exact(n)
+            .take(panes.end)
+            .skip(panes.start)
+            .map(|p| match &p[EVENTS_SLOT] {
+                Partial::Count(c) => *c,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Works the packed window count out from the panes again: for a key decoded from a
+    /// checkpoint ([`crate::keys::KeyTable`]'s decoding calls it) or remapped.
+    pub(crate) fn recount_events(&mut self) {
+        self.set_events(self.pane_events(0..usize::MAX));
     }
 
     /// The newest pane index, `i64::MIN` before any event.
@@ -335,12 +397,23 @@ impl KeyState {
                     min_off: off,
                     max_off: off,
                 };
+                // The dropped panes' counts come off the packed count, which is exact below
+                // saturation; a saturated one is counted again from the panes that stay.
+                let events = self.events_at_most();
+                let saturated = events >= EVENTS_SATURATED;
+                if !saturated {
+                    let dropped = self.pane_events(0..keep_from);
+                    self.set_events(events.saturating_sub(dropped));
+                }
                 self.panes.slide(keep_from, newest);
                 let mut partials = std::mem::take(&mut self.partials).into_vec();
                 partials.drain(..keep_from * n);
                 partials.extend(kinds.iter().map(|k| Partial::new(*k)));
                 self.partials = partials.into_boxed_slice();
                 self.cache = None;
+                if saturated {
+                    self.recount_events();
+                }
             }
         } else if p <= head - spec.panes {
             return Update::TooOld;
@@ -378,6 +451,9 @@ impl KeyState {
                 partial.add_with_window(cached, *input);
             }
         }
+        if let Some(Some(_)) = inputs.get(EVENTS_SLOT) {
+            self.set_events(self.events_at_most() + 1);
+        }
         self.slot_dirty |= DIRTY;
         if slid {
             Update::AppliedAfterSlide
@@ -411,15 +487,9 @@ impl KeyState {
         {
             Slots::Cached(self.cache.as_deref().map_or(&[], |c| &c[..]))
         } else {
-            let events: u64 = self
-                .partials
-                .chunks_exact(n)
-                .map(|p| match &p[EVENTS_SLOT] {
-                    Partial::Count(c) => *c,
-                    _ => 0,
-                })
-                .sum();
-            if events < CACHE_MIN_EVENTS {
+            // The packed count is exact this far below its saturation.
+            const _: () = assert!(CACHE_MIN_EVENTS < EVENTS_SATURATED);
+            if self.events_at_most() < CACHE_MIN_EVENTS {
                 Slots::Panes {
                     partials: &self.partials,
                     n,
@@ -484,13 +554,14 @@ impl KeyState {
                 .map(|m| m.and_then(|o| cache[o].take()))
                 .collect();
         }
+        self.recount_events();
     }
 
     /// Forgets the batch bookkeeping (`touch`, `batch_slot`) of another process: a key restored
     /// from a checkpoint looks least recently used and untouched in the current batch.
     pub fn reset_batch(&mut self) {
         self.touch = 0;
-        self.slot_dirty = 0;
+        self.slot_dirty &= (EVENTS_SATURATED as u32) << EVENTS_SHIFT;
     }
 
     /// Starts loading the memory an update of the key's newest pane reads: its pane list, the
@@ -609,6 +680,50 @@ mod tests {
     fn read(k: &mut KeyState) -> WindowSnapshot {
         k.clear_dirty();
         k.snapshot(&SPEC, 0, &READS)
+    }
+
+    proptest::proptest! {
+        /// The packed window count is the window's events-slot count (capped at saturation)
+        /// after every update: in order, late into an older pane, too old, sliding by one
+        /// pane or past the whole window, saturated or not, and after a checkpoint's decoding
+        /// and a remap.
+        #[test]
+        fn the_packed_count_is_the_windows_events(
+            steps in proptest::collection::vec((0i64..8, 0u32..3_000, 0usize..40), 1..60),
+        ) {
+            let mut k = KeyState::new();
+            let mut newest = T0;
+            for (back, burst, gap) in steps {
+                // `gap` panes on from the newest event, or `back` panes behind it.
+                newest += gap.saturating_sub(30) as i64 * SPEC.pane_ms;
+                let ts = newest - back * SPEC.pane_ms;
+                for i in 0..(burst % 7 + if burst > 2_900 { 2_100 } else { 0 }) {
+                    ev(&mut k, ts + i64::from(i), i % 2 == 0, 1.0, u64::from(i));
+                }
+                let held = k.pane_events(0..usize::MAX).min(EVENTS_SATURATED);
+                proptest::prop_assert_eq!(k.events_at_most(), held);
+                proptest::prop_assert!(may_reach(k.events_at_most(), held));
+            }
+            let held = k.events_at_most();
+            let mut table = crate::keys::KeyTable::default();
+            let (slot, _) = table.slot_or_insert(7);
+            if let Some(s) = table.state_mut(slot) {
+                *s = k.clone();
+                s.set_events(0);
+            }
+            let bytes = crate::codec::encode_state(&table).map_err(|e| {
+                proptest::test_runner::TestCaseError::fail(e.to_string())
+            })?;
+            let mut back: crate::keys::KeyTable = crate::codec::decode_state(&bytes).map_err(|e| {
+                proptest::test_runner::TestCaseError::fail(e.to_string())
+            })?;
+            let restored = back.get_mut(7).map(|s| s.events_at_most());
+            proptest::prop_assert_eq!(restored, Some(held));
+            // Slot 1 (the flagged events) becomes the events slot.
+            k.remap_slots(&[Some(1), Some(0), Some(2), Some(3)], &KINDS);
+            let flagged = k.pane_events(0..usize::MAX).min(EVENTS_SATURATED);
+            proptest::prop_assert_eq!(k.events_at_most(), flagged);
+        }
     }
 
     #[test]
