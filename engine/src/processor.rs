@@ -303,6 +303,9 @@ struct Touched {
     seen: usize,
     /// A row carrying the key's entity text.
     row: usize,
+    /// The key's [`KeyState::events_at_most`] after the batch's rows: read while the state
+    /// is in cache, so that a key below every rule's floor is not visited again.
+    held: u64,
 }
 
 /// An expression evaluated over a batch, converted for its use.
@@ -913,6 +916,7 @@ fn update_table(
                 rows: [0; SAMPLE_IDS],
                 seen: 0,
                 row,
+                held: 0,
             });
             counts.push(0);
         }
@@ -995,8 +999,14 @@ fn update_table(
                 Update::TooOld => stats.too_old += 1,
             }
         }
+        touched[b].held = ks.events_at_most();
     }
     for t in touched.iter() {
+        // A key no rule can match is left dirty: evaluating it would find nothing, and so
+        // would the evaluation before its window slides (`snapshot_rules` skips it there).
+        if !may_reach(t.held, spec.min_events) {
+            continue;
+        }
         if let Some(ks) = keys.state_mut(t.slot)
             && ks.is_dirty()
         {
