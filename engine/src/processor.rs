@@ -908,7 +908,10 @@ fn update_table(
             continue;
         };
         if ks.touch != batch_seq {
-            // First event of this key in the batch.
+            // First event of this key in the batch. Its state is in cache now, so the panes
+            // and partials it points to can start loading: pass 2 then finds them nearer than
+            // memory (its own prefetch, a few keys ahead, is kept: without it, slower).
+            ks.prefetch(kinds.len());
             ks.touch = batch_seq;
             ks.set_batch_slot(touched.len() as u32);
             touched.push(Touched {
