@@ -11,7 +11,7 @@ use crate::fingerprint::fingerprints;
 use cordon_rules::schema::{INT_FIELDS, STRING_FIELDS, event_schema};
 use datafusion::arrow::array::{
     ArrayRef, Int64Builder, ListBuilder, MapBuilder, MapFieldNames, RecordBatch, StringBuilder,
-    TimestampMillisecondBuilder,
+    TimestampMillisecondBuilder, new_null_array,
 };
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -340,7 +340,16 @@ pub struct EventBatchBuilder {
     /// Event time of each row, in ms.
     pub times: Vec<i64>,
     max_message_bytes: usize,
+    /// Per column of the event schema, whether rows fill it ([`EventBatchBuilder::project`]).
+    keep: Vec<bool>,
 }
+
+/// Where the optional columns start in the event schema: `ts`, `account_id` and `ip` come first.
+const STRINGS_AT: usize = 3;
+const INTS_AT: usize = STRINGS_AT + STRING_FIELDS.len();
+const LABELS_AT: usize = INTS_AT + INT_FIELDS.len();
+const CREATED_AT: usize = LABELS_AT + 1;
+const ATTRS_AT: usize = CREATED_AT + 1;
 
 impl fmt::Debug for EventBatchBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -373,6 +382,18 @@ impl EventBatchBuilder {
             ),
             times: Vec::new(),
             max_message_bytes,
+            keep: vec![true; ATTRS_AT + 1],
+        }
+    }
+
+    /// Fills only the columns marked in `keep` (one flag per column of the event schema, as
+    /// [`crate::plan::Plan::columns_read`] gives them); the others come out of
+    /// [`finish`](Self::finish) as all-null columns of the same type. Every field is still
+    /// decoded and checked, so what is refused does not change. `ts`, `account_id` and `ip`
+    /// are always filled. Takes effect from the next row; call it between batches.
+    pub fn project(&mut self, keep: &[bool]) {
+        for (i, k) in self.keep.iter_mut().enumerate() {
+            *k = i < STRINGS_AT || keep.get(i).copied().unwrap_or(true);
         }
     }
 
@@ -510,8 +531,15 @@ impl EventBatchBuilder {
             wire.payment_fp.as_deref(),
             wire.country.as_deref(),
         ];
-        for (b, v) in self.strings.iter_mut().zip(strings) {
-            b.append_option(v);
+        for ((b, v), keep) in self
+            .strings
+            .iter_mut()
+            .zip(strings)
+            .zip(&self.keep[STRINGS_AT..])
+        {
+            if *keep {
+                b.append_option(v);
+            }
         }
         let ints = [
             wire.status,
@@ -522,10 +550,13 @@ impl EventBatchBuilder {
             wire.latency_ms,
             wire.asn,
         ];
-        for (b, v) in self.ints.iter_mut().zip(ints) {
-            b.append_option(v);
+        for ((b, v), keep) in self.ints.iter_mut().zip(ints).zip(&self.keep[INTS_AT..]) {
+            if *keep {
+                b.append_option(v);
+            }
         }
         match &wire.labels {
+            _ if !self.keep[LABELS_AT] => {}
             Some(labels) => {
                 for l in labels {
                     self.labels.values().append_value(l);
@@ -534,8 +565,11 @@ impl EventBatchBuilder {
             }
             None => self.labels.append(false),
         }
-        self.account_created.append_option(account_created);
+        if self.keep[CREATED_AT] {
+            self.account_created.append_option(account_created);
+        }
         match &wire.attrs {
+            _ if !self.keep[ATTRS_AT] => {}
             Some(Attrs(attrs)) => {
                 for (k, v) in attrs {
                     self.attrs.keys().append_value(k);
@@ -584,10 +618,16 @@ impl EventBatchBuilder {
         columns.push(Arc::new(self.account_created.finish()));
         columns.push(Arc::new(self.attrs.finish()));
         let times = std::mem::take(&mut self.times);
+        let schema = event_schema();
+        // Columns left out by the projection are empty: all nulls, as many as the rows.
+        for ((c, keep), field) in columns.iter_mut().zip(&self.keep).zip(schema.fields()) {
+            if !keep {
+                *c = new_null_array(field.data_type(), times.len());
+            }
+        }
         // The builders produce exactly the schema's types; a mismatch is a bug caught by tests.
         #[allow(clippy::expect_used)]
-        let batch =
-            RecordBatch::try_new(event_schema(), columns).expect("decoder builds event schema v1");
+        let batch = RecordBatch::try_new(schema, columns).expect("decoder builds event schema v1");
         (batch, times)
     }
 }
@@ -706,6 +746,42 @@ mod tests {
                 .value(0),
             1_772_000_000_000
         );
+    }
+
+    #[test]
+    fn a_projection_leaves_unread_columns_null_and_still_checks_them() {
+        let schema = event_schema();
+        let names = ["request_id", "latency_ms", "labels", "attrs"];
+        let keep: Vec<bool> = schema
+            .fields()
+            .iter()
+            .map(|f| names.contains(&f.name().as_str()))
+            .collect();
+        let mut b = EventBatchBuilder::new(1 << 20);
+        b.project(&keep);
+        let ev = |extra: &str| {
+            format!(
+                r#"{{"ts":{T0},"account_id":"a1","ip":"203.0.113.7","request_id":"r1","user_agent":"ua","latency_ms":42,"asn":7,"labels":["x"],"account_created":{T0},"attrs":{{"k":"v"}}{extra}}}"#
+            )
+        };
+        b.push(ev("").as_bytes(), &mut open_time()).expect("valid");
+        // A field nothing reads is still checked: a wrong type is refused as before.
+        let wrong = b
+            .push(ev(r#","country":7"#).as_bytes(), &mut open_time())
+            .expect_err("wrong type");
+        assert_eq!(wrong.reason, Reason::WrongType);
+        let (batch, _) = b.finish();
+        assert_eq!(batch.schema(), schema);
+        assert_eq!(batch.num_rows(), 1);
+        for f in schema.fields() {
+            let c = batch.column_by_name(f.name()).expect("column");
+            assert_eq!(c.len(), 1, "{}", f.name());
+            let filled = names.contains(&f.name().as_str())
+                || ["ts", "account_id", "ip"].contains(&f.name().as_str());
+            assert_eq!(c.is_valid(0), filled, "{}", f.name());
+        }
+        let latency = batch.column_by_name("latency_ms").expect("latency_ms");
+        assert_eq!(latency.as_primitive::<Int64Type>().value(0), 42);
     }
 
     #[test]

@@ -222,6 +222,25 @@ impl Plan {
         plan
     }
 
+    /// Per column of the event schema, whether anything reads it: an expression of the plan,
+    /// or the alert's sample request ids (`request_id`). The decoder fills only these
+    /// ([`crate::decode::EventBatchBuilder::project`]).
+    pub fn columns_read(&self) -> Vec<bool> {
+        let schema = cordon_rules::schema::event_schema();
+        let mut read = vec![false; schema.fields().len()];
+        if let Ok(i) = schema.index_of("request_id") {
+            read[i] = true;
+        }
+        for e in &self.exprs {
+            for c in datafusion::physical_expr::utils::collect_columns(&e.expr) {
+                if let Some(r) = read.get_mut(c.index()) {
+                    *r = true;
+                }
+            }
+        }
+        read
+    }
+
     fn expr(&mut self, expr: &Arc<dyn PhysicalExpr>, text: &str, conv: Conv) -> usize {
         if let Some(i) = self
             .exprs
@@ -399,6 +418,27 @@ condition: accounts > 1
             let least = t.rules.iter().map(|r| plan.rules[*r].min_events).min();
             assert_eq!(Some(t.min_events), least, "{}", t.name);
         }
+        // The decoder fills what the expressions read, and the sample request ids.
+        let schema = cordon_rules::schema::event_schema();
+        let read: Vec<&str> = plan
+            .columns_read()
+            .iter()
+            .zip(schema.fields())
+            .filter(|(r, _)| **r)
+            .map(|(_, f)| f.name().as_str())
+            .collect();
+        assert_eq!(
+            read,
+            [
+                "account_id",
+                "ip",
+                "request_id",
+                "prompt_fp",
+                "status",
+                "output_tokens",
+                "latency_ms"
+            ]
+        );
         // window.rs reads a key's busyness from this slot.
         for t in &plan.tables {
             assert_eq!(t.slots[EVENTS_SLOT].kind, SlotKind::Count, "{}", t.name);

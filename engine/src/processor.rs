@@ -335,11 +335,13 @@ impl Processor {
             .map(|t| t.slots.iter().map(|s| s.kind).collect())
             .collect();
         let evictions = vec![0; plan.tables.len()];
+        let mut builder = EventBatchBuilder::new(config.max_message_bytes);
+        builder.project(&plan.columns_read());
         Self {
             plan,
             kinds,
             partitions: HashMap::new(),
-            builder: EventBatchBuilder::new(config.max_message_bytes),
+            builder,
             config,
             batch_seq: 0,
             live_keys: 0,
@@ -386,6 +388,7 @@ impl Processor {
             .iter()
             .map(|t| t.slots.iter().map(|s| s.kind).collect())
             .collect();
+        self.builder.project(&new.columns_read());
         self.plan = new;
         self.live_keys = self
             .partitions
