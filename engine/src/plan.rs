@@ -63,7 +63,7 @@ pub struct TableSpec {
     /// Rules reading this table.
     pub rules: Vec<usize>,
     /// The smallest of its rules' [`RulePlan::min_events`]: a key whose window holds fewer
-    /// events ([`crate::window::KeyState::may_reach`]) cannot match any of them.
+    /// events ([`crate::window::may_reach`]) cannot match any of them.
     pub min_events: u64,
 }
 

@@ -1215,8 +1215,12 @@ suppress: 6h
 "#;
 
     fn processor() -> Processor {
+        rules_of(RULES)
+    }
+
+    fn rules_of(yaml: &str) -> Processor {
         let rules =
-            cordon_rules::load_sources(&[("t.yaml".into(), RULES.into())]).expect("rules load");
+            cordon_rules::load_sources(&[("t.yaml".into(), yaml.into())]).expect("rules load");
         Processor::new(&rules, CoreConfig::default())
     }
 
@@ -1268,12 +1272,6 @@ suppress: 6h
         );
         let snap = p.peek(0, "a").expect("key a");
         assert_eq!(snap.features, vec![Some(3.0), Some(1.0), Some(2.0)]);
-    }
-
-    fn rules_of(yaml: &str) -> Processor {
-        let rules =
-            cordon_rules::load_sources(&[("t.yaml".into(), yaml.into())]).expect("rules load");
-        Processor::new(&rules, CoreConfig::default())
     }
 
     #[test]

@@ -683,6 +683,35 @@ mod tests {
         k.snapshot(&SPEC, 0, &READS)
     }
 
+    #[test]
+    fn the_batch_slot_the_count_and_the_dirty_flag_keep_to_their_bits() {
+        let mut k = KeyState::new();
+        for _ in 0..3 {
+            ev(&mut k, T0, false, 1.0, 1);
+        }
+        assert!(k.is_dirty());
+        k.set_batch_slot(MAX_BATCH_SLOT);
+        assert_eq!(
+            (k.batch_slot(), k.events_at_most(), k.is_dirty()),
+            (MAX_BATCH_SLOT, 3, true)
+        );
+        k.set_events(EVENTS_SATURATED + 5);
+        k.clear_dirty();
+        assert_eq!(
+            (k.batch_slot(), k.events_at_most(), k.is_dirty()),
+            (MAX_BATCH_SLOT, EVENTS_SATURATED, false)
+        );
+        k.set_batch_slot(0);
+        k.reset_batch();
+        assert_eq!(
+            (k.batch_slot(), k.events_at_most(), k.touch),
+            (0, EVENTS_SATURATED, 0)
+        );
+        // Saturated: it may reach any count; below, only what it holds.
+        assert!(may_reach(EVENTS_SATURATED, u64::MAX));
+        assert!(may_reach(3, 3) && !may_reach(3, 4));
+    }
+
     proptest::proptest! {
         /// The packed window count is the window's events-slot count (capped at saturation)
         /// after every update: in order, late into an older pane, too old, sliding by one
