@@ -144,6 +144,9 @@ const EVENTS_SHIFT: u32 = 20;
 /// The window count at which the packed count stops: it then means "at least this many".
 pub const EVENTS_SATURATED: u64 = (1 << 11) - 1;
 
+/// The packed count's bits in `slot_dirty`.
+const EVENTS_BITS: u32 = (EVENTS_SATURATED as u32) << EVENTS_SHIFT;
+
 /// Whether a window whose [`KeyState::events_at_most`] is `at_most` may have `events` or more
 /// events in its [`EVENTS_SLOT`] count (it has, or the packed count is saturated).
 pub fn may_reach(at_most: u64, events: u64) -> bool {
@@ -317,12 +320,12 @@ impl KeyState {
     /// touching the panes. The processor skips a key's window read when this is below every
     /// rule's volume threshold, which most keys are.
     pub fn events_at_most(&self) -> u64 {
-        u64::from((self.slot_dirty >> EVENTS_SHIFT) & EVENTS_SATURATED as u32)
+        u64::from((self.slot_dirty & EVENTS_BITS) >> EVENTS_SHIFT)
     }
 
     fn set_events(&mut self, events: u64) {
         let packed = (events.min(EVENTS_SATURATED) as u32) << EVENTS_SHIFT;
-        self.slot_dirty = (self.slot_dirty & !((EVENTS_SATURATED as u32) << EVENTS_SHIFT)) | packed;
+        self.slot_dirty = (self.slot_dirty & !EVENTS_BITS) | packed;
     }
 
     /// The sum of the [`EVENTS_SLOT`] counts of `panes`.
@@ -562,7 +565,7 @@ impl KeyState {
     /// from a checkpoint looks least recently used and untouched in the current batch.
     pub fn reset_batch(&mut self) {
         self.touch = 0;
-        self.slot_dirty &= (EVENTS_SATURATED as u32) << EVENTS_SHIFT;
+        self.slot_dirty &= EVENTS_BITS;
     }
 
     /// Starts loading the memory an update of the key's newest pane reads: its pane list, the
