@@ -19,9 +19,8 @@ use crate::plan::{Conv, Plan, RulePlan};
 use crate::remap::{Layout, Remap};
 use crate::window::{KeyState, MAX_BATCH_SLOT, SAMPLE_IDS, Update, WindowSnapshot, may_reach};
 use cordon_rules::{CompiledRule, RuleSet};
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, StringArray};
+use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::DataFusionError;
@@ -310,7 +309,9 @@ struct Touched {
 
 /// An expression evaluated over a batch, converted for its use.
 enum Col {
-    Bool(BooleanArray),
+    /// A predicate's rows that are true: NULL folded into false once per batch, so that the
+    /// per-row check is one bit.
+    Bool(BooleanBuffer),
     Number(Float64Array),
     /// Text and the 64-bit hash of each value ([`key_of`]).
     Text(StringArray, Vec<Option<u64>>),
@@ -319,7 +320,7 @@ enum Col {
 impl Col {
     fn flag(&self, row: usize) -> bool {
         match self {
-            Col::Bool(a) => a.is_valid(row) && a.value(row),
+            Col::Bool(a) => row < a.len() && a.value(row),
             _ => false,
         }
     }
@@ -782,7 +783,13 @@ fn evaluate_columns(
                 })
             };
             Ok(match e.conv {
-                Conv::Bool => Col::Bool(a.as_boolean().clone()),
+                Conv::Bool => {
+                    let a = a.as_boolean();
+                    Col::Bool(match a.nulls() {
+                        Some(valid) => a.values() & valid.inner(),
+                        None => a.values().clone(),
+                    })
+                }
                 Conv::Number => Col::Number(cast_to(&DataType::Float64)?.as_primitive().clone()),
                 Conv::Text => {
                     let s = cast_to(&DataType::Utf8)?.as_string::<i32>().clone();
@@ -1272,6 +1279,27 @@ suppress: 6h
         );
         let snap = p.peek(0, "a").expect("key a");
         assert_eq!(snap.features, vec![Some(3.0), Some(1.0), Some(2.0)]);
+    }
+
+    #[test]
+    fn a_filter_that_is_null_does_not_count() {
+        // `status < 400` is NULL for an event without a status: SQL's NULL is not true.
+        let mut p = rules_of(
+            "id: t.ok\nversion: 1\ntitle: t\nseverity: low\nentity: account_id\n\
+             where: status < 400\nwindow: 1h\nevery: 5m\nfeatures:\n  n: count()\n\
+             \x20 errors: count_if(status >= 500)\ncondition: n >= 1000\n",
+        );
+        let status = |i: i64| match i % 3 {
+            0 => r#","status":200"#,
+            1 => r#","status":503"#,
+            _ => "",
+        };
+        let batch: Vec<Vec<u8>> = (0..9)
+            .map(|i| ev(T0 + i, "a", "192.0.2.1", status(i)))
+            .collect();
+        run(&mut p, &[batch]);
+        let snap = p.peek(0, "a").expect("key a");
+        assert_eq!(snap.features, vec![Some(3.0), Some(0.0)]);
     }
 
     #[test]
