@@ -6,7 +6,9 @@
 //! rule's filter does.
 //!
 //! - `cordon_engine::window::KeyState::update`: a key's first event (most keys see one or a
-//!   few); a busy key within one pane; a busy key over two hours (panes slide and expire).
+//!   few); a busy key within one pane; a busy key over two hours (panes slide and expire);
+//!   keys filling their window a pane at a time (each event adds a pane and grows the key's
+//!   allocations); sparse keys whose every event slides a full window.
 //! - `cordon_engine::window::KeyState::snapshot`: reading one rule's features of a busy key
 //!   (what a touched key costs per rule and batch).
 //! - `cordon_engine::agg::Partial::add`: one value into a partial, per storage kind.
@@ -114,6 +116,34 @@ fn state(c: &mut Criterion) {
             },
         );
     }
+    // Keys filling their window: one event in each pane in turn, every key growing by a pane
+    // per event, as the mix's /24 ranges do over their first hour.
+    group.throughput(Throughput::Elements((KEYS as u64) * spec.panes as u64));
+    let filling: Vec<(i64, Vec<Option<Input>>)> = (0..spec.panes)
+        .map(|pane| {
+            let ts = T0 + pane * spec.pane_ms;
+            (ts, inputs(&kinds, pane as u64, ts))
+        })
+        .collect();
+    group.bench_function(
+        format!(
+            "{KEYS} keys, one event in each of their {} panes in turn (the window fills), {label}",
+            spec.panes
+        ),
+        |b| {
+            b.iter_batched_ref(
+                || (0..KEYS).map(|_| KeyState::new()).collect::<Vec<_>>(),
+                |keys| {
+                    for (ts, inp) in &filling {
+                        for k in keys.iter_mut() {
+                            black_box(k.update(&spec, &kinds, *ts, inp, |_| {}));
+                        }
+                    }
+                },
+                BatchSize::LargeInput,
+            );
+        },
+    );
     // Steady sparse keys: a full window of one event a pane each, then the next pane's event,
     // which expires the oldest pane as it starts a new one (a slide per event).
     group.throughput(Throughput::Elements(KEYS as u64));
