@@ -1,0 +1,198 @@
+//! What this machine's memory allows one core: the cost of a cache line loaded from a random
+//! place in a working set of a given size, which bounds a keyed engine whose state is larger
+//! than the caches, whatever its code.
+//!
+//! The in-process harness (`throughput`) keeps 500 MB and more of state for the 1M-account mix,
+//! and every event reads and writes a few lines of it per state table at places no hardware
+//! prefetcher can guess (an index entry, a key state, its partials, a set, a sketch register).
+//! This harness measures, for working sets from inside the caches to far outside them:
+//! - **chase**: each load's address depends on the one before (a random cyclic permutation of
+//!   the lines): the full latency of one miss, nothing overlapped;
+//! - **independent**: loads whose addresses are known in advance (random lines, read and
+//!   summed), which the out-of-order core overlaps as far as it can on its own;
+//! - **prefetched**: the same, with a prefetch hint [`DISTANCE`] loads ahead, as the engine's
+//!   processor issues them ([`cordon_engine::prefetch::prefetch`]);
+//! - **prefetched update**: the same, adding one to the line's second word (read, then
+//!   write), which is what a state update does;
+//! - **three-line chain**: a key's lookup as the engine makes it, three dependent lines (an
+//!   index entry, the key state it points to, the partials that points to), the last one
+//!   read. Software-pipelined as the processor's passes are: the first line of the key
+//!   [`DISTANCE`] x 3 keys ahead is prefetched, the second of the key 2 x [`DISTANCE`] ahead
+//!   (its first line has arrived), the third [`DISTANCE`] ahead. Per chain, not per line.
+//!
+//! The last row of the largest set is the floor under the engine's cost per event: an event
+//! that touches N random lines of state cannot take less than N times it.
+//!
+//! Run: `cargo run --release -p cordon-benches --bin memory -- [--max-mb N] [--loads N]
+//! [--json FILE]` (pin it, e.g. `taskset -c 1`, to compare with `throughput`). To see what
+//! transparent huge pages change, run it again with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
+//! (glibc then asks for huge pages for its large allocations).
+
+use cordon_engine::prefetch::prefetch;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::hint::black_box;
+use std::time::Instant;
+
+/// Words in a 64-byte cache line.
+const LINE_WORDS: usize = 8;
+
+/// How many loads ahead the prefetched rows hint, as the engine's first pass does (16 rows).
+const DISTANCE: usize = 16;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn arg_str(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// Nanoseconds per load of each access pattern over one working set.
+struct Row {
+    mb: usize,
+    chase: f64,
+    independent: f64,
+    prefetched: f64,
+    update: f64,
+    chain: f64,
+}
+
+/// Measures the four patterns over `lines` cache lines with `loads` loads each.
+fn measure(lines: usize, loads: usize, rng: &mut ChaCha8Rng) -> Row {
+    // Every line holds, in its first word, the next line of one random cycle through all of
+    // them (Sattolo's algorithm), so the chase visits every line before it repeats.
+    let mut order: Vec<usize> = (0..lines).collect();
+    for i in (1..lines).rev() {
+        let j = rng.random_range(0..i);
+        order.swap(i, j);
+    }
+    let mut mem = vec![0u64; lines * LINE_WORDS];
+    for w in order.windows(2) {
+        mem[w[0] * LINE_WORDS] = w[1] as u64;
+    }
+    if let (Some(&last), Some(&first)) = (order.last(), order.first()) {
+        mem[last * LINE_WORDS] = first as u64;
+    }
+    drop(order);
+    // The independent loads' addresses, drawn beforehand and read in order (a stream the
+    // hardware prefetcher follows), so that drawing them costs nothing in the timed loops.
+    let idx: Vec<u32> = (0..loads + 3 * DISTANCE)
+        .map(|_| rng.random_range(0..lines) as u32)
+        .collect();
+
+    let chase = {
+        let started = Instant::now();
+        let mut at = 0usize;
+        for _ in 0..loads {
+            at = mem[at * LINE_WORDS] as usize;
+        }
+        black_box(at);
+        started.elapsed().as_nanos() as f64 / loads as f64
+    };
+    let independent = {
+        let started = Instant::now();
+        let mut sum = 0u64;
+        for &i in &idx[..loads] {
+            sum = sum.wrapping_add(mem[i as usize * LINE_WORDS]);
+        }
+        black_box(sum);
+        started.elapsed().as_nanos() as f64 / loads as f64
+    };
+    let prefetched = {
+        let started = Instant::now();
+        let mut sum = 0u64;
+        for (k, &i) in idx[..loads].iter().enumerate() {
+            prefetch(
+                mem.as_ptr()
+                    .wrapping_add(idx[k + DISTANCE] as usize * LINE_WORDS),
+            );
+            sum = sum.wrapping_add(mem[i as usize * LINE_WORDS]);
+        }
+        black_box(sum);
+        started.elapsed().as_nanos() as f64 / loads as f64
+    };
+    let update = {
+        let started = Instant::now();
+        for k in 0..loads {
+            prefetch(
+                mem.as_ptr()
+                    .wrapping_add(idx[k + DISTANCE] as usize * LINE_WORDS),
+            );
+            let w = &mut mem[idx[k] as usize * LINE_WORDS + 1];
+            *w = w.wrapping_add(1);
+        }
+        black_box(&mem);
+        started.elapsed().as_nanos() as f64 / loads as f64
+    };
+    // The chains start at random lines and follow the cycle: line -> next -> next.
+    let next = |line: usize| mem[line * LINE_WORDS] as usize;
+    let chain = {
+        let at = |line: usize| mem.as_ptr().wrapping_add(line * LINE_WORDS);
+        let started = Instant::now();
+        let mut sum = 0u64;
+        for k in 0..loads - 2 * DISTANCE {
+            prefetch(at(idx[k + 3 * DISTANCE] as usize));
+            prefetch(at(next(idx[k + 2 * DISTANCE] as usize)));
+            prefetch(at(next(next(idx[k + DISTANCE] as usize))));
+            let third = next(next(idx[k] as usize));
+            sum = sum.wrapping_add(mem[third * LINE_WORDS + 1]);
+        }
+        black_box(sum);
+        started.elapsed().as_nanos() as f64 / (loads - 2 * DISTANCE) as f64
+    };
+    Row {
+        mb: (lines * 64) >> 20,
+        chase,
+        independent,
+        prefetched,
+        update,
+        chain,
+    }
+}
+
+fn main() {
+    let max_mb = arg("--max-mb", 2048).max(1) as usize;
+    let loads = arg("--loads", 20_000_000).max(3 * DISTANCE as u64) as usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let sizes: Vec<usize> = [1, 16, 64, 256, 512, 1024, 2048, 4096]
+        .into_iter()
+        .filter(|&mb| mb <= max_mb)
+        .collect();
+    println!(
+        "| working set | chase, ns a load | independent, ns a load | prefetched {DISTANCE} ahead, ns a load | prefetched update, ns a line | three-line chain, ns a chain |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let mut rows = Vec::new();
+    for mb in sizes {
+        let r = measure((mb << 20) / 64, loads, &mut rng);
+        println!(
+            "| {} MB | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.mb, r.chase, r.independent, r.prefetched, r.update, r.chain
+        );
+        rows.push(serde_json::json!({
+            "working_set_mb": r.mb,
+            "chase_ns": r.chase,
+            "independent_ns": r.independent,
+            "prefetched_ns": r.prefetched,
+            "prefetched_update_ns": r.update,
+            "three_line_chain_ns": r.chain,
+        }));
+    }
+    if let Some(path) = arg_str("--json") {
+        let doc = serde_json::json!({ "loads": loads, "distance": DISTANCE, "rows": rows });
+        if let Err(e) = std::fs::write(&path, format!("{doc:#}\n")) {
+            eprintln!("memory: cannot write {path}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
