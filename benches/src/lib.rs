@@ -7,15 +7,37 @@
 //!   next to the `cordon` release binary's on the same topic, and event-to-alert latency at
 //!   half that rate.
 //! - `src/bin/layout.rs`: the sizes behind the key state's pane list (why not `SmallVec`).
+//! - `src/bin/memory.rs`: what this machine's memory allows one core (random cache-line loads
+//!   over working sets from 1 MB to 2 GB), the floor under a state table's cost.
+//! - `scripts/ab.sh`: two builds of `throughput` in paired runs; `scripts/costs.sh`: what
+//!   groups of a pack's rule files cost per event, by leaving them out.
 //! - `benches/*.rs`: criterion micro-benchmarks of the core's stages (decode, expression
 //!   evaluation, state update, condition evaluation, alert gate, the whole batch), named by
 //!   the type path they measure.
 //!
-//! This library holds what they share: the shipped pack and simulator payloads.
+//! This library holds what they share: the shipped pack, simulator payloads and command-line
+//! flags.
 
 use cordon_engine::simulate::{SimEvent, SimOptions, Simulation};
 use cordon_rules::RuleSet;
 use std::path::PathBuf;
+
+/// The value after flag `name` on the command line.
+pub fn arg_str(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// The number after flag `name` on the command line, or `default` when it is absent or not a
+/// number.
+pub fn arg_u64(name: &str, default: u64) -> u64 {
+    arg_str(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 /// The shipped extraction pack's directory.
 pub fn pack_dir() -> PathBuf {

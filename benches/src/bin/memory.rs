@@ -20,14 +20,16 @@
 //!   [`DISTANCE`] x 3 keys ahead is prefetched, the second of the key 2 x [`DISTANCE`] ahead
 //!   (its first line has arrived), the third [`DISTANCE`] ahead. Per chain, not per line.
 //!
-//! The last row of the largest set is the floor under the engine's cost per event: an event
-//! that touches N random lines of state cannot take less than N times it.
+//! The prefetched columns at the mix's working set are a floor under the engine's cost per
+//! event: an event that touches N random lines of state, their addresses known a little
+//! ahead, cannot take less than N prefetched updates, nor a key's lookup less than a chain.
 //!
 //! Run: `cargo run --release -p cordon-benches --bin memory -- [--max-mb N] [--loads N]
 //! [--json FILE]` (pin it, e.g. `taskset -c 1`, to compare with `throughput`). To see what
 //! transparent huge pages change, run it again with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
 //! (glibc then asks for huge pages for its large allocations).
 
+use cordon_benches::{arg_str, arg_u64};
 use cordon_engine::prefetch::prefetch;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -40,23 +42,6 @@ const LINE_WORDS: usize = 8;
 /// How many loads ahead the prefetched rows hint, as the engine's first pass does (16 rows).
 const DISTANCE: usize = 16;
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn arg_str(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
 /// Nanoseconds per load of each access pattern over one working set.
 struct Row {
     mb: usize,
@@ -67,7 +52,7 @@ struct Row {
     chain: f64,
 }
 
-/// Measures the four patterns over `lines` cache lines with `loads` loads each.
+/// Measures the five patterns over `lines` cache lines with `loads` loads each.
 fn measure(lines: usize, loads: usize, rng: &mut ChaCha8Rng) -> Row {
     // Every line holds, in its first word, the next line of one random cycle through all of
     // them (Sattolo's algorithm), so the chase visits every line before it repeats.
@@ -161,8 +146,8 @@ fn measure(lines: usize, loads: usize, rng: &mut ChaCha8Rng) -> Row {
 }
 
 fn main() {
-    let max_mb = arg("--max-mb", 2048).max(1) as usize;
-    let loads = arg("--loads", 20_000_000).max(3 * DISTANCE as u64) as usize;
+    let max_mb = arg_u64("--max-mb", 2048).max(1) as usize;
+    let loads = arg_u64("--loads", 20_000_000).max(3 * DISTANCE as u64) as usize;
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let sizes: Vec<usize> = [1, 16, 64, 256, 512, 1024, 2048, 4096]
         .into_iter()

@@ -19,32 +19,17 @@
 //!
 //! `--rules PATH` runs another rule pack (a file or a directory, as `cordon rules validate`
 //! takes) over the same traffic in place of the shipped one: what a pack costs per event,
-//! and, run with one rule file left out at a time, what each of its state tables costs.
+//! and, run with rule files left out (`benches/scripts/costs.sh`), what each of its state
+//! tables costs.
 //!
 //! Run: `cargo run --release -p cordon-benches --bin throughput -- [--accounts N] [--ranges N]
 //! [--extra N] [--runs N] [--flood N] [--max-keys N] [--rules PATH] [--json FILE]`
 
+use cordon_benches::{arg_str, arg_u64, pack_dir};
 use cordon_engine::processor::{CoreConfig, Input, Output, Processor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn arg_str(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
 
 /// Resident set size of this process, bytes (Linux).
 fn rss_bytes() -> u64 {
@@ -139,16 +124,14 @@ fn mix(accounts: u64, extra: u64, ranges: u64, t0: i64, seed: u64) -> Vec<Vec<u8
 }
 
 fn main() {
-    let accounts = arg("--accounts", 1_000_000);
-    let ranges = arg("--ranges", 100_000);
-    let extra = arg("--extra", 1_000_000);
-    let flood = arg("--flood", 10_000_000);
-    let runs = arg("--runs", 3).max(1);
-    let max_keys = arg("--max-keys", 2_000_000);
-    let shipped =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/packs/extraction");
+    let accounts = arg_u64("--accounts", 1_000_000);
+    let ranges = arg_u64("--ranges", 100_000);
+    let extra = arg_u64("--extra", 1_000_000);
+    let flood = arg_u64("--flood", 10_000_000);
+    let runs = arg_u64("--runs", 3).max(1);
+    let max_keys = arg_u64("--max-keys", 2_000_000);
     let pack = arg_str("--rules");
-    let rules = match cordon_rules::load_paths(&[pack.as_ref().map_or(shipped, Into::into)]) {
+    let rules = match cordon_rules::load_paths(&[pack.as_ref().map_or_else(pack_dir, Into::into)]) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{e}");
