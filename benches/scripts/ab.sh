@@ -23,33 +23,17 @@ base=$1
 new=$2
 pairs=${3:-10}
 core=${4:-1}
-for bin in "$base" "$new"; do
-  if [[ ! -x $bin ]]; then
-    echo "ab.sh: $bin is not an executable" >&2
-    exit 2
-  fi
-done
-
-# One run: "<first hour events/s> <second hour events/s>".
-run() {
-  local out
-  out=$(taskset -c "$core" "$1" --runs 1 --flood 0)
-  local first second
-  first=$(grep -F '| mix: events/s' <<<"$out" | sed -E 's/.*\| ([0-9]+) \(median.*/\1/')
-  second=$(grep -F '| mix, second hour' <<<"$out" | sed -E 's/.*\| ([0-9]+) \(.*/\1/')
-  if [[ -z $first || -z $second ]]; then
-    echo "ab.sh: no rates in the output of $1" >&2
-    exit 1
-  fi
-  echo "$first $second"
-}
+# shellcheck source=rates.sh
+source "$(dirname "$0")/rates.sh"
+need_executable ab.sh "$base"
+need_executable ab.sh "$new"
 
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 printf '%-6s %12s %12s %12s %12s\n' pair base-1h new-1h base-2h new-2h
 for i in $(seq "$pairs"); do
-  read -r b1 b2 < <(run "$base")
-  read -r n1 n2 < <(run "$new")
+  read -r b1 b2 < <(rates "$core" "$base")
+  read -r n1 n2 < <(rates "$core" "$new")
   printf '%-6s %12s %12s %12s %12s\n' "$i" "$b1" "$n1" "$b2" "$n2"
   echo "$b1 $n1 $b2 $n2" >>"$results"
 done
