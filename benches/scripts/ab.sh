@@ -14,17 +14,13 @@
 # Runs back to back see nearly the same machine, and the ratio within a pair cancels most of
 # the drift. Never build while it runs.
 set -euo pipefail
-
-if [[ $# -lt 2 ]]; then
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
-  exit 2
-fi
+# shellcheck source=rates.sh
+source "$(dirname "$0")/rates.sh"
+[[ $# -ge 2 ]] || usage "$0" 15
 base=$1
 new=$2
 pairs=${3:-10}
 core=${4:-1}
-# shellcheck source=rates.sh
-source "$(dirname "$0")/rates.sh"
 need_executable ab.sh "$base"
 need_executable ab.sh "$new"
 

@@ -20,11 +20,9 @@
 #     cot-harvest,machine-timing,narrow-focus,prompt-sweep \
 #     cot-harvest,machine-timing,narrow-focus,prompt-sweep,new-model-pivot,hydra-range,campaign-template
 set -euo pipefail
-
-if [[ $# -lt 3 ]]; then
-  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
-  exit 2
-fi
+# shellcheck source=rates.sh
+source "$(dirname "$0")/rates.sh"
+[[ $# -ge 3 ]] || usage "$0" 21
 bin=$1
 rounds=$2
 shift 2
@@ -37,8 +35,6 @@ done
 extra=("$@")
 core=${CORE:-1}
 pack=${PACK:-$(cd "$(dirname "$0")/../../rules/packs/extraction" && pwd)}
-# shellcheck source=rates.sh
-source "$(dirname "$0")/rates.sh"
 need_executable costs.sh "$bin"
 
 work=$(mktemp -d)

@@ -1,4 +1,11 @@
-# Sourced by ab.sh and costs.sh: one run of the throughput harness and its two rates.
+# Sourced by ab.sh and costs.sh: their usage text, and one run of the throughput harness with
+# its two rates.
+
+# `usage SCRIPT LAST`: prints SCRIPT's header comment, lines 2 to LAST, as its usage, and exits 2.
+usage() {
+  sed -n "2,${2}p" "$1" | sed 's/^# \{0,1\}//'
+  exit 2
+}
 
 # Stops the calling script (exit 2) unless `$2` is an executable; `$1` names the script.
 need_executable() {
