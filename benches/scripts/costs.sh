@@ -13,16 +13,15 @@
 # difference in µs an event between the whole pack and the pack without the group, taken
 # within a round: what the group costs. Never build while it runs.
 #
-# The README's "Where the time goes, table by table" comes from, with ROUNDS 3 (5 for the
-# last two groups; the last leaves the four rules that never count in the mix, whose rate is
-# decode, filters and keys alone):
-#   benches/scripts/costs.sh /tmp/tp 3 campaign-template new-model-pivot hydra-range \
+# The README's "Where the time goes, table by table" comes from this (the last group leaves
+# the four rules that never count in the mix, whose rate is decode, filters and keys alone):
+#   benches/scripts/costs.sh /tmp/tp 5 campaign-template new-model-pivot hydra-range \
 #     cot-harvest,machine-timing,narrow-focus,prompt-sweep \
 #     cot-harvest,machine-timing,narrow-focus,prompt-sweep,new-model-pivot,hydra-range,campaign-template
 set -euo pipefail
 # shellcheck source=rates.sh
 source "$(dirname "$0")/rates.sh"
-[[ $# -ge 3 ]] || usage "$0" 21
+[[ $# -ge 3 ]] || usage "$0" 20
 bin=$1
 rounds=$2
 shift 2
