@@ -71,7 +71,7 @@ fn measure(lines: usize, loads: usize, rng: &mut ChaCha8Rng) -> Row {
     drop(order);
     // The independent loads' addresses, drawn beforehand and read in order (a stream the
     // hardware prefetcher follows), so that drawing them costs nothing in the timed loops.
-    let idx: Vec<u32> = (0..loads + 3 * DISTANCE)
+    let idx: Vec<u32> = (0..loads + DISTANCE)
         .map(|_| rng.random_range(0..lines) as u32)
         .collect();
 
@@ -93,14 +93,15 @@ fn measure(lines: usize, loads: usize, rng: &mut ChaCha8Rng) -> Row {
         black_box(sum);
         started.elapsed().as_nanos() as f64 / loads as f64
     };
+    // Where line `l` starts; a raw pointer, which a prefetch needs and which borrows nothing,
+    // so that the update loop below can write `mem` beside it.
+    let base = mem.as_ptr();
+    let at = |l: usize| base.wrapping_add(l * LINE_WORDS);
     let prefetched = {
         let started = Instant::now();
         let mut sum = 0u64;
         for (k, &i) in idx[..loads].iter().enumerate() {
-            prefetch(
-                mem.as_ptr()
-                    .wrapping_add(idx[k + DISTANCE] as usize * LINE_WORDS),
-            );
+            prefetch(at(idx[k + DISTANCE] as usize));
             sum = sum.wrapping_add(mem[i as usize * LINE_WORDS]);
         }
         black_box(sum);
@@ -109,10 +110,7 @@ fn measure(lines: usize, loads: usize, rng: &mut ChaCha8Rng) -> Row {
     let update = {
         let started = Instant::now();
         for k in 0..loads {
-            prefetch(
-                mem.as_ptr()
-                    .wrapping_add(idx[k + DISTANCE] as usize * LINE_WORDS),
-            );
+            prefetch(at(idx[k + DISTANCE] as usize));
             let w = &mut mem[idx[k] as usize * LINE_WORDS + 1];
             *w = w.wrapping_add(1);
         }
@@ -122,7 +120,6 @@ fn measure(lines: usize, loads: usize, rng: &mut ChaCha8Rng) -> Row {
     // The chains start at random lines and follow the cycle: line -> next -> next.
     let next = |line: usize| mem[line * LINE_WORDS] as usize;
     let chain = {
-        let at = |line: usize| mem.as_ptr().wrapping_add(line * LINE_WORDS);
         let started = Instant::now();
         let mut sum = 0u64;
         for k in 0..loads - 2 * DISTANCE {
