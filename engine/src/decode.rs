@@ -10,8 +10,8 @@
 use crate::fingerprint::fingerprints;
 use cordon_rules::schema::{INT_FIELDS, STRING_FIELDS, event_schema};
 use datafusion::arrow::array::{
-    ArrayRef, Int64Builder, ListBuilder, MapBuilder, MapFieldNames, RecordBatch, StringBuilder,
-    TimestampMillisecondBuilder, new_null_array,
+    Array, ArrayRef, AsArray, Int64Builder, ListBuilder, MapBuilder, MapFieldNames, RecordBatch,
+    StringBuilder, TimestampMillisecondBuilder, new_null_array,
 };
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -342,6 +342,9 @@ pub struct EventBatchBuilder {
     max_message_bytes: usize,
     /// Per column of the event schema, whether rows fill it ([`EventBatchBuilder::project`]).
     keep: Vec<bool>,
+    /// Per column, an all-null column of the longest batch so far, which the columns left out
+    /// are sliced from: making them anew cost about 60 instructions an event.
+    nulls: Vec<Option<ArrayRef>>,
 }
 
 /// Where the optional columns start in the event schema: `ts`, `account_id` and `ip` come first.
@@ -383,6 +386,7 @@ impl EventBatchBuilder {
             times: Vec::new(),
             max_message_bytes,
             keep: vec![true; ATTRS_AT + 1],
+            nulls: vec![None; ATTRS_AT + 1],
         }
     }
 
@@ -420,13 +424,13 @@ impl EventBatchBuilder {
                 ),
             ));
         }
-        let wire: Wire<'_> = match scan::wire(payload) {
-            Some(w) => w,
-            None => match serde_json::from_slice(payload) {
+        let mut wire = Wire::default();
+        if !scan::wire_into(payload, &mut wire) {
+            wire = match serde_json::from_slice(payload) {
                 Ok(w) => w,
                 Err(e) => return Err(classify(payload, &e)),
-            },
-        };
+            };
+        }
         let ts = match &wire.ts {
             Some(ts) => parse_ts("ts", ts)?,
             None => {
@@ -597,32 +601,52 @@ impl EventBatchBuilder {
         }
     }
 
-    /// The rows appended so far as a record batch; the builder is empty afterwards.
+    /// The rows appended so far as a record batch; the builder is empty afterwards, with room
+    /// for a batch of the same size: the next batch fills its buffers without growing them
+    /// (growing from empty cost about 330 instructions an event in reallocations and copies).
     pub fn finish(&mut self) -> (RecordBatch, Vec<i64>) {
+        let tz = cordon_rules::schema::TZ;
+        let ts = self.ts.finish();
+        self.ts = TimestampMillisecondBuilder::with_capacity(ts.len()).with_timezone(tz);
         let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(self.ts.finish()),
-            Arc::new(self.account_id.finish()),
-            Arc::new(self.ip.finish()),
+            Arc::new(ts),
+            finish_strings(&mut self.account_id),
+            finish_strings(&mut self.ip),
         ];
-        columns.extend(
-            self.strings
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        columns.extend(self.strings.iter_mut().map(finish_strings));
+        columns.extend(self.ints.iter_mut().map(|b| {
+            let a = b.finish();
+            *b = Int64Builder::with_capacity(a.len());
+            Arc::new(a) as ArrayRef
+        }));
+        let labels = self.labels.finish();
+        let values = labels.values().as_string::<i32>();
+        self.labels = ListBuilder::with_capacity(
+            StringBuilder::with_capacity(values.len(), values.value_data().len()),
+            labels.len(),
         );
-        columns.extend(
-            self.ints
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef),
-        );
-        columns.push(Arc::new(self.labels.finish()));
-        columns.push(Arc::new(self.account_created.finish()));
+        columns.push(Arc::new(labels));
+        let created = self.account_created.finish();
+        self.account_created =
+            TimestampMillisecondBuilder::with_capacity(created.len()).with_timezone(tz);
+        columns.push(Arc::new(created));
         columns.push(Arc::new(self.attrs.finish()));
         let times = std::mem::take(&mut self.times);
         let schema = event_schema();
         // Columns left out by the projection are empty: all nulls, as many as the rows.
-        for ((c, keep), field) in columns.iter_mut().zip(&self.keep).zip(schema.fields()) {
+        let rows = times.len();
+        for (((c, keep), nulls), field) in columns
+            .iter_mut()
+            .zip(&self.keep)
+            .zip(&mut self.nulls)
+            .zip(schema.fields())
+        {
             if !keep {
-                *c = new_null_array(field.data_type(), times.len());
+                let nulls = match nulls {
+                    Some(n) if n.len() >= rows => n,
+                    _ => nulls.insert(new_null_array(field.data_type(), rows)),
+                };
+                *c = nulls.slice(0, rows);
             }
         }
         // The builders produce exactly the schema's types; a mismatch is a bug caught by tests.
@@ -630,6 +654,13 @@ impl EventBatchBuilder {
         let batch = RecordBatch::try_new(schema, columns).expect("decoder builds event schema v1");
         (batch, times)
     }
+}
+
+/// Finishes a string column and leaves its builder with room for as many rows and bytes.
+fn finish_strings(b: &mut StringBuilder) -> ArrayRef {
+    let a = b.finish();
+    *b = StringBuilder::with_capacity(a.len(), a.value_data().len());
+    Arc::new(a)
 }
 
 /// Sorts a serde error into a reason.
@@ -782,6 +813,50 @@ mod tests {
         }
         let latency = batch.column_by_name("latency_ms").expect("latency_ms");
         assert_eq!(latency.as_primitive::<Int64Type>().value(0), 42);
+    }
+
+    /// The builders keep their room from one batch to the next, and the columns left out are
+    /// sliced from one kept all-null column: neither may leak rows across batches.
+    #[test]
+    fn batches_of_any_size_follow_one_another() {
+        let schema = event_schema();
+        let keep: Vec<bool> = schema
+            .fields()
+            .iter()
+            .map(|f| ["request_id", "labels"].contains(&f.name().as_str()))
+            .collect();
+        let mut b = EventBatchBuilder::new(1 << 20);
+        b.project(&keep);
+        for (batch_no, rows) in [3usize, 1, 5, 2].into_iter().enumerate() {
+            for r in 0..rows {
+                let ev = format!(
+                    r#"{{"ts":{},"account_id":"a{batch_no}-{r}","ip":"10.0.{batch_no}.{r}","request_id":"r{r}","model":"m","labels":["l{r}"]}}"#,
+                    T0 + r as i64
+                );
+                b.push(ev.as_bytes(), &mut open_time()).expect("valid");
+            }
+            let (batch, times) = b.finish();
+            assert_eq!((batch.num_rows(), times.len()), (rows, rows));
+            for (f, keep) in schema.fields().iter().zip(&keep) {
+                let c = batch.column_by_name(f.name()).expect("column");
+                assert_eq!(c.len(), rows, "{} in batch {batch_no}", f.name());
+                let filled = *keep || ["ts", "account_id", "ip"].contains(&f.name().as_str());
+                let nulls = if filled { 0 } else { rows };
+                assert_eq!(c.null_count(), nulls, "{} in batch {batch_no}", f.name());
+            }
+            let accounts = batch.column_by_name("account_id").expect("account_id");
+            let accounts: Vec<&str> = accounts.as_string::<i32>().iter().flatten().collect();
+            let want: Vec<String> = (0..rows).map(|r| format!("a{batch_no}-{r}")).collect();
+            assert_eq!(accounts, want);
+            let labels = batch
+                .column_by_name("labels")
+                .expect("labels")
+                .as_list::<i32>();
+            assert_eq!(
+                labels.value(rows - 1).as_string::<i32>().value(0),
+                format!("l{}", rows - 1)
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,20 @@ use std::borrow::Cow;
 
 /// `payload` as a [`Wire`], or `None` when the fast path does not take it (see the module
 /// doc): the caller then parses it with serde_json.
+#[cfg(test)]
 pub(super) fn wire(payload: &[u8]) -> Option<Wire<'_>> {
+    let mut w = Wire::default();
+    wire_into(payload, &mut w).then_some(w)
+}
+
+/// Reads `payload` into `w`, which starts empty, and says whether the fast path took it; when
+/// it did not, `w` holds part of the message and the caller parses it with serde_json. Filling
+/// the caller's `Wire` rather than returning one saves copying it (about 600 bytes) per event.
+pub(super) fn wire_into<'a>(payload: &'a [u8], w: &mut Wire<'a>) -> bool {
+    read_into(payload, w).is_some()
+}
+
+fn read_into<'a>(payload: &'a [u8], w: &mut Wire<'a>) -> Option<()> {
     // Checked once for the whole message: every string is then a slice of valid text.
     let text = std::str::from_utf8(payload).ok()?;
     let mut s = Scanner {
@@ -27,7 +40,6 @@ pub(super) fn wire(payload: &[u8]) -> Option<Wire<'_>> {
         b: payload,
         i: 0,
     };
-    let mut w = Wire::default();
     let mut seen = 0u32;
     s.ws();
     // The object's members are read into `w` as they come; `seq` collects nothing.
@@ -44,7 +56,7 @@ pub(super) fn wire(payload: &[u8]) -> Option<Wire<'_>> {
                     return None;
                 }
                 seen |= bit;
-                s.field(f, &mut w)?;
+                s.field(f, w)?;
             }
             None => s.skip_scalar()?,
         }
@@ -53,7 +65,7 @@ pub(super) fn wire(payload: &[u8]) -> Option<Wire<'_>> {
     // `null` is not an event.
     members??;
     s.ws();
-    (s.i == s.b.len()).then_some(w)
+    (s.i == s.b.len()).then_some(())
 }
 
 /// The field names, in the order [`Scanner::field`] dispatches on.
