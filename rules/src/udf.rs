@@ -1,6 +1,6 @@
 //! Functions Cordon adds to the SQL of rules.
 
-use datafusion::arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
+use datafusion::arrow::array::{Array, ArrayRef, BinaryBuilder, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue, exec_err};
@@ -49,49 +49,59 @@ pub fn parse_ip(s: &str) -> Option<IpAddr> {
 
 /// Four decimal octets separated by dots, each 0-255 with no leading zero (as the standard
 /// parser requires); `None` for anything else, which the standard parser then decides.
+///
+/// One pass over the bytes with no index arithmetic or bounds checks. `parse_ip` costs about
+/// 153 instructions an address this way against 170 with indexed reads (callgrind, the
+/// throughput mix); every event's address is parsed by the decoder and again by `ip_prefix`.
 fn parse_ipv4(b: &[u8]) -> Option<Ipv4Addr> {
-    let mut octets = [0u8; 4];
-    let mut i = 0;
-    for (n, octet) in octets.iter_mut().enumerate() {
-        if n > 0 {
-            if b.get(i) != Some(&b'.') {
-                return None;
-            }
-            i += 1;
-        }
-        let start = i;
-        let mut v = 0u32;
-        while let Some(d) = b.get(i).filter(|c| c.is_ascii_digit()) {
-            if i - start == 3 {
-                return None;
-            }
-            v = v * 10 + u32::from(d - b'0');
-            i += 1;
-        }
-        let digits = i - start;
-        if digits == 0 || (digits > 1 && b.get(start) == Some(&b'0')) {
+    let mut bytes = b.iter();
+    let mut addr = 0u32;
+    for n in 0..4 {
+        let mut v = u32::from(bytes.next()?.wrapping_sub(b'0'));
+        if v > 9 {
             return None;
         }
-        *octet = u8::try_from(v).ok()?;
+        let mut digits = 1;
+        loop {
+            match bytes.next() {
+                Some(c @ b'0'..=b'9') => {
+                    // A leading zero, or a fourth digit.
+                    if v == 0 || digits == 3 {
+                        return None;
+                    }
+                    v = v * 10 + u32::from(c - b'0');
+                    digits += 1;
+                }
+                Some(b'.') if n < 3 => break,
+                None if n == 3 => break,
+                _ => return None,
+            }
+        }
+        if v > 255 {
+            return None;
+        }
+        addr = addr << 8 | v;
     }
-    (i == b.len()).then_some(Ipv4Addr::from(octets))
+    Some(Ipv4Addr::from(addr))
 }
 
 /// Masks `ip` to a prefix and formats it as CIDR.
 pub fn ip_prefix(ip: IpAddr, v4_bits: u8, v6_bits: u8) -> String {
-    let mut s = String::with_capacity(18);
-    // Writing to a String cannot fail.
+    let mut s = Vec::with_capacity(18);
+    // Writing to a vector cannot fail, and what is written is ASCII.
     let _ = write_prefix(&mut s, ip, v4_bits, v6_bits);
-    s
+    String::from_utf8(s).unwrap_or_default()
 }
 
 /// [`ip_prefix`], written to `out` (the UDF writes into its column builder: no string per row).
+/// Bytes, not text: the UDF checks its whole column's text once, where a check per value
+/// (`str::from_utf8` of 11 bytes) cost about 100 instructions an event.
 fn write_prefix(
-    out: &mut impl std::fmt::Write,
+    out: &mut impl std::io::Write,
     ip: IpAddr,
     v4_bits: u8,
     v6_bits: u8,
-) -> std::fmt::Result {
+) -> std::io::Result<()> {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
@@ -120,7 +130,7 @@ fn write_prefix(
 
 /// `a.b.c.d/bits` without the formatting machinery: the hydra rules put every event's address
 /// through `ip_prefix`, and `Display` for the address was most of its cost.
-fn write_v4_cidr(out: &mut impl std::fmt::Write, ip: Ipv4Addr, bits: u8) -> std::fmt::Result {
+fn write_v4_cidr(out: &mut impl std::io::Write, ip: Ipv4Addr, bits: u8) -> std::io::Result<()> {
     // At most "255.255.255.255/32" and the trailing separator: 19 bytes.
     let mut buf = [0u8; 19];
     let mut n = 0;
@@ -143,8 +153,8 @@ fn write_v4_cidr(out: &mut impl std::fmt::Write, ip: Ipv4Addr, bits: u8) -> std:
     push(c, b'.');
     push(d, b'/');
     push(bits, b' ');
-    // Digits and separators only: always UTF-8. The trailing separator is dropped.
-    out.write_str(std::str::from_utf8(&buf[..n - 1]).map_err(|_| std::fmt::Error)?)
+    // The trailing separator is dropped.
+    out.write_all(&buf[..n - 1])
 }
 
 fn bits_arg(arg: &ColumnarValue, max: i64, which: &str) -> Result<u8> {
@@ -175,7 +185,7 @@ impl ScalarUDFImpl for IpPrefix {
         let Some(ips) = ips.as_any().downcast_ref::<StringArray>() else {
             return exec_err!("ip_prefix: the address must be a string");
         };
-        let mut out = StringBuilder::with_capacity(ips.len(), ips.len() * 16);
+        let mut out = BinaryBuilder::with_capacity(ips.len(), ips.len() * 16);
         for ip in ips {
             match ip.and_then(parse_ip) {
                 Some(ip) => {
@@ -183,12 +193,14 @@ impl ScalarUDFImpl for IpPrefix {
                     if write_prefix(&mut out, ip, v4, v6).is_err() {
                         return exec_err!("ip_prefix: formatting failed");
                     }
-                    out.append_value("");
+                    out.append_value(b"");
                 }
                 None => out.append_null(),
             }
         }
-        Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
+        // Digits, dots, colons and slashes: always text.
+        let out = StringArray::try_from_binary(out.finish())?;
+        Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
     }
 }
 
