@@ -15,7 +15,7 @@ use crate::gate::{
     ALERT_SCHEMA, Alert, AlertEngine, AlertEntity, AlertRule, AlertWindow, Decision, Gate, rfc3339,
 };
 use crate::keys::{KeyTable, Slot, key_of};
-use crate::plan::{Conv, Plan, RulePlan};
+use crate::plan::{Conv, Plan, RulePlan, SlotSpec};
 use crate::remap::{Layout, Remap};
 use crate::window::{KeyState, MAX_BATCH_SLOT, SAMPLE_IDS, Update, WindowSnapshot, may_reach};
 use cordon_rules::{CompiledRule, RuleSet};
@@ -317,13 +317,92 @@ enum Col {
     Text(StringArray, Vec<Option<u64>>),
 }
 
-impl Col {
-    fn flag(&self, row: usize) -> bool {
-        match self {
-            Col::Bool(a) => row < a.len() && a.value(row),
-            _ => false,
+/// Where a slot's input comes from in a batch.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    One,
+    Time,
+    Number(&'a Float64Array),
+    Hash(&'a [Option<u64>]),
+    /// The slot's argument or a predicate has a column of another kind: it takes nothing.
+    Never,
+}
+
+/// One slot's filter and input over a batch, worked out once per table and batch: the row
+/// loop then reads a bit and a value per slot. Matching the slot's kind, predicates and
+/// columns row by row cost about 900 instructions an event more (callgrind, 40k-account
+/// throughput mix: 13,641 against 12,733).
+struct SlotInput<'a> {
+    /// The rows all of the slot's predicates hold for; `None` when it has none.
+    when: Option<BooleanBuffer>,
+    source: Source<'a>,
+}
+
+impl<'a> SlotInput<'a> {
+    fn new(s: &SlotSpec, cols: &'a [Col], rows: usize) -> Self {
+        const NEVER: SlotInput<'static> = SlotInput {
+            when: None,
+            source: Source::Never,
+        };
+        let mut when: Option<BooleanBuffer> = None;
+        for p in &s.preds {
+            // Every evaluated column has the batch's rows; one that had not would take none.
+            let Some(Col::Bool(b)) = cols.get(*p) else {
+                return NEVER;
+            };
+            if b.len() != rows {
+                return NEVER;
+            }
+            when = Some(match when {
+                None => b.clone(),
+                Some(w) => &w & b,
+            });
+        }
+        let source = match (s.kind.input(), s.arg.and_then(|a| cols.get(a))) {
+            (InputKind::Nothing, _) => Source::One,
+            (InputKind::Time, _) => Source::Time,
+            (InputKind::Number, Some(Col::Number(a))) if a.len() == rows => Source::Number(a),
+            (InputKind::Hash, Some(Col::Text(_, h))) if h.len() == rows => Source::Hash(h),
+            _ => Source::Never,
+        };
+        SlotInput { when, source }
+    }
+
+    /// The slot's input from row `row` (`row` is below the batch's rows), stamped `ts`.
+    fn at(&self, row: usize, ts: i64) -> Option<AggInput> {
+        if let Some(w) = &self.when
+            && !w.value(row)
+        {
+            return None;
+        }
+        match self.source {
+            Source::One => Some(AggInput::One),
+            Source::Time => Some(AggInput::Time(ts)),
+            Source::Number(a) => a.is_valid(row).then(|| AggInput::Number(a.value(row))),
+            Source::Hash(h) => h[row].map(AggInput::Hash),
+            Source::Never => None,
         }
     }
+}
+
+/// The rows some count slot of a table takes, which are the rows that count for its keys;
+/// `None` when that is every row.
+fn counted_rows(
+    slots: &[SlotSpec],
+    inputs: &[SlotInput<'_>],
+    rows: usize,
+) -> Option<BooleanBuffer> {
+    let mut counted = BooleanBuffer::new_unset(rows);
+    for (s, i) in slots.iter().zip(inputs) {
+        if s.kind != SlotKind::Count || matches!(i.source, Source::Never) {
+            continue;
+        }
+        match &i.when {
+            None => return None,
+            Some(w) => counted = &counted | w,
+        }
+    }
+    Some(counted)
 }
 
 impl Processor {
@@ -831,6 +910,13 @@ fn update_table(
         return 0;
     };
     let mut inputs: Vec<Option<AggInput>> = vec![None; spec.slots.len()];
+    let batch_rows = times.len();
+    let slot_inputs: Vec<SlotInput<'_>> = spec
+        .slots
+        .iter()
+        .map(|s| SlotInput::new(s, cols, batch_rows))
+        .collect();
+    let counted = counted_rows(&spec.slots, &slot_inputs, batch_rows);
     touched.clear();
     let mut added = 0u64;
     let mut scratch: Vec<u64> = Vec::new();
@@ -881,14 +967,10 @@ fn update_table(
     // lookup is independent of the others', so their cache misses overlap; pass 2 then finds
     // the states in cache. Every rule has a count slot under its filter: an event counts for
     // the key when one of them takes it, even if every feature argument is NULL.
-    let counted = |row: usize| {
-        spec.slots
-            .iter()
-            .any(|s| s.kind == SlotKind::Count && s.preds.iter().all(|p| cols[*p].flag(row)))
-    };
+    let counted = |row: usize| counted.as_ref().is_none_or(|c| c.value(row));
     let row_slots = &mut rows.slots;
     row_slots.clear();
-    for (row, hash) in hashes.iter().enumerate() {
+    for (row, hash) in hashes.iter().take(batch_rows).enumerate() {
         // The index entry of a key a few rows ahead starts loading now (see `KeyTable::prefetch`).
         if let Some(Some(ahead)) = hashes.get(row + LOOKUP_AHEAD) {
             keys.prefetch(*ahead);
@@ -985,20 +1067,8 @@ fn update_table(
         }
         for row in run.iter().map(|r| *r as usize) {
             let ts = times[row];
-            for (s, input) in spec.slots.iter().zip(inputs.iter_mut()) {
-                *input = None;
-                if !s.preds.iter().all(|p| cols[*p].flag(row)) {
-                    continue;
-                }
-                *input = match (s.kind.input(), s.arg.map(|a| &cols[a])) {
-                    (InputKind::Nothing, _) => Some(AggInput::One),
-                    (InputKind::Time, _) => Some(AggInput::Time(ts)),
-                    (InputKind::Number, Some(Col::Number(a))) => {
-                        a.is_valid(row).then(|| AggInput::Number(a.value(row)))
-                    }
-                    (InputKind::Hash, Some(Col::Text(_, h))) => h[row].map(AggInput::Hash),
-                    _ => None,
-                };
+            for (s, input) in slot_inputs.iter().zip(inputs.iter_mut()) {
+                *input = s.at(row, ts);
             }
             let update = ks.update(&spec.window, kinds, ts, &inputs, |k| {
                 snapshot_rules(k, &touched[b], candidates)
@@ -1300,6 +1370,41 @@ suppress: 6h
         run(&mut p, &[batch]);
         let snap = p.peek(0, "a").expect("key a");
         assert_eq!(snap.features, vec![Some(3.0), Some(0.0)]);
+    }
+
+    #[test]
+    fn each_slot_takes_the_rows_its_filters_pass_and_its_argument_has() {
+        // The filter and the count_if predicate are ANDed per slot once per batch; a NULL
+        // argument gives the slot nothing; a key none of whose rows pass is not created.
+        let mut p = rules_of(
+            "id: t.slots\nversion: 1\ntitle: t\nseverity: low\nentity: account_id\n\
+             where: status IS NOT NULL\nwindow: 1h\nevery: 5m\nfeatures:\n  n: count()\n\
+             \x20 big: count_if(output_tokens > 100)\n  avg_out: avg(output_tokens)\n\
+             \x20 models: distinct(model)\ncondition: n >= 1000\n",
+        );
+        let extra = |i: i64| {
+            let status = if i % 3 == 2 { "" } else { r#","status":200"# };
+            let tokens = if i % 4 == 0 {
+                String::new()
+            } else {
+                format!(r#","output_tokens":{}"#, i * 50)
+            };
+            let model = if i % 2 == 0 { "m1" } else { "m2" };
+            format!(r#"{status}{tokens},"model":"{model}""#)
+        };
+        let mut batch: Vec<Vec<u8>> = (0..12)
+            .map(|i| ev(T0 + i, "a", "192.0.2.1", &extra(i)))
+            .collect();
+        batch.extend((0..3).map(|i| ev(T0 + i, "b", "192.0.2.2", r#","output_tokens":7"#)));
+        run(&mut p, &[batch]);
+        // Passing: i = 0, 1, 3, 4, 6, 7, 9, 10. With tokens: 1, 3, 6, 7, 9, 10 (50 to 500);
+        // over 100: 3, 6, 7, 9, 10.
+        let snap = p.peek(0, "a").expect("key a");
+        assert_eq!(
+            snap.features,
+            vec![Some(8.0), Some(5.0), Some(300.0), Some(2.0)]
+        );
+        assert_eq!(p.peek(0, "b"), None);
     }
 
     #[test]
