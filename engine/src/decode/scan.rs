@@ -650,6 +650,14 @@ mod tests {
                 "1e3",
                 "123456789012345678",
                 "1234567890123456789",
+                "0",
+                "00",
+                "-01",
+                "12345678",
+                "123456789",
+                "99999999999999999",
+                "-999999999999999999",
+                "1E3",
                 "18446744073709551616",
                 "true",
                 "false",
@@ -732,6 +740,79 @@ mod tests {
             b: text.as_bytes(),
             i: 0,
         }
+    }
+
+    /// Integers against `str::parse`: digit runs of 0 to 20, followed by the end of the
+    /// message or anything else, with what JSON forbids (leading zeros, `-0`, fractions,
+    /// exponents) and what does not fit the fast path (19 digits and more) refused.
+    #[test]
+    fn integers_are_read_as_json_writes_them() {
+        let int = |text: &str| {
+            let mut s = Scanner {
+                text,
+                b: text.as_bytes(),
+                i: 0,
+            };
+            s.int().map(|v| (v, s.i))
+        };
+        let mut x = 0x853c_49e6_748f_ea9bu64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut read = 0;
+        for _ in 0..20_000 {
+            let len = (next() % 21) as usize;
+            let mut digits: String = (0..len)
+                .map(|_| char::from(b'0' + (next() % 10) as u8))
+                .collect();
+            if next() % 4 == 0 {
+                // Mostly no leading zero, as real numbers have.
+                digits = digits.trim_start_matches('0').to_owned();
+            }
+            let sign = if next() % 5 == 0 { "-" } else { "" };
+            let tail = ["", ",", "}", " ", ".5", "e3", "E", "x", ",\"ab\":12345678}"]
+                [(next() % 9) as usize];
+            let text = format!("{sign}{digits}{tail}");
+            let want = {
+                let leading_zero = digits.len() > 1 && digits.starts_with('0');
+                let frac = tail.starts_with(['.', 'e', 'E']);
+                let v = format!("{sign}{digits}").parse::<i64>().ok();
+                match v {
+                    Some(v)
+                        if !digits.is_empty()
+                            && digits.len() <= 18
+                            && !leading_zero
+                            && !frac
+                            && !(sign == "-" && v == 0) =>
+                    {
+                        Some((v, sign.len() + digits.len()))
+                    }
+                    _ => None,
+                }
+            };
+            assert_eq!(int(&text), want, "{text:?}");
+            read += usize::from(want.is_some());
+        }
+        assert!(read > 5_000, "{read}");
+        assert_eq!(int("1772359200000,"), Some((1_772_359_200_000, 13)));
+        assert_eq!(
+            int("999999999999999999"),
+            Some((999_999_999_999_999_999, 18))
+        );
+        assert_eq!(
+            int("-123456789012345678}"),
+            Some((-123_456_789_012_345_678, 19))
+        );
+        assert_eq!(int("1234567890123456789"), None);
+        assert_eq!(int("0"), Some((0, 1)));
+        assert_eq!(int("00"), None);
+        assert_eq!(int("-0,"), None);
+        assert_eq!(int("12345678"), Some((12_345_678, 8)));
+        assert_eq!(int("12345678/"), Some((12_345_678, 8)));
+        assert_eq!(int("1234567:"), Some((1_234_567, 7)));
     }
 
     #[test]
