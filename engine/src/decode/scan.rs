@@ -786,7 +786,7 @@ mod tests {
                             && digits.len() <= 18
                             && !leading_zero
                             && !frac
-                            && !(sign == "-" && v == 0) =>
+                            && (sign.is_empty() || v != 0) =>
                     {
                         Some((v, sign.len() + digits.len()))
                     }
