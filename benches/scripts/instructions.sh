@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Counts the instructions the engine executes per event, which do not drift with the machine.
+#
+# usage: benches/scripts/instructions.sh BIN [ARGS...]
+#
+# BIN is a build of the throughput harness (`cargo build --release -p cordon-benches --bin
+# throughput`). It runs under valgrind's callgrind (Debian package `valgrind`), counting only
+# inside `Processor::process`, on `--runs 1 --flood 0` and ARGS; without ARGS, on a 40,000-account
+# mix (`--accounts 20000 --ranges 2000 --extra 20000`: 40,000 events an hour, about 20 seconds). It prints the instructions per event and the ten functions with the most
+# instructions of their own; the profile stays in callgrind.out.cordon for
+# `callgrind_annotate --auto=yes` (per line) or `--inclusive=yes`.
+#
+# Why: on this virtual machine the same binary's rate drifts by 20-30% between stretches of an
+# hour, and `perf` has no hardware counters. An instruction count is exact and the same on
+# every run, so it judges a change that removes work in seconds; paired runs (ab.sh) then say
+# whether the time followed.
+set -euo pipefail
+# shellcheck source=rates.sh
+source "$(dirname "$0")/rates.sh"
+[[ $# -ge 1 ]] || usage "$0" 16
+bin=$1
+shift
+need_executable instructions.sh "$bin"
+command -v valgrind >/dev/null || {
+  echo "instructions.sh: valgrind is not installed (apt-get install valgrind)" >&2
+  exit 2
+}
+if [[ $# -eq 0 ]]; then
+  set -- --accounts 20000 --ranges 2000 --extra 20000
+fi
+out=callgrind.out.cordon
+valgrind --tool=callgrind --toggle-collect='*Processor::process' --callgrind-out-file="$out" \
+  "$bin" --runs 1 --flood 0 "$@" >/dev/null 2>&1
+# With `--runs 1 --flood 0` the harness passes an hour's events through `Processor::process`
+# three times: the first hour, then the first and the second hour through a fresh processor.
+# An hour holds `--accounts` plus `--extra` events (the harness's defaults: 1,000,000 each).
+accounts=1000000
+extra=1000000
+args=("$@")
+for ((i = 0; i + 1 < ${#args[@]}; i++)); do
+  case ${args[i]} in
+    --accounts) accounts=${args[i + 1]} ;;
+    --extra) extra=${args[i + 1]} ;;
+  esac
+done
+events=$((3 * (accounts + extra)))
+total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+echo "events: $events; instructions in Processor::process: $total, $((total / events)) an event"
+callgrind_annotate "$out" 2>/dev/null | awk 'f && NF { print; if (++n == 10) exit } /file:function/ { f = 1; getline }'
