@@ -45,8 +45,11 @@ fn read_into<'a>(payload: &'a [u8], w: &mut Wire<'a>) -> Option<()> {
     // The object's members are read into `w` as they come; `seq` collects nothing.
     let members = s.seq(b'{', b'}', |s| {
         let field = s.key_field()?;
-        s.ws();
-        s.eat(b':')?;
+        // Compact JSON, as gateways write it: the colon follows the key at once.
+        if !s.eat_if(b':') {
+            s.ws();
+            s.eat(b':')?;
+        }
         s.ws();
         match field {
             Some(f) => {
@@ -426,10 +429,13 @@ impl<'a> Scanner<'a> {
         loop {
             self.ws();
             out.extend(item(self)?);
-            self.ws();
+            // Compact JSON: the comma follows the value at once.
             if !self.eat_if(b',') {
-                self.eat(close)?;
-                return Some(Some(out));
+                self.ws();
+                if !self.eat_if(b',') {
+                    self.eat(close)?;
+                    return Some(Some(out));
+                }
             }
         }
     }
@@ -600,6 +606,9 @@ mod tests {
             r#"{"labels":null,"attrs":null,"account_created":1772000000000}"#,
             r#"{"attrs":{"tier":"pro","n":-3,"b":false,"skip":null,"tier":"x"}}"#,
             r#"{"account_id":"日本語","country":"é","status":123456789012345678}"#,
+            // Whitespace at every place the compact path skips its look for it.
+            "{\n\t\"labels\" :\r[ \"a\" ,\"b\"\t, \"c\"\n] ,\"attrs\": {\"k\" : 1 ,\"j\":\"v\" }\n}",
+            r#"{"labels":["a","b"],"attrs":{"k":1,"j":"v"},"status":200}"#,
         ] {
             let fast = wire(payload.as_bytes());
             assert!(fast.is_some(), "{payload}");
