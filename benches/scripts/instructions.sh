@@ -5,10 +5,11 @@
 #
 # BIN is a build of the throughput harness (`cargo build --release -p cordon-benches --bin
 # throughput`). It runs under valgrind's callgrind (Debian package `valgrind`), counting only
-# inside `Processor::process`, on `--runs 1 --flood 0` and ARGS; without ARGS, on a 40,000-account
-# mix (`--accounts 20000 --ranges 2000 --extra 20000`: 40,000 events an hour, about 20 seconds). It prints the instructions per event and the ten functions with the most
-# instructions of their own; the profile stays in callgrind.out.cordon for
-# `callgrind_annotate --auto=yes` (per line) or `--inclusive=yes`.
+# inside `Processor::process`, on `--runs 1 --flood 0` and ARGS; without ARGS, on a
+# 40,000-account mix (`--accounts 20000 --ranges 2000 --extra 20000`, about 20 seconds). It
+# prints the instructions per event and the ten functions with the most instructions of their
+# own; the profile stays in callgrind.out.cordon for `callgrind_annotate --auto=yes` (per
+# line) or `--inclusive=yes`.
 #
 # Why: on this virtual machine the same binary's rate drifts by 20-30% between stretches of an
 # hour, and `perf` has no hardware counters. An instruction count is exact and the same on
@@ -17,7 +18,7 @@
 set -euo pipefail
 # shellcheck source=rates.sh
 source "$(dirname "$0")/rates.sh"
-[[ $# -ge 1 ]] || usage "$0" 16
+[[ $# -ge 1 ]] || usage "$0" 17
 bin=$1
 shift
 need_executable instructions.sh "$bin"
@@ -29,21 +30,17 @@ if [[ $# -eq 0 ]]; then
   set -- --accounts 20000 --ranges 2000 --extra 20000
 fi
 out=callgrind.out.cordon
-valgrind --tool=callgrind --toggle-collect='*Processor::process' --callgrind-out-file="$out" \
-  "$bin" --runs 1 --flood 0 "$@" >/dev/null 2>&1
+table=$(valgrind --tool=callgrind --toggle-collect='*Processor::process' \
+  --callgrind-out-file="$out" "$bin" --runs 1 --flood 0 "$@" 2>/dev/null)
 # With `--runs 1 --flood 0` the harness passes an hour's events through `Processor::process`
 # three times: the first hour, then the first and the second hour through a fresh processor.
-# An hour holds `--accounts` plus `--extra` events (the harness's defaults: 1,000,000 each).
-accounts=1000000
-extra=1000000
-args=("$@")
-for ((i = 0; i + 1 < ${#args[@]}; i++)); do
-  case ${args[i]} in
-    --accounts) accounts=${args[i + 1]} ;;
-    --extra) extra=${args[i + 1]} ;;
-  esac
-done
-events=$((3 * (accounts + extra)))
+# Its table's `mix: events` row says how many an hour holds.
+hour=$(grep -F '| mix: events |' <<<"$table" | sed -E 's/^\| mix: events \| ([0-9]+) .*/\1/') || true
+if [[ -z $hour ]]; then
+  echo "instructions.sh: no event count in the output of $bin $*" >&2
+  exit 1
+fi
+events=$((3 * hour))
 total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
 echo "events: $events; instructions in Processor::process: $total, $((total / events)) an event"
 callgrind_annotate "$out" 2>/dev/null | awk 'f && NF { print; if (++n == 10) exit } /file:function/ { f = 1; getline }'

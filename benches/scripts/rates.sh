@@ -1,5 +1,5 @@
-# Sourced by ab.sh and costs.sh: their usage text, and one run of the throughput harness with
-# its two rates.
+# Sourced by ab.sh, costs.sh and instructions.sh: their usage text and executable check, and
+# one run of the throughput harness with its two rates.
 
 # `usage SCRIPT LAST`: prints SCRIPT's header comment, lines 2 to LAST, as its usage, and exits 2.
 usage() {

@@ -10,7 +10,9 @@
 //! - `src/bin/memory.rs`: what this machine's memory allows one core (random cache-line loads
 //!   over working sets from 1 MB to 2 GB), the floor under a state table's cost.
 //! - `scripts/ab.sh`: two builds of `throughput` in paired runs; `scripts/costs.sh`: what
-//!   groups of a pack's rule files cost per event, by leaving them out.
+//!   groups of a pack's rule files cost per event, by leaving them out;
+//!   `scripts/instructions.sh`: the instructions `Processor::process` executes per event,
+//!   counted by callgrind.
 //! - `benches/*.rs`: criterion micro-benchmarks of the core's stages (decode, expression
 //!   evaluation, state update, condition evaluation, alert gate, the whole batch), named by
 //!   the type path they measure.
