@@ -544,9 +544,9 @@ impl EventBatchBuilder {
             wire.country.as_deref(),
         ];
         // Indexed over arrays of fixed length, these loops unroll without bounds checks.
-        for (i, v) in strings.into_iter().enumerate() {
+        for (i, v) in strings.iter().enumerate() {
             if self.keep[STRINGS_AT + i] {
-                self.strings[i].append_option(v);
+                self.strings[i].append_option(*v);
             }
         }
         let ints = [
@@ -558,9 +558,9 @@ impl EventBatchBuilder {
             wire.latency_ms,
             wire.asn,
         ];
-        for (i, v) in ints.into_iter().enumerate() {
+        for (i, v) in ints.iter().enumerate() {
             if self.keep[INTS_AT + i] {
-                self.ints[i].append_option(v);
+                self.ints[i].append_option(*v);
             }
         }
         match &wire.labels {
