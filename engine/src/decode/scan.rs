@@ -148,8 +148,10 @@ const FIELD_WORDS: [(u64, u64); 26] = {
 };
 
 /// The field that shares its first word with another: `account_created` ("account_" as
-/// `account_id`). [`field_of`] finds it from `account_id`'s slot.
+/// `account_id`, [`SHARED_WITH`]). [`field_of`] finds it from `account_id`'s slot.
 const SHARED: usize = 23;
+/// `account_id`, whose slot [`SHARED`] is found from.
+const SHARED_WITH: usize = 1;
 
 /// Bits of [`FIELD_HASH`] a first word hashes to: 64 slots for 25 distinct first words.
 const HASH_BITS: u32 = 6;
@@ -159,7 +161,7 @@ const HASH_BITS: u32 = 6;
 /// golden-ratio sequence that has no collision. About one in 250 multipliers has none.
 const FIELD_HASH: u64 = {
     assert!(
-        FIELD_WORDS[SHARED].0 == FIELD_WORDS[1].0,
+        FIELD_WORDS[SHARED].0 == FIELD_WORDS[SHARED_WITH].0,
         "field_of finds the shared field from account_id's slot"
     );
     let mut m: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -212,7 +214,7 @@ fn field_of(words: (u64, u64)) -> Option<usize> {
     let f = usize::from(SLOT_FIELD[slot_of(words.0)]);
     match FIELD_WORDS.get(f) {
         Some(w) if *w == words => Some(f),
-        _ if f == 1 && FIELD_WORDS[SHARED] == words => Some(SHARED),
+        _ if f == SHARED_WITH && FIELD_WORDS[SHARED] == words => Some(SHARED),
         _ => None,
     }
 }
