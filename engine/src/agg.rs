@@ -654,7 +654,7 @@ impl Partial {
     }
 
     /// Adds one event's input. Here are the cases a key meets on most of its events; a
-    /// partial's first values and the rarer kinds go to [`Partial::add_other`], which keeps
+    /// partial's first values and the rarer kinds go to `add_other`, which keeps
     /// this function small: it saves few registers and inlines where it is called.
     pub fn add(&mut self, input: Input) {
         match (&mut *self, input) {
