@@ -671,11 +671,11 @@ impl Partial {
         }
     }
 
-    /// [`Partial::add`]'s other cases (it handles every case).
+    /// The cases [`Partial::add`] leaves to it: a partial's first values and the rarer kinds.
+    /// The common cases are not repeated here; `add` never passes them on.
     #[inline(never)]
     fn add_other(&mut self, input: Input) {
         match (&mut *self, input) {
-            (Partial::Count(c), _) => *c += 1,
             (Partial::Moments(None), Input::Number(x)) => self.grow(Partial::MomentsOne(x)),
             (Partial::MomentsOne(a), Input::Number(x)) => {
                 let a = *a;
@@ -684,11 +684,6 @@ impl Partial {
                     sum: a + x,
                     sumsq: a * a + x * x,
                 }))));
-            }
-            (Partial::Moments(Some(m)), Input::Number(x)) => {
-                m.n = m.n.saturating_add(1);
-                m.sum += x;
-                m.sumsq += x * x;
             }
             // NaN is no value: it neither sets nor moves a bound.
             (Partial::Extrema(None), Input::Number(x)) if !x.is_nan() => {
@@ -705,7 +700,6 @@ impl Partial {
                 e.min = e.min.min(x);
                 e.max = e.max.max(x);
             }
-            (p, Input::Hash(h)) if p.is_distinct() => p.distinct_insert(h),
             (Partial::Quantiles(s), Input::Number(x)) => s
                 .get_or_insert_with(|| Box::new(QuantileSet::Exact(Vec::new())))
                 .insert(x),
@@ -719,7 +713,6 @@ impl Partial {
                 a.add(ts);
                 self.grow(Partial::Arrivals(Some(Box::new(a))));
             }
-            (Partial::Arrivals(Some(a)), Input::Time(ts)) => a.add(ts),
             _ => {}
         }
     }
