@@ -123,7 +123,7 @@ fn process(c: &mut Criterion) {
     for p in &payloads[WARM..WARM + BATCH] {
         let _ = builder.push(p, &mut time);
     }
-    let (batch, _) = builder.finish();
+    let batch = builder.finish().batch;
 
     let mut group = c.benchmark_group("cordon_engine::plan::ExprCol::expr");
     group.throughput(Throughput::Elements(batch.num_rows() as u64));

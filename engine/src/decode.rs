@@ -340,6 +340,8 @@ pub struct EventBatchBuilder {
     attrs: MapBuilder<StringBuilder, StringBuilder>,
     /// Event time of each row, in ms.
     pub times: Vec<i64>,
+    /// Each row's address, as parsed when `ip` was checked.
+    addrs: Vec<IpAddr>,
     max_message_bytes: usize,
     /// Per column of the event schema, whether rows fill it ([`EventBatchBuilder::project`]).
     keep: [bool; ATTRS_AT + 1],
@@ -385,6 +387,7 @@ impl EventBatchBuilder {
                 StringBuilder::new(),
             ),
             times: Vec::new(),
+            addrs: Vec::new(),
             max_message_bytes,
             keep: [true; ATTRS_AT + 1],
             nulls: vec![None; ATTRS_AT + 1],
@@ -593,22 +596,32 @@ impl EventBatchBuilder {
                 .map_err(|e| Rejection::new(Reason::BadValue, e.to_string()))?,
         }
         self.times.push(ts);
+        self.addrs.push(ip);
         Ok(())
     }
 
-    /// Hands back the event times [`finish`](Self::finish) returned, so that the next batch
-    /// fills the same vector.
-    pub fn recycle(&mut self, mut times: Vec<i64>) {
+    /// Hands back what [`finish`](Self::finish) returned, so that the next batch fills the
+    /// same vectors.
+    pub fn recycle(&mut self, decoded: Decoded) {
+        let Decoded {
+            mut times,
+            mut addrs,
+            ..
+        } = decoded;
         if self.times.is_empty() && times.capacity() > self.times.capacity() {
             times.clear();
             self.times = times;
+        }
+        if self.addrs.is_empty() && addrs.capacity() > self.addrs.capacity() {
+            addrs.clear();
+            self.addrs = addrs;
         }
     }
 
     /// The rows appended so far as a record batch; the builder is empty afterwards, with room
     /// for a batch of the same size: the next batch fills its buffers without growing them
     /// (growing from empty cost about 330 instructions an event in reallocations and copies).
-    pub fn finish(&mut self) -> (RecordBatch, Vec<i64>) {
+    pub fn finish(&mut self) -> Decoded {
         let mut columns: Vec<ArrayRef> = vec![
             finish_primitive(&mut self.ts),
             finish_strings(&mut self.account_id),
@@ -646,8 +659,23 @@ impl EventBatchBuilder {
         // The builders produce exactly the schema's types; a mismatch is a bug caught by tests.
         #[allow(clippy::expect_used)]
         let batch = RecordBatch::try_new(schema, columns).expect("decoder builds event schema v1");
-        (batch, times)
+        Decoded {
+            batch,
+            times,
+            addrs: std::mem::take(&mut self.addrs),
+        }
     }
+}
+
+/// A finished batch, with what the decoder worked out beside its columns.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The rows, in event schema v1.
+    pub batch: RecordBatch,
+    /// Each row's event time in ms (`ts` as checked: clamped when the config says so).
+    pub times: Vec<i64>,
+    /// Each row's address, as parsed when `ip` was checked (the `ip` column holds its text).
+    pub addrs: Vec<IpAddr>,
 }
 
 /// Finishes a string column and leaves its builder with room for as many rows and bytes.
@@ -749,7 +777,7 @@ mod tests {
             &mut open_time(),
         )
         .expect("valid");
-        let (batch, times) = b.finish();
+        let Decoded { batch, times, .. } = b.finish();
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(times, vec![T0, T0 + 1]);
         let col = |n: &str| batch.column_by_name(n).expect(n).clone();
@@ -803,7 +831,7 @@ mod tests {
             .push(ev(r#","country":7"#).as_bytes(), &mut open_time())
             .expect_err("wrong type");
         assert_eq!(wrong.reason, Reason::WrongType);
-        let (batch, _) = b.finish();
+        let batch = b.finish().batch;
         assert_eq!(batch.schema(), schema);
         assert_eq!(batch.num_rows(), 1);
         for f in schema.fields() {
@@ -837,7 +865,7 @@ mod tests {
                 );
                 b.push(ev.as_bytes(), &mut open_time()).expect("valid");
             }
-            let (batch, times) = b.finish();
+            let Decoded { batch, times, .. } = b.finish();
             assert_eq!((batch.num_rows(), times.len()), (rows, rows));
             for (f, keep) in schema.fields().iter().zip(&keep) {
                 let c = batch.column_by_name(f.name()).expect("column");
@@ -866,7 +894,7 @@ mod tests {
         let mut b = EventBatchBuilder::new(1 << 20);
         let ev = r#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1","prompt":"Think step by step: what is 2+2?"}"#;
         b.push(ev.as_bytes(), &mut open_time()).expect("valid");
-        let (batch, _) = b.finish();
+        let batch = b.finish().batch;
         let fp = batch.column_by_name("prompt_fp").expect("col");
         let expect = fingerprints("Think step by step: what is 2+2?");
         assert_eq!(fp.as_string::<i32>().value(0), expect.prompt_fp);
@@ -980,7 +1008,7 @@ mod tests {
             let ev = format!(r#"{{"ts":{},"account_id":"a","ip":"{ip}"}}"#, T0 + i as i64);
             b.push(ev.as_bytes(), &mut open_time()).expect("valid");
         }
-        let (batch, _) = b.finish();
+        let batch = b.finish().batch;
         let ips = batch
             .column_by_name("ip")
             .expect("ip")
@@ -1053,7 +1081,7 @@ mod tests {
             T0 + 10_000,
             "the watermark moves to the limit only"
         );
-        let (_, times) = b.finish();
+        let times = b.finish().times;
         assert_eq!(times, vec![T0 + 10_000]);
     }
 
@@ -1075,7 +1103,7 @@ mod tests {
             &mut time,
         )
         .expect("ok");
-        let (batch, _) = b.finish();
+        let batch = b.finish().batch;
         assert_eq!(batch.num_rows(), 2);
     }
 

@@ -10,7 +10,7 @@
 use crate::agg::{Input as AggInput, InputKind, SlotKind};
 use crate::checkpoint::{Checkpoint, CheckpointMeta, CheckpointRef};
 use crate::codec::CodecError;
-use crate::decode::{EventBatchBuilder, Reason, TimeCheck, dead_letter_payload};
+use crate::decode::{Decoded, EventBatchBuilder, Reason, TimeCheck, dead_letter_payload};
 use crate::gate::{
     ALERT_SCHEMA, Alert, AlertEngine, AlertEntity, AlertRule, AlertWindow, Decision, Gate, rfc3339,
 };
@@ -766,9 +766,10 @@ impl Processor {
         if self.builder.is_empty() {
             return Ok(());
         }
-        let (batch, times) = self.builder.finish();
+        let decoded = self.builder.finish();
+        let (batch, times) = (&decoded.batch, &decoded.times);
         out.stats.events += times.len() as u64;
-        let cols = evaluate_columns(&self.plan, &batch, &mut self.scratch.hashes)?;
+        let cols = evaluate_columns(&self.plan, &decoded, &mut self.scratch.hashes)?;
         let mut candidates = std::mem::take(&mut self.scratch.candidates);
         candidates.resize_with(rules, Candidates::default);
         for c in &mut candidates {
@@ -782,7 +783,7 @@ impl Processor {
                 &self.kinds[t],
                 &mut state.tables[t],
                 &cols,
-                &times,
+                times,
                 self.batch_seq,
                 &mut candidates,
                 &mut self.scratch.touched,
@@ -818,7 +819,7 @@ impl Processor {
             )
         });
         self.scratch.candidates = candidates;
-        self.builder.recycle(times);
+        self.builder.recycle(decoded);
         self.scratch
             .hashes
             .extend(cols.into_iter().filter_map(|c| match c {
@@ -841,17 +842,25 @@ fn eval_err(what: &'static str, text: &str, e: DataFusionError) -> ProcessError 
 /// vectors from `pool`.
 fn evaluate_columns(
     plan: &Plan,
-    batch: &RecordBatch,
+    decoded: &Decoded,
     pool: &mut Vec<Vec<Option<u64>>>,
 ) -> Result<Vec<Col>, ProcessError> {
+    let batch = &decoded.batch;
+    let addrs = &decoded.addrs;
     plan.exprs
         .iter()
         .map(|e| {
-            let a = e
-                .expr
-                .evaluate(batch)
-                .and_then(|v| v.into_array(batch.num_rows()))
-                .map_err(|err| eval_err("evaluation", &e.text, err))?;
+            let a = match e.addr_prefix {
+                Some((v4, v6)) if addrs.len() == batch.num_rows() => {
+                    cordon_rules::udf::prefixes(addrs.iter().copied().map(Some), v4, v6)
+                        .map(|a| Arc::new(a) as ArrayRef)
+                }
+                _ => e
+                    .expr
+                    .evaluate(batch)
+                    .and_then(|v| v.into_array(batch.num_rows())),
+            }
+            .map_err(|err| eval_err("evaluation", &e.text, err))?;
             let cast_to = |dt: &DataType| {
                 cast(&a, dt).map_err(|err| {
                     eval_err(
@@ -1958,5 +1967,62 @@ condition: errors >= 1000
         assert_eq!(summary.removed, ["t.hydra"]);
         assert_eq!(p.live_keys(), 1);
         assert_eq!(p.table_stats().len(), 1);
+    }
+
+    #[test]
+    fn ip_prefix_of_the_decoded_address_is_what_the_function_gives() {
+        // `ip_prefix(ip, ..)` is formatted from the decoder's parsed addresses; every other
+        // use of the function goes through DataFusion. Both must give the same text.
+        let p = rules_of(
+            "id: t.nets\nversion: 1\ntitle: t\nseverity: low\nentity: ip_prefix(ip, 20, 40)\n\
+             window: 1h\nevery: 5m\nfeatures:\n  n: count()\n\
+             \x20 nets: distinct(ip_prefix(ip, 24))\n\
+             \x20 fps: distinct(ip_prefix(client_fp, 24))\n\
+             \x20 all: distinct(ip_prefix(ip, 0, 0))\n\
+             condition: n > 100\n",
+        );
+        let native: Vec<(u8, u8)> = p
+            .plan()
+            .exprs
+            .iter()
+            .filter_map(|e| e.addr_prefix)
+            .collect();
+        assert_eq!(native, [(20, 40), (24, 64), (0, 0)], "{:?}", p.plan().exprs);
+        let mut b = EventBatchBuilder::new(1 << 20);
+        let mut time = TimeCheck {
+            watermark: i64::MIN,
+            allowed_lateness_ms: 0,
+            max_ts: i64::MAX,
+            clamp_future: false,
+        };
+        let ips = [
+            "203.0.113.77",
+            " 10.1.2.3 ",
+            "0.0.0.0",
+            "255.255.255.255",
+            "2001:DB8:1234:5678::1",
+            "::ffff:192.0.2.1",
+            "::",
+            "fe80::1:2:3:4",
+        ];
+        for (i, ip) in ips.iter().enumerate() {
+            let event = ev(T0 + i as i64, "a", ip, r#","client_fp":"198.51.100.4""#);
+            b.push(&event, &mut time).expect("valid event");
+        }
+        let decoded = b.finish();
+        assert_eq!(decoded.addrs.len(), ips.len());
+        let cols = evaluate_columns(p.plan(), &decoded, &mut Vec::new()).expect("evaluates");
+        let mut compared = 0;
+        for (e, col) in p.plan().exprs.iter().zip(&cols) {
+            let Col::Text(fast, _) = col else { continue };
+            let slow = e
+                .expr
+                .evaluate(&decoded.batch)
+                .and_then(|v| v.into_array(decoded.batch.num_rows()))
+                .expect("the function evaluates");
+            assert_eq!(fast, slow.as_string::<i32>(), "{}", e.text);
+            compared += usize::from(e.addr_prefix.is_some());
+        }
+        assert_eq!(compared, 3);
     }
 }

@@ -1006,7 +1006,7 @@ impl EventSink for ParquetSink {
                     .push(&bytes, &mut time)
                     .map_err(|r| anyhow::anyhow!("simulated event refused: {}", r.detail))?;
             }
-            let (batch, _) = self.builder.finish();
+            let batch = self.builder.finish().batch;
             if let Some(w) = self.writer.as_mut() {
                 w.write(&batch)?;
             }

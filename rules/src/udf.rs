@@ -38,8 +38,8 @@ impl Default for IpPrefix {
 
 /// An IP address, as `str::parse::<IpAddr>` reads it (the same addresses, the same refusals),
 /// with a fast path for the dotted-quad IPv4 form most events carry: the standard parser's
-/// generic machinery cost about 2% of the engine's time, and every event's address is parsed
-/// twice (on decode, and by `ip_prefix`).
+/// generic machinery cost about 2% of the engine's time (every event's address is parsed on
+/// decode, and `ip_prefix` parses any address it is given that was not).
 pub fn parse_ip(s: &str) -> Option<IpAddr> {
     match parse_ipv4(s.as_bytes()) {
         Some(v4) => Some(IpAddr::V4(v4)),
@@ -52,7 +52,7 @@ pub fn parse_ip(s: &str) -> Option<IpAddr> {
 ///
 /// One pass over the bytes with no index arithmetic or bounds checks. `parse_ip` costs about
 /// 153 instructions an address this way against 170 with indexed reads (callgrind, the
-/// throughput mix); every event's address is parsed by the decoder and again by `ip_prefix`.
+/// throughput mix).
 fn parse_ipv4(b: &[u8]) -> Option<Ipv4Addr> {
     let mut bytes = b.iter();
     let mut addr = 0u32;
@@ -185,23 +185,34 @@ impl ScalarUDFImpl for IpPrefix {
         let Some(ips) = ips.as_any().downcast_ref::<StringArray>() else {
             return exec_err!("ip_prefix: the address must be a string");
         };
-        let mut out = BinaryBuilder::with_capacity(ips.len(), ips.len() * 16);
-        for ip in ips {
-            match ip.and_then(parse_ip) {
-                Some(ip) => {
-                    // The builder takes the formatted text, then closes the value.
-                    if write_prefix(&mut out, ip, v4, v6).is_err() {
-                        return exec_err!("ip_prefix: formatting failed");
-                    }
-                    out.append_value(b"");
-                }
-                None => out.append_null(),
-            }
-        }
-        // Digits, dots, colons and slashes: always text.
-        let out = StringArray::try_from_binary(out.finish())?;
+        let out = prefixes(ips.iter().map(|ip| ip.and_then(parse_ip)), v4, v6)?;
         Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
     }
+}
+
+/// `ip_prefix` of each address (NULL for `None`), as a column: the function's values, for the
+/// function and for an engine that has the addresses parsed already (the decoder checks every
+/// event's `ip`, so `ip_prefix(ip, ..)` need not parse the column again).
+pub fn prefixes(
+    ips: impl ExactSizeIterator<Item = Option<IpAddr>>,
+    v4_bits: u8,
+    v6_bits: u8,
+) -> Result<StringArray> {
+    let mut out = BinaryBuilder::with_capacity(ips.len(), ips.len() * 16);
+    for ip in ips {
+        match ip {
+            Some(ip) => {
+                // The builder takes the formatted text, then closes the value.
+                if write_prefix(&mut out, ip, v4_bits, v6_bits).is_err() {
+                    return exec_err!("ip_prefix: formatting failed");
+                }
+                out.append_value(b"");
+            }
+            None => out.append_null(),
+        }
+    }
+    // Digits, dots, colons and slashes: always text.
+    Ok(StringArray::try_from_binary(out.finish())?)
 }
 
 /// Every function Cordon adds.
