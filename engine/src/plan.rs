@@ -61,7 +61,7 @@ fn addr_prefix(expr: &Arc<dyn PhysicalExpr>) -> Option<(u8, u8)> {
     };
     let ip = f.args().first()?.downcast_ref::<Column>()?;
     let at = cordon_rules::schema::event_schema().index_of("ip").ok()?;
-    if ip.name() != "ip" || ip.index() != at || f.args().len() > 3 {
+    if ip.name() != "ip" || ip.index() != at || !(2..=3).contains(&f.args().len()) {
         return None;
     }
     Some((bits(1, 32)?, bits(2, 128)?))
