@@ -46,9 +46,9 @@ pub struct Hll {
     hist: [u16; MAX_VALUE + 1],
     regs: [u8; K],
     /// The last [`Hll::estimate`], NaN when a register has changed since. A busy key's window
-    /// sketch is read on every batch that touches it, and a value already seen (most of a
-    /// template's accounts and ranges, for one) raises no register, so the estimate (about
-    /// 340 instructions) is mostly the one before.
+    /// sketch is read on every batch that touches it, and a value already seen raises no
+    /// register, so the estimate (about 340 instructions) is often the one before: 3.1M of
+    /// the 5.2M estimates of the throughput mix.
     estimate: Cell<f64>,
 }
 
