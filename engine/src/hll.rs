@@ -11,8 +11,9 @@
 //! counts), an insert one load and a compare, a merge a byte-wise maximum, and the register an
 //! event will touch can be prefetched ([`Hll::prefetch`]).
 //!
-//! A sketch takes 4,224 bytes from its first value on, where the library's took 1-2 KiB in its
-//! set mode (up to 384 values); sketches start past 128 exact values, so few keys hold one.
+//! A sketch takes 4,232 bytes from its first value on (its registers, their histogram and the
+//! kept estimate), where the library's took 1-2 KiB in its set mode (up to 384 values);
+//! sketches start past 128 exact values, so few keys hold one.
 //!
 //! What stays the library's, so that the registers are the same:
 //! - **the hash**: a value's register and rank come from DataSketches' own coupon
