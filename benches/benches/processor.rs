@@ -18,7 +18,7 @@
 
 mod common;
 
-use cordon_engine::decode::{EventBatchBuilder, MAX_TS_MS, TimeCheck};
+use cordon_engine::decode::{EventBatchBuilder, TimeCheck};
 use cordon_engine::plan::{Conv, ExprCol, Plan};
 use cordon_engine::processor::{CoreConfig, Input, Output, Processor};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -114,12 +114,7 @@ fn process(c: &mut Criterion) {
     // One decoded batch for the DataFusion stages.
     let plan = Plan::new(&rules);
     let mut builder = EventBatchBuilder::new(1 << 20);
-    let mut time = TimeCheck {
-        watermark: i64::MIN,
-        allowed_lateness_ms: i64::MAX / 2,
-        max_ts: MAX_TS_MS,
-        clamp_future: false,
-    };
+    let mut time = TimeCheck::accept_all();
     for p in &payloads[WARM..WARM + BATCH] {
         let _ = builder.push(p, &mut time);
     }

@@ -328,6 +328,19 @@ pub struct TimeCheck {
     pub clamp_future: bool,
 }
 
+impl TimeCheck {
+    /// A check that refuses no event for its time, for rows that are not a partition's
+    /// stream: the simulator's own events written as Parquet, tests and benches.
+    pub fn accept_all() -> Self {
+        Self {
+            watermark: i64::MIN,
+            allowed_lateness_ms: i64::MAX,
+            max_ts: i64::MAX,
+            clamp_future: false,
+        }
+    }
+}
+
 /// Builds one record batch of event schema v1 from messages.
 pub struct EventBatchBuilder {
     ts: TimestampMillisecondBuilder,
