@@ -615,6 +615,11 @@ impl Partial {
     /// Adds one event's input to a pane's partial and, for a busy key, to the window's
     /// partial of the same slot. Where both are sketches, the value's coupon (a hash of the
     /// value) is worked out once for both.
+    ///
+    /// Inlined, with [`Partial::add`] inlined into it: as a call it took 190 instructions an
+    /// event more on a mix of 20,000 busy accounts (callgrind, 10,731 against 10,541), where
+    /// every event of a busy key passes here once per slot.
+    #[inline]
     pub fn add_with_window(&mut self, window: Option<&mut Partial>, input: Input) {
         match (self, window, input) {
             (Partial::DistinctHll(p), Some(Partial::DistinctHll(w)), Input::Hash(h)) => {
@@ -655,7 +660,10 @@ impl Partial {
 
     /// Adds one event's input. Here are the cases a key meets on most of its events; a
     /// partial's first values and the rarer kinds go to `add_other`, which keeps
-    /// this function small: it saves few registers and inlines where it is called.
+    /// this function small: it saves few registers and inlines where it is called, which
+    /// `always` makes sure of (left to the compiler, it stayed a call in
+    /// [`Partial::add_with_window`]).
+    #[inline(always)]
     pub fn add(&mut self, input: Input) {
         match (&mut *self, input) {
             (Partial::Count(c), _) => *c += 1,
