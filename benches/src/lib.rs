@@ -17,8 +17,8 @@
 //!   evaluation, state update, condition evaluation, alert gate, the whole batch), named by
 //!   the type path they measure.
 //!
-//! This library holds what they share: the shipped pack, simulator payloads and command-line
-//! flags.
+//! This library holds what they share: the shipped pack, simulator payloads, command-line
+//! flags and the machine's description that heads each table.
 
 use cordon_engine::simulate::{SimEvent, SimOptions, Simulation};
 use cordon_rules::RuleSet;
@@ -79,4 +79,108 @@ pub fn sim_payloads(n: usize, seed: u64) -> Vec<Vec<u8>> {
         .iter()
         .map(|e| serde_json::to_vec(e).unwrap_or_default())
         .collect()
+}
+
+/// The machine a harness runs on, for the first row of its table: the processor as Linux names
+/// it (vendor, family and model), the CPUs, the memory, and whether it is a virtual machine.
+/// Rates on a virtual machine move with the host under it: this project's development machine
+/// moved from an AMD EPYC host to an Intel Xeon one between two rounds, unnoticed until
+/// `lscpu` was read (README, "Performance"), so every table now says where it ran.
+pub fn machine() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    describe_machine(&read("/proc/cpuinfo"), &read("/proc/meminfo"))
+}
+
+/// [`machine`] from the text of `/proc/cpuinfo` and `/proc/meminfo`; what is missing is left
+/// out, and with nothing to go on it says so.
+pub fn describe_machine(cpuinfo: &str, meminfo: &str) -> String {
+    let fields = || {
+        cpuinfo
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim(), v.trim()))
+    };
+    let field = |name: &str| fields().find(|(k, _)| *k == name).map(|(_, v)| v);
+    let mut parts = Vec::new();
+    if let Some(name) = field("model name") {
+        parts.push(
+            match (field("vendor_id"), field("cpu family"), field("model")) {
+                (Some(v), Some(f), Some(m)) => format!("{name} ({v}, family {f}, model {m})"),
+                _ => name.to_owned(),
+            },
+        );
+    }
+    let cpus = fields().filter(|(k, _)| *k == "processor").count();
+    if cpus > 0 {
+        parts.push(format!("{cpus} CPUs"));
+    }
+    let mem_kb = meminfo.lines().find_map(|l| {
+        let kb = l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?;
+        kb.trim().parse::<u64>().ok()
+    });
+    if let Some(kb) = mem_kb {
+        parts.push(format!("{:.0} GiB", kb as f64 / f64::from(1 << 20)));
+    }
+    if field("flags").is_some_and(|f| f.split_whitespace().any(|x| x == "hypervisor")) {
+        parts.push("virtual machine".to_owned());
+    }
+    if parts.is_empty() {
+        "unknown (no /proc/cpuinfo or /proc/meminfo)".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_machine;
+
+    const MEMINFO: &str = "MemTotal:       24731708 kB\nMemFree:         3399960 kB\n";
+
+    fn cpu(i: usize, vendor: &str, family: u32, model: u32, name: &str, flags: &str) -> String {
+        format!(
+            "processor\t: {i}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n\
+             model name\t: {name}\nstepping\t: 2\nflags\t\t: {flags}\n\n"
+        )
+    }
+
+    #[test]
+    fn names_the_processor_the_cpus_the_memory_and_a_hypervisor() {
+        let info: String = (0..2)
+            .map(|i| {
+                cpu(
+                    i,
+                    "GenuineIntel",
+                    6,
+                    207,
+                    "Intel(R) Xeon(R) Processor",
+                    "fpu sse2 hypervisor avx2",
+                )
+            })
+            .collect();
+        assert_eq!(
+            describe_machine(&info, MEMINFO),
+            "Intel(R) Xeon(R) Processor (GenuineIntel, family 6, model 207), 2 CPUs, 24 GiB, virtual machine"
+        );
+    }
+
+    #[test]
+    fn tells_hosts_apart_and_bare_metal_from_a_virtual_machine() {
+        let amd: String = (0..4)
+            .map(|i| cpu(i, "AuthenticAMD", 25, 1, "AMD EPYC 7B13", "fpu sse2 avx2"))
+            .collect();
+        assert_eq!(
+            describe_machine(&amd, ""),
+            "AMD EPYC 7B13 (AuthenticAMD, family 25, model 1), 4 CPUs"
+        );
+    }
+
+    #[test]
+    fn says_so_when_there_is_nothing_to_read() {
+        assert_eq!(
+            describe_machine("", "garbage"),
+            "unknown (no /proc/cpuinfo or /proc/meminfo)"
+        );
+        assert_eq!(describe_machine("", MEMINFO), "24 GiB");
+    }
 }

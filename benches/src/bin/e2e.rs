@@ -668,6 +668,7 @@ fn run() -> Result<()> {
     let bytes: usize = records.iter().map(|r| r.1.len()).sum();
     println!("| measure | value |");
     println!("| --- | --- |");
+    t.row("machine", cordon_benches::machine());
     t.row(
         "input",
         format!(

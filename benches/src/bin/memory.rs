@@ -150,6 +150,8 @@ fn main() {
         .into_iter()
         .filter(|&mb| mb <= max_mb)
         .collect();
+    let machine = cordon_benches::machine();
+    println!("machine: {machine}\n");
     println!(
         "| working set | chase, ns a load | independent, ns a load | prefetched {DISTANCE} ahead, ns a load | prefetched update, ns a line | three-line chain, ns a chain |"
     );
@@ -171,7 +173,12 @@ fn main() {
         }));
     }
     if let Some(path) = arg_str("--json") {
-        let doc = serde_json::json!({ "loads": loads, "distance": DISTANCE, "rows": rows });
+        let doc = serde_json::json!({
+            "machine": machine,
+            "loads": loads,
+            "distance": DISTANCE,
+            "rows": rows,
+        });
         if let Err(e) = std::fs::write(&path, format!("{doc:#}\n")) {
             eprintln!("memory: cannot write {path}: {e}");
             std::process::exit(1);

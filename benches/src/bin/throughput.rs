@@ -145,6 +145,7 @@ fn main() {
     };
     println!("| measure | value |");
     println!("| --- | --- |");
+    row("machine", cordon_benches::machine());
 
     // The heavy-tailed mix.
     let total = accounts + extra;
