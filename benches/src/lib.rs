@@ -18,7 +18,7 @@
 //!   the type path they measure.
 //!
 //! This library holds what they share: the shipped pack, simulator payloads, command-line
-//! flags and the machine's description that heads each table.
+//! flags, the machine's description that heads each table and the heap's huge pages.
 
 use cordon_engine::simulate::{SimEvent, SimOptions, Simulation};
 use cordon_rules::RuleSet;
@@ -131,9 +131,116 @@ pub fn describe_machine(cpuinfo: &str, meminfo: &str) -> String {
     }
 }
 
+/// Whether the process's heap can sit in transparent huge pages, for a harness's table: the
+/// kernel's mode (`/sys/kernel/mm/transparent_hugepage/enabled`), whether glibc's malloc asks
+/// for them (the `glibc.malloc.hugetlb` tunable in `GLIBC_TUNABLES`, which glibc reads at
+/// start-up), and how much of the process's memory is in huge pages when it is called
+/// (`AnonHugePages` of `/proc/self/smaps_rollup`). On this project's virtual machine a random
+/// cache line over 512 MB cost about a quarter less with them (`memory`), so a rate means
+/// little without it (README, "Where the time goes").
+pub fn huge_pages() -> String {
+    huge_pages_with(Some(
+        &std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default(),
+    ))
+}
+
+/// [`huge_pages`] without their use: what a harness that frees its memory as it goes can
+/// say at its start.
+pub fn huge_pages_setting() -> String {
+    huge_pages_with(None)
+}
+
+fn huge_pages_with(smaps_rollup: Option<&str>) -> String {
+    describe_huge_pages(
+        &std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default(),
+        std::env::var("GLIBC_TUNABLES").ok().as_deref(),
+        smaps_rollup,
+    )
+}
+
+/// [`huge_pages`] from the text of the kernel's mode, `GLIBC_TUNABLES` and, for their use,
+/// `/proc/self/smaps_rollup`.
+pub fn describe_huge_pages(
+    enabled: &str,
+    tunables: Option<&str>,
+    smaps_rollup: Option<&str>,
+) -> String {
+    let mode = enabled
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+        .unwrap_or("unknown");
+    // The last setting wins, as glibc reads them.
+    let hugetlb = tunables
+        .into_iter()
+        .flat_map(|t| t.split(':'))
+        .filter_map(|kv| kv.strip_prefix("glibc.malloc.hugetlb="))
+        .next_back();
+    let malloc = match hugetlb {
+        Some(v @ ("1" | "2")) => format!("malloc asks for them (glibc.malloc.hugetlb={v})"),
+        _ => "malloc does not ask for them (no glibc.malloc.hugetlb)".to_owned(),
+    };
+    let Some(rollup) = smaps_rollup else {
+        return format!("kernel mode {mode}; {malloc}");
+    };
+    let in_huge = rollup.lines().find_map(|l| {
+        let kb = l
+            .strip_prefix("AnonHugePages:")?
+            .trim()
+            .strip_suffix("kB")?;
+        kb.trim().parse::<u64>().ok()
+    });
+    let now = match in_huge {
+        Some(kb) => format!("{} MiB of the process in huge pages", kb / 1024),
+        None => "unknown use".to_owned(),
+    };
+    format!("kernel mode {mode}; {malloc}; {now}")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::describe_machine;
+    use super::{describe_huge_pages, describe_machine};
+
+    #[test]
+    fn huge_pages_name_the_kernel_mode_the_tunable_and_their_use() {
+        let madvise = "always [madvise] never\n";
+        let rollup = "Rss:             1220456 kB\nAnonHugePages:    1048576 kB\nSwap: 0 kB\n";
+        assert_eq!(
+            describe_huge_pages(
+                madvise,
+                Some("glibc.malloc.tcache_count=0:glibc.malloc.hugetlb=1"),
+                Some(rollup)
+            ),
+            "kernel mode madvise; malloc asks for them (glibc.malloc.hugetlb=1); \
+             1024 MiB of the process in huge pages"
+        );
+        // Not asked for, asked for and taken back, or another tunable alone.
+        for tunables in [
+            None,
+            Some("glibc.malloc.hugetlb=1:glibc.malloc.hugetlb=0"),
+            Some("glibc.malloc.arena_max=1"),
+        ] {
+            assert_eq!(
+                describe_huge_pages(
+                    "[always] madvise never",
+                    tunables,
+                    Some("AnonHugePages: 0 kB")
+                ),
+                "kernel mode always; malloc does not ask for them (no glibc.malloc.hugetlb); \
+                 0 MiB of the process in huge pages",
+                "{tunables:?}"
+            );
+        }
+        assert_eq!(
+            describe_huge_pages("", None, Some("")),
+            "kernel mode unknown; malloc does not ask for them (no glibc.malloc.hugetlb); \
+             unknown use"
+        );
+        // The setting alone.
+        assert_eq!(
+            describe_huge_pages(madvise, Some("glibc.malloc.hugetlb=2"), None),
+            "kernel mode madvise; malloc asks for them (glibc.malloc.hugetlb=2)"
+        );
+    }
 
     const MEMINFO: &str = "MemTotal:       24731708 kB\nMemFree:         3399960 kB\n";
 

@@ -151,7 +151,8 @@ fn main() {
         .filter(|&mb| mb <= max_mb)
         .collect();
     let machine = cordon_benches::machine();
-    println!("machine: {machine}\n");
+    let huge_pages = cordon_benches::huge_pages_setting();
+    println!("machine: {machine}\nhuge pages: {huge_pages}\n");
     println!(
         "| working set | chase, ns a load | independent, ns a load | prefetched {DISTANCE} ahead, ns a load | prefetched update, ns a line | three-line chain, ns a chain |"
     );
@@ -175,6 +176,7 @@ fn main() {
     if let Some(path) = arg_str("--json") {
         let doc = serde_json::json!({
             "machine": machine,
+            "huge_pages": huge_pages,
             "loads": loads,
             "distance": DISTANCE,
             "rows": rows,

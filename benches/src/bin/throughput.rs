@@ -13,6 +13,10 @@
 //! - `mix, second hour`: the same population's next hour through a processor that has seen
 //!   the first, so that keys exist and windows slide and expire (steady state).
 //!
+//! The last row says whether the heap sat in transparent huge pages (the kernel's mode,
+//! glibc's `glibc.malloc.hugetlb` tunable, and how much of the process they held), which moves
+//! the rate on a virtual machine (README, "Where the time goes").
+//!
 //! The mix runs `--runs` times (default 3), each on a fresh processor, and reports the median
 //! rate with all of them: on a shared or virtual machine one run varies by 10% or more. State
 //! and memory figures come from the first run.
@@ -359,6 +363,8 @@ fn main() {
             "mix, second hour (keys exist, windows slide): events/s (one thread)",
             format!("{:.0} ({alerts} alerts)", total as f64 / secs),
         );
+        // While the two hours' state is alive: how much of it the huge pages hold.
+        row("heap huge pages", cordon_benches::huge_pages());
     }
     if let Some(path) = arg_str("--json") {
         let map: serde_json::Map<String, serde_json::Value> = rows
