@@ -189,6 +189,11 @@ def test_env_has_pod_name_and_log_filter(minimal: Rendered, full: Rendered):
     assert not [k for k in env if "SASL" in k]
 
 
+def test_heap_huge_pages_are_asked_for_unless_turned_off(minimal: Rendered, full: Rendered):
+    assert minimal.env()["GLIBC_TUNABLES"]["value"] == "glibc.malloc.hugetlb=1"
+    assert "GLIBC_TUNABLES" not in full.env()
+
+
 def test_termination_grace_period(minimal: Rendered, full: Rendered):
     assert minimal.pod["terminationGracePeriodSeconds"] == 60
     assert full.pod["terminationGracePeriodSeconds"] == 120
