@@ -1,10 +1,13 @@
 """engine/Dockerfile cannot be built here (no Docker engine); check what can be checked without
 one: every path it copies exists, it copies every workspace member (cargo needs all their
-manifests for --locked), and the image runs as the user the chart expects."""
+manifests for --locked), the image runs as the user the chart expects, and the profile-guided
+build's rustc wrapper instruments the project's crates and nothing else."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 
 import yaml
 
@@ -76,3 +79,55 @@ def test_ignore_file_lets_every_copied_path_through():
                 top = src.rstrip("/").split("/")[0]
                 assert f"!{top}" in lines, f"COPY {src}: excluded from the build context"
 
+
+
+WRAPPER = REPO / "engine" / "pgo" / "rustc-wrapper.sh"
+
+
+def wrapped(crate: str, mode: str | None) -> list[str]:
+    """The arguments the PGO wrapper passes on for rustc invoked on `crate` (printf stands for
+    rustc and prints them one by one)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORDON_PGO_")}
+    if mode:
+        env |= {"CORDON_PGO_MODE": mode, "CORDON_PGO_PATH": "/tmp/p data"}
+    rustc = ["printf", "%s\\n", "--crate-name", crate, "src/lib.rs"]
+    out = subprocess.run(["sh", str(WRAPPER), *rustc], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def wrapper_crates() -> list[str]:
+    return re.findall(r"--crate-name (\w+) ", WRAPPER.read_text())
+
+
+def test_pgo_wrapper_adds_the_profile_flag_to_the_project_crates_only():
+    crates = wrapper_crates()
+    assert {"cordon", "cordon_engine", "cordon_rules", "throughput"} <= set(crates)
+    plain = ["--crate-name", "{}", "src/lib.rs"]
+    for crate in crates:
+        args = [a.format(crate) for a in plain]
+        assert wrapped(crate, "generate") == [*args, "-Cprofile-generate=/tmp/p data"]
+        assert wrapped(crate, "use") == [*args, "-Cprofile-use=/tmp/p data"]
+        assert wrapped(crate, None) == args
+    # Dependencies, build scripts, the Kafka connectors, and names that only start like ours.
+    for other in ["datafusion", "build_script_build", "cordon_connectors", "cordon_engine_x"]:
+        assert wrapped(other, "generate") == [a.format(other) for a in plain]
+
+
+def test_pgo_wrapper_names_crates_that_exist():
+    """A renamed crate would silently lose its profile; each name must be a package or a bin
+    (named in a Cargo.toml, or found by cargo in src/bin/)."""
+    names = {bin.stem for bin in REPO.glob("*/src/bin/*.rs")}
+    for manifest in REPO.glob("*/Cargo.toml"):
+        found = re.findall(r'^name = "([^"]+)"', manifest.read_text(), re.M)
+        names |= {n.replace("-", "_") for n in found}
+    for crate in wrapper_crates():
+        assert crate in names, f"rustc-wrapper.sh names {crate}, which no Cargo.toml defines"
+
+
+def test_image_is_built_with_the_profile_by_default():
+    steps = instructions()
+    assert ("ARG", "PGO=1") in steps
+    runs = [rest for word, rest in steps if word == "RUN"]
+    assert any("rustup component add llvm-tools" in rest for rest in runs)
+    assert any("engine/pgo/build.sh cordon" in r and "cp target/pgo/cordon" in r for r in runs)
