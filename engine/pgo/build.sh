@@ -5,7 +5,8 @@
 # usage: engine/pgo/build.sh [BIN...]       (default: cordon; e.g. `cordon throughput e2e`)
 #
 # The binaries land in target/pgo/ (cargo profile `pgo`, which is `release` under another
-# name, so a PGO build never mixes with target/release). Needs rustup's `llvm-tools`
+# name, so a PGO build never mixes with target/release); the project's binaries not asked
+# for are removed from there, as their crates are built anew. Needs rustup's `llvm-tools`
 # component for `llvm-profdata` (`rustup component add llvm-tools`). The Docker image
 # (engine/Dockerfile) is built this way.
 #
