@@ -80,7 +80,6 @@ def test_ignore_file_lets_every_copied_path_through():
                 assert f"!{top}" in lines, f"COPY {src}: excluded from the build context"
 
 
-
 WRAPPER = REPO / "engine" / "pgo" / "rustc-wrapper.sh"
 
 
