@@ -42,9 +42,18 @@ args=(--profile pgo --locked --workspace --bin cordon)
 for bin in "${bins[@]}"; do
   [[ $bin == cordon ]] || args+=(--bin "$bin")
 done
-# Cargo does not see the wrapper's flags change, so the instrumented crates are cleaned before
-# each stage; their dependencies stay built.
-clean() { cargo clean -q --profile pgo -p cordon-engine -p cordon-rules -p cordon-benches; }
+# The packages instrumented, then optimized with the profile. The wrapper reads this list and
+# each stage cleans the same packages, as cargo does not see the wrapper's flags change: a
+# package flagged but not cleaned would reach the final binary still instrumented.
+packages=(cordon-engine cordon-rules cordon-benches)
+export CORDON_PGO_PACKAGES="${packages[*]}"
+clean() {
+  local args=()
+  for package in "${packages[@]}"; do
+    args+=(-p "$package")
+  done
+  cargo clean -q --profile pgo "${args[@]}"
+}
 
 echo "pgo: 1/3 instrumented build" >&2
 clean

@@ -81,12 +81,21 @@ def test_ignore_file_lets_every_copied_path_through():
 
 
 WRAPPER = REPO / "engine" / "pgo" / "rustc-wrapper.sh"
+BUILD = REPO / "engine" / "pgo" / "build.sh"
 
 
-def wrapped(crate: str, mode: str | None) -> list[str]:
-    """The arguments the PGO wrapper passes on for rustc invoked on `crate` (printf stands for
-    rustc and prints them one by one)."""
+def pgo_packages() -> list[str]:
+    """The packages build.sh instruments (and cleans before each stage)."""
+    found = re.search(r"^packages=\((.*)\)$", BUILD.read_text(), re.M)
+    assert found, "build.sh names no packages"
+    return found.group(1).split()
+
+
+def wrapped(package: str, crate: str, mode: str | None) -> list[str]:
+    """The arguments the PGO wrapper passes on for rustc invoked by cargo on `crate` of
+    `package` (printf stands for rustc and prints them one by one)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORDON_PGO_")}
+    env |= {"CARGO_PKG_NAME": package, "CORDON_PGO_PACKAGES": " ".join(pgo_packages())}
     if mode:
         env |= {"CORDON_PGO_MODE": mode, "CORDON_PGO_PATH": "/tmp/p data"}
     rustc = ["printf", "%s\\n", "--crate-name", crate, "src/lib.rs"]
@@ -95,33 +104,38 @@ def wrapped(crate: str, mode: str | None) -> list[str]:
     return out.stdout.splitlines()
 
 
-def wrapper_crates() -> list[str]:
-    return re.findall(r"--crate-name (\w+) ", WRAPPER.read_text())
-
-
 def test_pgo_wrapper_adds_the_profile_flag_to_the_project_crates_only():
-    crates = wrapper_crates()
-    assert {"cordon", "cordon_engine", "cordon_rules", "throughput"} <= set(crates)
+    packages = pgo_packages()
+    assert {"cordon-engine", "cordon-rules", "cordon-benches"} <= set(packages)
     plain = ["--crate-name", "{}", "src/lib.rs"]
-    for crate in crates:
+    # Libraries and binaries of those packages.
+    for package, crate in [
+        ("cordon-engine", "cordon_engine"),
+        ("cordon-engine", "cordon"),
+        ("cordon-rules", "cordon_rules"),
+        ("cordon-benches", "throughput"),
+    ]:
         args = [a.format(crate) for a in plain]
-        assert wrapped(crate, "generate") == [*args, "-Cprofile-generate=/tmp/p data"]
-        assert wrapped(crate, "use") == [*args, "-Cprofile-use=/tmp/p data"]
-        assert wrapped(crate, None) == args
+        assert wrapped(package, crate, "generate") == [*args, "-Cprofile-generate=/tmp/p data"]
+        assert wrapped(package, crate, "use") == [*args, "-Cprofile-use=/tmp/p data"]
+        assert wrapped(package, crate, None) == args
     # Dependencies, build scripts, the Kafka connectors, and names that only start like ours.
-    for other in ["datafusion", "build_script_build", "cordon_connectors", "cordon_engine_x"]:
-        assert wrapped(other, "generate") == [a.format(other) for a in plain]
+    for package, crate in [
+        ("datafusion", "datafusion"),
+        ("cordon-engine", "build_script_build"),
+        ("cordon-connectors", "cordon_connectors"),
+        ("cordon-engine-x", "cordon_engine_x"),
+    ]:
+        assert wrapped(package, crate, "generate") == [a.format(crate) for a in plain]
 
 
-def test_pgo_wrapper_names_crates_that_exist():
-    """A renamed crate would silently lose its profile; each name must be a package or a bin
-    (named in a Cargo.toml, or found by cargo in src/bin/)."""
-    names = {bin.stem for bin in REPO.glob("*/src/bin/*.rs")}
+def test_pgo_packages_exist():
+    """A renamed package would silently lose its profile; each one named must exist."""
+    names = set()
     for manifest in REPO.glob("*/Cargo.toml"):
-        found = re.findall(r'^name = "([^"]+)"', manifest.read_text(), re.M)
-        names |= {n.replace("-", "_") for n in found}
-    for crate in wrapper_crates():
-        assert crate in names, f"rustc-wrapper.sh names {crate}, which no Cargo.toml defines"
+        names |= set(re.findall(r'^name = "([^"]+)"', manifest.read_text(), re.M))
+    for package in pgo_packages():
+        assert package in names, f"build.sh names {package}, which no Cargo.toml defines"
 
 
 def test_image_is_built_with_the_profile_by_default():
