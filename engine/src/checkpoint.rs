@@ -17,6 +17,11 @@
 //! favour of the one before. A file of an unknown format version stops the load with an error:
 //! it was written by another Cordon version, and silently going back to older state would
 //! replay and re-alert.
+//!
+//! [`CheckpointWriter`] writes them on a thread of its own, so that the engine's loop stops for
+//! encoding a partition's state but not for writing and syncing the file: on the Intel host's
+//! local disk that was 0.36 of 2.08 s for 2.1M keys (252 MB), and on a network volume it is most
+//! of it.
 
 use crate::codec::{self, CodecError};
 use crate::gate::Gate;
@@ -27,6 +32,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, channel, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// Checkpoint files kept per partition: the newest and the previous complete one.
 pub const KEEP: usize = 2;
@@ -120,6 +128,10 @@ pub enum CheckpointError {
     /// State could not be encoded.
     #[error("encoding a checkpoint: {0}")]
     Encode(#[source] CodecError),
+    /// The thread that writes checkpoint files could not start, or stopped (a bug: it only
+    /// ends when its [`CheckpointWriter`] is dropped).
+    #[error("checkpoint writer thread: {0}")]
+    Writer(String),
 }
 
 /// Checkpoint files of one input topic under `state.dir`: `<dir>/<topic>/p<N>/ckpt-<SEQ>.bin`.
@@ -217,6 +229,139 @@ impl CheckpointStore {
             }
         }
         Ok(None)
+    }
+}
+
+/// A partition's checkpoint handed to a [`CheckpointWriter`].
+#[derive(Debug)]
+pub struct WriteJob {
+    /// The input partition.
+    pub partition: i32,
+    /// The input offset the checkpoint resumes from (`-1`: unknown), committed once it is written.
+    pub next_offset: i64,
+    /// When the state was taken (just before encoding).
+    pub taken: Instant,
+    /// How long encoding took.
+    pub encode: Duration,
+    /// The encoded checkpoint.
+    pub bytes: Vec<u8>,
+}
+
+/// A write a [`CheckpointWriter`] finished, successfully or not.
+#[derive(Debug)]
+pub struct Written {
+    /// The input partition.
+    pub partition: i32,
+    /// As handed over in [`WriteJob::next_offset`].
+    pub next_offset: i64,
+    /// As handed over in [`WriteJob::taken`].
+    pub taken: Instant,
+    /// Encoding and writing, together.
+    pub duration: Duration,
+    /// The file written, or why not.
+    pub result: Result<PathBuf, CheckpointError>,
+}
+
+/// Writes checkpoint files with a [`CheckpointStore`] on a thread of its own, one at a time, in
+/// the order they are handed over. One job waits while another is written; a further
+/// [`submit`](Self::submit) blocks until the thread takes the waiting one, so at most three
+/// encoded checkpoints are held at once (the one being written, the one waiting, the caller's).
+#[derive(Debug)]
+pub struct CheckpointWriter {
+    jobs: Option<SyncSender<WriteJob>>,
+    done: Receiver<Written>,
+    thread: Option<JoinHandle<()>>,
+    in_flight: usize,
+}
+
+impl CheckpointWriter {
+    /// Starts the writing thread.
+    pub fn new(store: CheckpointStore) -> Result<Self, CheckpointError> {
+        let (jobs, queue) = sync_channel::<WriteJob>(1);
+        let (report, done) = channel::<Written>();
+        let thread = std::thread::Builder::new()
+            .name("cordon-checkpoint".into())
+            .spawn(move || {
+                for job in queue {
+                    let started = Instant::now();
+                    let result = store.write(job.partition, &job.bytes);
+                    drop(job.bytes);
+                    let written = Written {
+                        partition: job.partition,
+                        next_offset: job.next_offset,
+                        taken: job.taken,
+                        duration: job.encode + started.elapsed(),
+                        result,
+                    };
+                    if report.send(written).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| CheckpointError::Writer(format!("cannot start: {e}")))?;
+        Ok(Self {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            in_flight: 0,
+        })
+    }
+
+    /// Hands a checkpoint to the thread; blocks while another one already waits.
+    pub fn submit(&mut self, job: WriteJob) -> Result<(), CheckpointError> {
+        self.jobs
+            .as_ref()
+            .and_then(|j| j.send(job).ok())
+            .ok_or_else(Self::stopped)?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Writes handed over and not yet reported.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The writes finished since the last call, without waiting.
+    pub fn finished(&mut self) -> Result<Vec<Written>, CheckpointError> {
+        let mut out = Vec::new();
+        while self.in_flight > 0 {
+            match self.done.try_recv() {
+                Ok(w) => {
+                    self.in_flight -= 1;
+                    out.push(w);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Err(Self::stopped()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every write handed over, once all are finished.
+    pub fn wait_all(&mut self) -> Result<Vec<Written>, CheckpointError> {
+        let mut out = Vec::with_capacity(self.in_flight);
+        while self.in_flight > 0 {
+            let w = self.done.recv().map_err(|_| Self::stopped())?;
+            self.in_flight -= 1;
+            out.push(w);
+        }
+        Ok(out)
+    }
+
+    /// The thread is gone: it panicked (a bug), since it only ends when the writer is dropped.
+    fn stopped() -> CheckpointError {
+        CheckpointError::Writer("stopped before writing every checkpoint handed to it".into())
+    }
+}
+
+impl Drop for CheckpointWriter {
+    /// Lets the thread finish what it was given, then joins it.
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -323,5 +468,68 @@ mod tests {
                 && msg.contains("another Cordon version"),
             "{msg}"
         );
+    }
+
+    fn job(partition: i32, next_offset: i64) -> WriteJob {
+        WriteJob {
+            partition,
+            next_offset,
+            taken: Instant::now(),
+            encode: Duration::ZERO,
+            bytes: bytes(next_offset),
+        }
+    }
+
+    #[test]
+    fn the_writer_thread_writes_in_order_and_reports_each_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(dir.path(), "requests");
+        let mut w = CheckpointWriter::new(store.clone()).expect("writer");
+        for offset in [10, 20, 30] {
+            w.submit(job(3, offset)).expect("submit");
+        }
+        let done = w.wait_all().expect("written");
+        assert_eq!(w.in_flight(), 0);
+        let offsets: Vec<i64> = done.iter().map(|d| d.next_offset).collect();
+        assert_eq!(offsets, [10, 20, 30]);
+        for d in &done {
+            let path = d.result.as_ref().expect("each write succeeds");
+            assert_eq!(d.partition, 3);
+            assert!(
+                path.starts_with(store.partition_dir(3)),
+                "{}",
+                path.display()
+            );
+        }
+        // Written in the order handed over: the newest file holds the last.
+        assert_eq!(loaded_offset(&store), 30);
+        assert!(w.finished().expect("nothing pending").is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_with_the_path_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(dir.path(), "requests");
+        // Partition 4's directory cannot be created: a file stands in its place.
+        fs::create_dir_all(dir.path().join("requests")).expect("topic dir");
+        fs::write(store.partition_dir(4), b"not a directory").expect("blocker");
+        let mut w = CheckpointWriter::new(store.clone()).expect("writer");
+        w.submit(job(4, 10)).expect("submit");
+        w.submit(job(3, 11)).expect("submit");
+        let done = w.wait_all().expect("reported");
+        let err = done[0].result.as_ref().expect_err("partition 4 fails");
+        assert!(err.to_string().contains("/requests/p4"), "{err}");
+        assert!(done[1].result.is_ok(), "{:?}", done[1].result);
+        assert_eq!(loaded_offset(&store), 11);
+    }
+
+    #[test]
+    fn dropping_the_writer_finishes_what_it_was_given() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(dir.path(), "requests");
+        let mut w = CheckpointWriter::new(store.clone()).expect("writer");
+        w.submit(job(3, 7)).expect("submit");
+        drop(w);
+        assert_eq!(loaded_offset(&store), 7);
     }
 }

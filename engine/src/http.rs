@@ -64,7 +64,8 @@ pub struct Health {
     heartbeat_ms: AtomicU64,
     /// Milliseconds after `started` of the last non-empty batch, plus one (0: none yet).
     last_batch_ms: AtomicU64,
-    /// Milliseconds after `started` of the last complete checkpoint, plus one (0: none yet).
+    /// Milliseconds after `started` as of which every owned partition's state on disk was
+    /// current, plus one (0: none yet).
     last_checkpoint_ms: AtomicU64,
     rules: Mutex<RulesHealth>,
     assigned: Mutex<Vec<i32>>,
@@ -90,7 +91,8 @@ pub struct Readiness {
     pub assigned_partitions: Vec<i32>,
     /// Seconds since the last batch with messages; `null` before the first.
     pub last_batch_age_seconds: Option<f64>,
-    /// Seconds since the last complete checkpoint; `null` before the first.
+    /// Seconds since the state on disk was last current for every owned partition (the oldest
+    /// partition's checkpoint); `null` before the first.
     pub last_checkpoint_age_seconds: Option<f64>,
     /// Why the last rule reload was refused (the running set stays); `null` if it was not.
     pub rules_error: Option<String>,
@@ -137,10 +139,14 @@ impl Health {
             .store(self.now_ms().saturating_add(1), Ordering::Relaxed);
     }
 
-    /// A checkpoint of every partition that needed one was written.
-    pub fn checkpoint_done(&self) {
-        self.last_checkpoint_ms
-            .store(self.now_ms().saturating_add(1), Ordering::Relaxed);
+    /// Every owned partition's state on disk is current as of `as_of` (see
+    /// [`Metrics::checkpoint_current`](crate::metrics::Metrics::checkpoint_current)).
+    pub fn checkpoint_current(&self, as_of: Instant) {
+        let ms = as_of.saturating_duration_since(self.started).as_millis();
+        self.last_checkpoint_ms.store(
+            u64::try_from(ms).unwrap_or(u64::MAX).saturating_add(1),
+            Ordering::Relaxed,
+        );
     }
 
     /// A rule set with `enabled` rules is running.

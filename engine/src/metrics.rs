@@ -226,7 +226,7 @@ impl Metrics {
             checkpoint_age: {
                 let g = Gauge::new(
                     "cordon_checkpoint_age_seconds",
-                    "Seconds since the checkpoints on disk were last brought up to date (a round with nothing to write counts; 0 until the first).",
+                    "Seconds since the state on disk was last current for every owned partition: the age of the oldest partition's checkpoint, where a partition found unchanged since its last one counts as current (0 until the first).",
                 )?;
                 r.register(Box::new(g.clone()))?;
                 g
@@ -248,7 +248,7 @@ impl Metrics {
             checkpoint_duration: histogram(
                 &r,
                 "cordon_checkpoint_duration_seconds",
-                "Time to write one round of checkpoints (every partition that changed since the last), including the offset commit.",
+                "Time to checkpoint one input partition: encoding its state (the loop waits for this) and writing and syncing the file (on a thread of its own).",
                 CHECKPOINT_DURATION_BUCKETS,
             )?,
             registry: r,
@@ -402,24 +402,19 @@ impl Metrics {
         }
     }
 
-    /// A checkpoint completed in `elapsed`: observes its duration and restarts
-    /// `cordon_checkpoint_age_seconds` from 0.
-    pub fn checkpoint_done(&self, elapsed: Duration) {
+    /// One partition's checkpoint was written in `elapsed` (encoding on the loop, writing and
+    /// syncing the file on the writer's thread).
+    pub fn checkpoint_written(&self, elapsed: Duration) {
         self.checkpoint_duration.observe(elapsed.as_secs_f64());
-        self.checkpoint_age.set(0.0);
-        if let Ok(mut state) = self.state.lock() {
-            state.last_checkpoint = Some(Instant::now());
-        }
-        tracing::debug!(seconds = elapsed.as_secs_f64(), "checkpoint written");
     }
 
-    /// A checkpoint round found nothing to write (no partition changed since its last
-    /// checkpoint): the state on disk is current, so `cordon_checkpoint_age_seconds` restarts
-    /// from 0 without a duration observation.
-    pub fn checkpoint_current(&self) {
-        self.checkpoint_age.set(0.0);
+    /// Every owned partition's state on disk is current as of `as_of` (the oldest partition's
+    /// last checkpoint, or the last time it was found unchanged since); with no partition owned,
+    /// as of now. `cordon_checkpoint_age_seconds` counts from it.
+    pub fn checkpoint_current(&self, as_of: Instant) {
+        self.checkpoint_age.set(as_of.elapsed().as_secs_f64());
         if let Ok(mut state) = self.state.lock() {
-            state.last_checkpoint = Some(Instant::now());
+            state.last_checkpoint = Some(as_of);
         }
     }
 
