@@ -394,16 +394,32 @@ impl KeyTable {
         self.index.entries.len() * size_of::<Entry12>()
             + self.states.capacity() * size_of::<KeyState>()
             + self.free.capacity() * size_of::<Slot>()
-            + self.values().map(KeyState::heap_bytes).sum::<usize>()
+            // Every slot in order, live or free (a freed slot holds an empty state, with no
+            // heap): front to back through the states and their partials, not at random in
+            // the index's order.
+            + self.states.iter().map(KeyState::heap_bytes).sum::<usize>()
     }
 }
 
+/// Entries go out in slot order, not in the index's order: the states vector and the partials
+/// (allocated as keys arrived, mostly in slot order too) are then read front to back instead of
+/// at random. The index's order put a cache miss or two behind every key: encoding the
+/// throughput harness's 2.1M keys took 1.55-2.12 s that way (median 1.69 over four runs) and
+/// 0.96-1.19 s this way (median 1.04, alternating; Intel host, 2026-11-28). Decoding does not
+/// depend on the order.
 impl Serialize for KeyTable {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.index.len))?;
+        // Each live slot's key, from one pass over the index.
+        let mut keys: Vec<Option<u64>> = vec![None; self.states.len()];
         for e in self.index.iter() {
-            if let Some(state) = self.states.get(e.slot as usize) {
-                map.serialize_entry(&e.key(), state)?;
+            if let Some(k) = keys.get_mut(e.slot as usize) {
+                *k = Some(e.key());
+            }
+        }
+        let mut map = s.serialize_map(Some(self.index.len))?;
+        for (key, state) in keys.iter().zip(&self.states) {
+            if let Some(key) = key {
+                map.serialize_entry(key, state)?;
             }
         }
         map.end()
@@ -623,6 +639,16 @@ mod tests {
             let mut expected: Vec<u64> = model.keys().copied().collect();
             expected.sort_unstable();
             proptest::prop_assert_eq!(listed, expected);
+            // Serialized (in slot order, past the freed slots) and read back: the same keys
+            // with the same states.
+            let cfg = bincode::config::standard();
+            let bytes = bincode::serde::encode_to_vec(&t, cfg).expect("encode");
+            let (mut back, _): (KeyTable, usize) =
+                bincode::serde::decode_from_slice(&bytes, cfg).expect("decode");
+            proptest::prop_assert_eq!(back.len(), model.len());
+            for k in 0u64..400 {
+                proptest::prop_assert_eq!(back.get_mut(k).map(|s| s.touch), model.get(&k).copied());
+            }
         }
     }
 
