@@ -46,10 +46,25 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard()
 }
 
+/// Appends bincode's output to a vector: each write a plain `extend_from_slice`, where
+/// bincode's `std::io::Write` adapter went through `write_all` and counted the bytes. A
+/// checkpoint's encoding took 20% fewer instructions (1,480 to 1,182 a key, callgrind) and
+/// 0.57 s against 0.79 s for the throughput harness's 2.1M keys (medians of four alternating
+/// runs, Intel host, 2026-11-28). The bytes are the same.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for Append<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Encodes `value` with the header.
 pub fn encode_state<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![0u8; HEADER_LEN];
-    bincode::serde::encode_into_std_write(value, &mut out, config())
+    bincode::serde::encode_into_writer(value, Append(&mut out), config())
         .map_err(|e| CodecError::Corrupt(e.to_string()))?;
     let body_len = (out.len() - HEADER_LEN) as u64;
     let sum = xxh3_64(&out[HEADER_LEN..]);
