@@ -27,11 +27,18 @@
 //!    delivery, batching, processing) is shown beside it; `detected_at` is the wall clock when
 //!    the engine processed the batch.
 //!
+//!    With `--state-accounts N`, the engine of (c) first takes N events of N accounts of its
+//!    own (one event each, spread over /24 ranges), so that it holds millions of keys as a
+//!    long-running engine does, and the stream's latency includes the checkpoints of that
+//!    state (`--checkpoint-interval SECS` sets `state.checkpoint_interval`, 30 s by default,
+//!    so that several fall within the measured stream).
+//!
 //! It prints one table; `--json FILE` writes it as JSON. Every wait is bounded; tansu and the
 //! engines are killed at the end, also on error.
 //!
 //! Build and run: `cargo build --release -p cordon-engine --bin cordon && cargo run --release
-//! -p cordon-benches --bin e2e -- [--events N] [--partitions N] [--latency-secs S] [--json FILE]
+//! -p cordon-benches --bin e2e -- [--events N] [--partitions N] [--latency-secs S]
+//! [--state-accounts N] [--checkpoint-interval SECS] [--json FILE]
 //! [--source-property KEY=VALUE]...` (the last sets librdkafka properties of the engine's
 //! consumer, `source.properties`, and of the bare consumer alike, to see what a setting
 //! changes; by default both run with librdkafka's defaults, as `cordon run` does).
@@ -420,6 +427,7 @@ impl Engine {
         input: &str,
         alerts: &str,
         dlq: &str,
+        checkpoint_interval: Option<u64>,
     ) -> Result<Self> {
         let http = format!("127.0.0.1:{}", free_port()?);
         let q = |s: &str| serde_json::Value::from(s).to_string();
@@ -435,7 +443,7 @@ impl Engine {
              sink:\n  topic: {}\n  format: native\n\
              dead_letter:\n  topic: {}\n\
              rules:\n  paths: [{}]\n\
-             state:\n  dir: {}\n\
+             state:\n  dir: {}\n{}\
              time:\n  allowed_lateness: 5m\n  max_future_skew: 1m\n\
              http:\n  listen: {}\n",
             q(bootstrap),
@@ -446,6 +454,9 @@ impl Engine {
             q(dlq),
             q(&cordon_benches::pack_dir().to_string_lossy()),
             q(&state.to_string_lossy()),
+            checkpoint_interval
+                .map(|secs| format!("  checkpoint_interval: {secs}s\n"))
+                .unwrap_or_default(),
             q(&http),
         );
         let config = dir.join(format!("{name}.yaml"));
@@ -602,6 +613,26 @@ fn harvest_event(n: u64, ts: i64) -> (String, Vec<u8>) {
     (account, serde_json::to_vec(&v).unwrap_or_default())
 }
 
+/// Account `n` of the state a long-running engine holds (`--state-accounts`): one ordinary
+/// request, the account on a /24 range of its own among 65,536.
+fn state_event(n: u64, ts: i64) -> (String, Vec<u8>) {
+    let account = format!("bench-state-{n:08}");
+    let v = serde_json::json!({
+        "ts": ts,
+        "account_id": account,
+        "ip": format!("10.{}.{}.{}", (n >> 8) & 0xff, n & 0xff, 1 + (n >> 16) % 250),
+        "request_id": format!("bench-state-{n}"),
+        "model": "frontier-1",
+        "endpoint": "/v1/messages",
+        "status": 200,
+        "input_tokens": 300,
+        "output_tokens": 400,
+        "prompt_fp": format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&(n | 1 << 62).to_le_bytes())),
+        "labels": ["chat"],
+    });
+    (account, serde_json::to_vec(&v).unwrap_or_default())
+}
+
 struct Table {
     rows: Vec<(String, String)>,
     numbers: serde_json::Map<String, serde_json::Value>,
@@ -628,6 +659,11 @@ fn run() -> Result<()> {
     let events: u64 = arg_num("--events", 500_000)?;
     let partitions: i32 = arg_num("--partitions", 1)?;
     let latency_secs: u64 = arg_num("--latency-secs", 30)?;
+    let state_accounts: u64 = arg_num("--state-accounts", 0)?;
+    let checkpoint_interval: Option<u64> = match arg("--checkpoint-interval") {
+        Some(_) => Some(arg_num("--checkpoint-interval", 30)?),
+        None => None,
+    };
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
@@ -737,6 +773,7 @@ fn run() -> Result<()> {
         &input,
         &alerts,
         &dlq,
+        None,
     )?;
     let (t1, c1) = engine.wait_consumed(1, Duration::from_secs(60))?;
     let (cpu1, batch1) = (
@@ -789,6 +826,7 @@ fn run() -> Result<()> {
         &lat_in,
         &lat_alerts,
         &lat_dlq,
+        checkpoint_interval,
     )?;
     let p = producer(&bootstrap)?;
     let restamp = |e: &SimEvent| {
@@ -805,8 +843,26 @@ fn run() -> Result<()> {
         let (k, v) = restamp(e);
         send(&p, &lat_in, k.as_bytes(), &v)?;
     }
-    p.flush(Duration::from_secs(30))?;
-    engine.wait_consumed(WARM, Duration::from_secs(60))?;
+    // The state of a long-running engine: accounts of one event each.
+    for i in 0..state_accounts {
+        let (k, v) = state_event(i, wall_ms());
+        send(&p, &lat_in, k.as_bytes(), &v)?;
+    }
+    p.flush(Duration::from_secs(60))?;
+    engine.wait_consumed(
+        WARM + state_accounts,
+        Duration::from_secs(60 + state_accounts / 20_000),
+    )?;
+    // `cordon_state_keys` follows the engine's state walk, every few seconds.
+    let mut state_keys = engine.metric_sum("cordon_state_keys")?;
+    let asked = Instant::now();
+    while state_accounts > 0
+        && state_keys < state_accounts as f64
+        && asked.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        state_keys = engine.metric_sum("cordon_state_keys")?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let reader = alert_reader(bootstrap.clone(), lat_alerts.clone(), stop.clone());
     let target = rate / 2.0;
@@ -834,7 +890,8 @@ fn run() -> Result<()> {
     }
     let paced = sent as f64 / started.elapsed().as_secs_f64();
     finish(&p, "the latency stream")?;
-    let drained = engine.wait_consumed(WARM + sent, Duration::from_secs(120));
+    let drained = engine.wait_consumed(WARM + state_accounts + sent, Duration::from_secs(120));
+    let checkpoints = engine.metric_sum("cordon_checkpoint_duration_seconds_count")?;
     // Alerts of the last batches are on their way: give them a moment, then stop reading.
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
@@ -860,6 +917,14 @@ fn run() -> Result<()> {
             harvest.div_ceil(HARVEST_REQUESTS)
         ),
     );
+    t.row(
+        "(c) engine state during the stream",
+        format!(
+            "{state_keys:.0} keys after {state_accounts} one-event accounts; {checkpoints:.0} partition checkpoints written by the end, every {} s",
+            checkpoint_interval.unwrap_or(30)
+        ),
+    );
+    t.num("latency_state_keys", state_keys);
     t.row(
         "(c) alerts measured",
         format!(
