@@ -64,15 +64,35 @@ impl bincode::enc::write::Writer for Append<'_> {
 /// Encodes `value` with the header.
 pub fn encode_state<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![0u8; HEADER_LEN];
-    bincode::serde::encode_into_writer(value, Append(&mut out), config())
-        .map_err(|e| CodecError::Corrupt(e.to_string()))?;
-    let body_len = (out.len() - HEADER_LEN) as u64;
-    let sum = xxh3_64(&out[HEADER_LEN..]);
+    encode_into(value, &mut out)?;
+    let header = header(&[&out[HEADER_LEN..]]);
+    out[..HEADER_LEN].copy_from_slice(&header);
+    Ok(out)
+}
+
+/// Appends `value`'s encoding, without a header, to `out`. A value's encoding is its fields'
+/// encodings one after another, and a sequence's is its length (a `usize`) followed by its
+/// items', so a body can be encoded in parts, by several threads, and the parts written one
+/// after another under one [`header`]: the bytes are those of encoding the whole at once.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_writer(value, Append(out), config())
+        .map_err(|e| CodecError::Corrupt(e.to_string()))
+}
+
+/// The header of a body made of `parts`, one after another: magic, version, length, checksum.
+pub fn header(parts: &[&[u8]]) -> [u8; HEADER_LEN] {
+    let mut sum = xxhash_rust::xxh3::Xxh3Default::new();
+    let mut body_len = 0u64;
+    for p in parts {
+        sum.update(p);
+        body_len += p.len() as u64;
+    }
+    let mut out = [0u8; HEADER_LEN];
     out[..4].copy_from_slice(MAGIC);
     out[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     out[6..14].copy_from_slice(&body_len.to_le_bytes());
-    out[14..22].copy_from_slice(&sum.to_le_bytes());
-    Ok(out)
+    out[14..22].copy_from_slice(&sum.digest().to_le_bytes());
+    out
 }
 
 /// Decodes a value written by [`encode_state`].

@@ -497,11 +497,27 @@ impl Processor {
 
     /// Encodes a partition's checkpoint (an empty state if the partition has none yet);
     /// `meta.watermark` is filled in here.
-    pub fn checkpoint(
+    pub fn checkpoint(&self, partition: i32, meta: CheckpointMeta) -> Result<Vec<u8>, CodecError> {
+        self.with_checkpoint(partition, meta, |c| c.encode())
+    }
+
+    /// [`checkpoint`](Self::checkpoint) as the body's parts, without the header
+    /// ([`CheckpointRef::encode_parts`]): large tables are encoded in parallel, and the
+    /// checkpoint writer adds the header as it writes the file.
+    pub fn checkpoint_parts(
+        &self,
+        partition: i32,
+        meta: CheckpointMeta,
+    ) -> Result<Vec<Vec<u8>>, CodecError> {
+        self.with_checkpoint(partition, meta, |c| c.encode_parts())
+    }
+
+    fn with_checkpoint<T>(
         &self,
         partition: i32,
         mut meta: CheckpointMeta,
-    ) -> Result<Vec<u8>, CodecError> {
+        encode: impl FnOnce(&CheckpointRef<'_>) -> T,
+    ) -> T {
         let empty;
         let state = match self.partitions.get(&partition) {
             Some(s) => s,
@@ -511,13 +527,12 @@ impl Processor {
             }
         };
         meta.watermark = state.watermark;
-        CheckpointRef {
+        encode(&CheckpointRef {
             meta,
             layout: Layout::of(&self.plan),
             tables: state.tables.iter().collect(),
             gates: state.gates.iter().collect(),
-        }
-        .encode()
+        })
     }
 
     /// Replaces a partition's state with a checkpoint's, remapped to the running plan the way a

@@ -197,16 +197,20 @@ fn main() {
             alerts_end: Default::default(),
             written_at_ms: 0,
         };
+        // As `cordon run` does it: the loop encodes the body's parts (large tables in
+        // parallel), the writer adds the header and writes them.
         let started = Instant::now();
         let mut encode_secs = 0.0;
         let written = processor
-            .checkpoint(0, meta)
+            .checkpoint_parts(0, meta)
             .map_err(|e| e.to_string())
-            .and_then(|b| {
+            .and_then(|parts| {
                 encode_secs = started.elapsed().as_secs_f64();
+                let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                let header = cordon_engine::codec::header(&parts);
                 store
-                    .write(0, &b)
-                    .map(|_| b.len())
+                    .write_parts(0, &header, &parts)
+                    .map(|_| header.len() + parts.iter().map(|p| p.len()).sum::<usize>())
                     .map_err(|e| e.to_string())
             });
         let write_secs = started.elapsed().as_secs_f64();
