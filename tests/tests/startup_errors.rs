@@ -132,6 +132,33 @@ fn missing_topics_fail_start_up_naming_the_topic() {
 }
 
 #[test]
+fn a_checkpoint_that_cannot_be_written_stops_the_engine_naming_the_path() {
+    // Each partition's first checkpoint file cannot be created: a directory stands where its
+    // temporary file goes (permissions would not stop root, as CI runs). Loading finds no
+    // checkpoint; the first checkpoint (written when the partitions are taken over) fails on
+    // the writer thread, and the engine must stop with the error rather than consume without
+    // checkpoints.
+    let f = fixture([true, true, true]);
+    for p in 0..2 {
+        let blocker = f
+            .config
+            .state_dir
+            .join(&f.config.input_topic)
+            .join(format!("p{p}"))
+            .join("ckpt-00000000000000000001.tmp");
+        fs::create_dir_all(&blocker).expect("blocker");
+    }
+    let yaml = f.config.to_yaml();
+    assert_fails_naming(
+        &yaml,
+        &[
+            "writing the checkpoint of partition",
+            "ckpt-00000000000000000001.tmp",
+        ],
+    );
+}
+
+#[test]
 fn invalid_rule_fails_start_up_naming_the_file_and_the_name() {
     let fixture = fixture([true, true, true]);
     let bad = VALID_RULE
