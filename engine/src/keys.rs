@@ -373,6 +373,53 @@ impl KeyTable {
         }
     }
 
+    /// Keeps the keys whose state `keep` accepts; the others' slots are freed. Unlike
+    /// [`retain`](Self::retain), which goes through the index and so reaches the states at
+    /// random, this visits the states front to back in slot order, which it can because it
+    /// needs no key: a slot is live unless it is on the free list. The expiry walk over the
+    /// throughput harness's 2.1M keys took 86-125 ms through the index, 41-55 ms this way
+    /// (Intel host, 2026-11-28).
+    pub fn retain_states(&mut self, mut keep: impl FnMut(&mut KeyState) -> bool) {
+        let words = self.states.len().div_ceil(64);
+        let bit = |slot: usize| (slot / 64, 1u64 << (slot % 64));
+        let mut free = vec![0u64; words];
+        for &slot in &self.free {
+            let (w, b) = bit(slot as usize);
+            if let Some(word) = free.get_mut(w) {
+                *word |= b;
+            }
+        }
+        let mut dropped = vec![0u64; words];
+        let mut any = false;
+        for (slot, state) in self.states.iter_mut().enumerate() {
+            let (w, b) = bit(slot);
+            if free.get(w).is_some_and(|word| word & b != 0) || keep(state) {
+                continue;
+            }
+            *state = KeyState::default();
+            // A table never holds 2^32 slots: `state.max_keys` bounds them far below.
+            self.free.push(Slot::try_from(slot).unwrap_or(Slot::MAX));
+            if let Some(word) = dropped.get_mut(w) {
+                *word |= b;
+            }
+            any = true;
+        }
+        if !any {
+            return;
+        }
+        let hasher = &self.hasher;
+        self.index.retain(
+            |e| {
+                let (w, b) = bit(e.slot as usize);
+                dropped.get(w).is_none_or(|word| word & b == 0)
+            },
+            |k| hasher.hash_one(k),
+        );
+        if self.states.len() > 64 && self.index.len < self.states.len() / 4 {
+            self.compact();
+        }
+    }
+
     /// Moves the live states to the front of a right-sized vector and renumbers their slots,
     /// so that a table that shrank (a flood evicted, idle keys expired) gives the memory back.
     /// Slots are only held within a batch, and keys are dropped between batches.
@@ -621,6 +668,10 @@ mod tests {
                     // Remove the keys in a residue class of the current key.
                     t.retain(|k, _| k % 7 != key % 7);
                     model.retain(|k, _| k % 7 != key % 7);
+                } else if *op == 1 {
+                    // Remove by state alone, in slot order: keys first seen at some steps.
+                    t.retain_states(|s| u64::from(s.touch) % 5 != key % 5);
+                    model.retain(|_, touch| u64::from(*touch) % 5 != key % 5);
                 } else {
                     let (slot, new) = t.slot_or_insert(*key);
                     proptest::prop_assert_eq!(new, !model.contains_key(key));

@@ -647,7 +647,7 @@ impl Processor {
         for p in self.partitions.values_mut() {
             for (spec, keys) in self.plan.tables.iter().zip(p.tables.iter_mut()) {
                 let before = keys.len();
-                keys.retain(|_, k| !k.expired(&spec.window, p.watermark));
+                keys.retain_states(|k| !k.expired(&spec.window, p.watermark));
                 dropped += (before - keys.len()) as u64;
             }
             for gate in &mut p.gates {

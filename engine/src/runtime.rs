@@ -72,10 +72,14 @@ pub const HEADER_SOURCE_TOPIC: &str = "cordon.source.topic";
 pub const HEADER_SOURCE_PARTITION: &str = "cordon.source.partition";
 /// How often, at most, the loop walks the state for `cordon_state_*` (it visits every key).
 pub const STATE_STATS_INTERVAL: Duration = Duration::from_secs(5);
-/// The next walk waits at least this many times as long as the last one took, so that the walk
-/// takes at most a fiftieth of the loop's time however many keys there are: it took 87-92 ms
-/// for the throughput harness's 2.1M keys (Intel host, 2026-11-28), which every 5 s is 1.8%.
+/// The next walk (for metrics, or for expiry) waits at least this many times as long as the
+/// last one took, so that each takes at most a fiftieth of the loop's time however many keys
+/// there are: the metrics walk took 87-92 ms for the throughput harness's 2.1M keys (Intel
+/// host, 2026-11-28), which every 5 s is 1.8%.
 pub const STATE_STATS_SPACING: u32 = 50;
+/// How often, at most, the loop drops keys whose windows have expired (it visits every key).
+/// Expiry is only memory: an expired key that is still held reads as empty.
+pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the loop publishes consumer lag and assigned partitions, and flushes throttled
 /// log lines.
 pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
@@ -613,6 +617,7 @@ fn run_loop(
     let mut totals = RunTotals::default();
     let mut records: Vec<SourceRecord> = Vec::with_capacity(config.source.max_batch_messages);
     let mut last_expiry = Instant::now();
+    let mut expiry_every = EXPIRY_INTERVAL;
     let mut last_report = Instant::now();
     let mut reported = RunTotals::default();
     let mut last_tick = Instant::now();
@@ -690,8 +695,10 @@ fn run_loop(
                 }
             }
         }
-        if last_expiry.elapsed() >= Duration::from_secs(10) {
+        if last_expiry.elapsed() >= expiry_every {
+            let started = Instant::now();
             processor.expire_idle();
+            expiry_every = EXPIRY_INTERVAL.max(started.elapsed() * STATE_STATS_SPACING);
             last_expiry = Instant::now();
         }
         if last_state_stats.elapsed() >= state_stats_every {
