@@ -170,12 +170,12 @@ fn main() {
     let mut processor = Processor::new(&rules, config.clone());
     let (secs, alerts) = run(&mut processor, &payloads, T0 + SPAN_MS, |_, _| {});
     let rss_after = rss_bytes();
-    // The state walk `cordon run` makes every 5 s for its `cordon_state_*` metrics.
+    // The state walk `cordon run` makes every 5 s or more for its `cordon_state_*` metrics.
     let walked = Instant::now();
     let stats = processor.table_stats();
     let walk_secs = walked.elapsed().as_secs_f64();
-    // And the expiry walk it makes every 10 s (at the end of the hour no key has expired yet:
-    // the walk's cost alone).
+    // And the expiry walk it makes every 10 s or more (at the end of the hour no key has
+    // expired yet: the walk's cost alone).
     let walked = Instant::now();
     processor.expire_idle();
     let expire_secs = walked.elapsed().as_secs_f64();
@@ -288,7 +288,7 @@ fn main() {
         ),
     );
     row(
-        "state walks: metrics (`cordon run`: every 5 s) / expiry (every 10 s)",
+        "state walks in `cordon run`: metrics (every 5 s or more) / expiry (every 10 s or more)",
         format!("{:.0} ms / {:.0} ms", walk_secs * 1e3, expire_secs * 1e3),
     );
     {
