@@ -917,14 +917,21 @@ fn run() -> Result<()> {
             harvest.div_ceil(HARVEST_REQUESTS)
         ),
     );
-    t.row(
-        "(c) engine state during the stream",
-        format!(
-            "{state_keys:.0} keys after {state_accounts} one-event accounts; {checkpoints:.0} partition checkpoints written by the end, every {} s",
-            checkpoint_interval.unwrap_or(30)
-        ),
-    );
-    t.num("latency_state_keys", state_keys);
+    let every = checkpoint_interval.unwrap_or(30);
+    if state_accounts > 0 {
+        t.row(
+            "(c) engine state during the stream",
+            format!(
+                "{state_keys:.0} keys after {state_accounts} one-event accounts; {checkpoints:.0} partition checkpoints written by the end, every {every} s"
+            ),
+        );
+        t.num("latency_state_keys", state_keys);
+    } else {
+        t.row(
+            "(c) checkpoints",
+            format!("{checkpoints:.0} partition checkpoints written by the end, every {every} s"),
+        );
+    }
     t.row(
         "(c) alerts measured",
         format!(
