@@ -256,6 +256,17 @@ impl Index {
     }
 }
 
+/// The word and the bit of `slot` in a bitset of slots.
+fn bit(slot: usize) -> (usize, u64) {
+    (slot / 64, 1u64 << (slot % 64))
+}
+
+/// Whether `slot` is set in `bits`.
+fn is_set(bits: &[u64], slot: usize) -> bool {
+    let (w, b) = bit(slot);
+    bits.get(w).is_some_and(|word| word & b != 0)
+}
+
 /// The keys of one state table (see the module docs).
 #[derive(Debug, Default)]
 pub struct KeyTable {
@@ -381,19 +392,12 @@ impl KeyTable {
     /// (Intel host, 2026-11-28).
     pub fn retain_states(&mut self, mut keep: impl FnMut(&mut KeyState) -> bool) {
         let words = self.states.len().div_ceil(64);
-        let bit = |slot: usize| (slot / 64, 1u64 << (slot % 64));
-        let mut free = vec![0u64; words];
-        for &slot in &self.free {
-            let (w, b) = bit(slot as usize);
-            if let Some(word) = free.get_mut(w) {
-                *word |= b;
-            }
-        }
+        let free = self.free_slots();
         let mut dropped = vec![0u64; words];
         let mut any = false;
         for (slot, state) in self.states.iter_mut().enumerate() {
             let (w, b) = bit(slot);
-            if free.get(w).is_some_and(|word| word & b != 0) || keep(state) {
+            if is_set(&free, slot) || keep(state) {
                 continue;
             }
             *state = KeyState::default();
@@ -409,15 +413,24 @@ impl KeyTable {
         }
         let hasher = &self.hasher;
         self.index.retain(
-            |e| {
-                let (w, b) = bit(e.slot as usize);
-                dropped.get(w).is_none_or(|word| word & b == 0)
-            },
+            |e| !is_set(&dropped, e.slot as usize),
             |k| hasher.hash_one(k),
         );
         if self.states.len() > 64 && self.index.len < self.states.len() / 4 {
             self.compact();
         }
+    }
+
+    /// A bit per slot, set for the slots on the free list: every other slot is live.
+    fn free_slots(&self) -> Vec<u64> {
+        let mut free = vec![0u64; self.states.len().div_ceil(64)];
+        for &slot in &self.free {
+            let (w, b) = bit(slot as usize);
+            if let Some(word) = free.get_mut(w) {
+                *word |= b;
+            }
+        }
+        free
     }
 
     /// Moves the live states to the front of a right-sized vector and renumbers their slots,
@@ -456,16 +469,18 @@ impl KeyTable {
 /// depend on the order.
 impl Serialize for KeyTable {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // Each live slot's key, from one pass over the index.
-        let mut keys: Vec<Option<u64>> = vec![None; self.states.len()];
+        // Each live slot's key, from one pass over the index (8 bytes a slot while the
+        // table is encoded); a slot is live unless it is on the free list.
+        let mut keys = vec![0u64; self.states.len()];
         for e in self.index.iter() {
             if let Some(k) = keys.get_mut(e.slot as usize) {
-                *k = Some(e.key());
+                *k = e.key();
             }
         }
+        let free = self.free_slots();
         let mut map = s.serialize_map(Some(self.index.len))?;
-        for (key, state) in keys.iter().zip(&self.states) {
-            if let Some(key) = key {
+        for (slot, (key, state)) in keys.iter().zip(&self.states).enumerate() {
+            if !is_set(&free, slot) {
                 map.serialize_entry(key, state)?;
             }
         }
