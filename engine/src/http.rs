@@ -92,7 +92,7 @@ pub struct Readiness {
     /// Seconds since the last batch with messages; `null` before the first.
     pub last_batch_age_seconds: Option<f64>,
     /// Seconds since the state on disk was last current for every owned partition (the oldest
-    /// partition's checkpoint); `null` before the first.
+    /// partition's checkpoint; with no partition owned, 0); `null` until the loop first reports.
     pub last_checkpoint_age_seconds: Option<f64>,
     /// Why the last rule reload was refused (the running set stays); `null` if it was not.
     pub rules_error: Option<String>,

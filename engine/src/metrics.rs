@@ -226,7 +226,7 @@ impl Metrics {
             checkpoint_age: {
                 let g = Gauge::new(
                     "cordon_checkpoint_age_seconds",
-                    "Seconds since the state on disk was last current for every owned partition: the age of the oldest partition's checkpoint, where a partition found unchanged since its last one counts as current (0 until the first).",
+                    "Seconds since the state on disk was last current for every owned partition: the age of the oldest partition's checkpoint, where a partition found unchanged since its last one counts as current, and an instance that owns no partition is current (0 until the first report).",
                 )?;
                 r.register(Box::new(g.clone()))?;
                 g
