@@ -116,43 +116,49 @@ impl CheckpointRef<'_> {
             codec::encode_into(t, &mut out)?;
             Ok(out)
         };
+        // The tables that get threads of their own: the large ones but the largest, which
+        // this thread encodes along with the small ones.
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let mut big: Vec<usize> = (0..self.tables.len())
             .filter(|&i| self.tables[i].len() >= PARALLEL_MIN_KEYS)
             .collect();
         big.sort_by_key(|&i| std::cmp::Reverse(self.tables[i].len()));
-        let mut tables: Vec<Option<Result<Vec<u8>, CodecError>>> = Vec::new();
-        tables.resize_with(self.tables.len(), || None);
-        if cpus > 1 && big.len() > 1 {
-            std::thread::scope(|scope| {
-                let spawned: Vec<_> = big[1..]
-                    .iter()
-                    .map(|&i| {
-                        let t = self.tables[i];
-                        (i, scope.spawn(move || encode(t)))
-                    })
-                    .collect();
-                for (i, t) in self.tables.iter().enumerate() {
-                    if !big[1..].contains(&i) {
-                        tables[i] = Some(encode(t));
-                    }
-                }
-                for (i, h) in spawned {
-                    tables[i] = Some(h.join().unwrap_or_else(|_| {
+        let threaded = if cpus > 1 {
+            big.get(1..).unwrap_or_default()
+        } else {
+            &[]
+        };
+        let tables: Vec<Result<Vec<u8>, CodecError>> = std::thread::scope(|scope| {
+            let spawned: Vec<_> = (0..self.tables.len())
+                .map(|i| {
+                    let t = self.tables[i];
+                    threaded
+                        .contains(&i)
+                        .then(|| scope.spawn(move || encode(t)))
+                })
+                .collect();
+            // This thread's tables first, then the threads' in their places.
+            let mut done: Vec<Option<Result<Vec<u8>, CodecError>>> = self
+                .tables
+                .iter()
+                .zip(&spawned)
+                .map(|(t, h)| h.is_none().then(|| encode(t)))
+                .collect();
+            for (d, h) in done.iter_mut().zip(spawned) {
+                if let Some(h) = h {
+                    *d = Some(h.join().unwrap_or_else(|_| {
                         Err(CodecError::Corrupt(
                             "a checkpoint encoding thread panicked".into(),
                         ))
                     }));
                 }
-            });
-        }
+            }
+            done.into_iter().flatten().collect()
+        });
         let mut parts = Vec::with_capacity(self.tables.len() + 2);
         parts.push(head);
-        for (t, done) in self.tables.iter().zip(tables) {
-            parts.push(match done {
-                Some(r) => r?,
-                None => encode(t)?,
-            });
+        for t in tables {
+            parts.push(t?);
         }
         let mut gates = Vec::new();
         codec::encode_into(&self.gates, &mut gates)?;
@@ -251,20 +257,29 @@ impl CheckpointStore {
         Ok(files)
     }
 
-    /// Writes one partition's checkpoint atomically and removes all but the [`KEEP`] newest.
-    /// Returns the file written.
+    /// Writes one partition's checkpoint (encoded with its header) atomically and removes all
+    /// but the [`KEEP`] newest. Returns the file written.
     pub fn write(&self, partition: i32, bytes: &[u8]) -> Result<PathBuf, CheckpointError> {
-        self.write_parts(partition, &[], &[bytes])
+        self.write_file(partition, &[bytes])
     }
 
-    /// [`write`](Self::write) of a checkpoint given as `header` followed by the body's `parts`
-    /// (the file holds them one after another).
+    /// [`write`](Self::write) of a checkpoint's body given in parts
+    /// ([`CheckpointRef::encode_parts`]): the file is their [`codec::header`] followed by
+    /// the parts, one after another.
     pub fn write_parts(
         &self,
         partition: i32,
-        header: &[u8],
-        parts: &[&[u8]],
+        parts: &[Vec<u8>],
     ) -> Result<PathBuf, CheckpointError> {
+        let header = codec::header(parts);
+        let mut chunks: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        chunks.push(&header);
+        chunks.extend(parts.iter().map(Vec::as_slice));
+        self.write_file(partition, &chunks)
+    }
+
+    /// Writes `chunks`, one after another, as the partition's next checkpoint file.
+    fn write_file(&self, partition: i32, chunks: &[&[u8]]) -> Result<PathBuf, CheckpointError> {
         let dir = self.partition_dir(partition);
         fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
         let files = self.files(partition)?;
@@ -273,9 +288,8 @@ impl CheckpointStore {
         let tmp = dir.join(format!("ckpt-{seq:020}.tmp"));
         {
             let mut f = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-            f.write_all(header).map_err(io("writing", &tmp))?;
-            for p in parts {
-                f.write_all(p).map_err(io("writing", &tmp))?;
+            for c in chunks {
+                f.write_all(c).map_err(io("writing", &tmp))?;
             }
             f.sync_all().map_err(io("syncing", &tmp))?;
         }
@@ -366,10 +380,7 @@ impl CheckpointWriter {
             .spawn(move || {
                 for job in queue {
                     let started = Instant::now();
-                    let parts: Vec<&[u8]> = job.parts.iter().map(Vec::as_slice).collect();
-                    let header = codec::header(&parts);
-                    let result = store.write_parts(job.partition, &header, &parts);
-                    drop(parts);
+                    let result = store.write_parts(job.partition, &job.parts);
                     drop(job.parts);
                     let written = Written {
                         partition: job.partition,
@@ -589,18 +600,15 @@ mod tests {
         let whole = c.encode().expect("encode");
         let parts = c.encode_parts().expect("encode in parts");
         assert_eq!(parts.len(), 3 + 2, "head, one per table, gates");
-        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-        let mut joined = codec::header(&refs).to_vec();
-        for p in &refs {
+        let mut joined = codec::header(&parts).to_vec();
+        for p in &parts {
             joined.extend_from_slice(p);
         }
         assert!(joined == whole, "the parts differ from the whole encoding");
         // Written as parts by the store, the file is the whole encoding and loads back.
         let dir = tempfile::tempdir().expect("tempdir");
         let store = CheckpointStore::new(dir.path(), "requests");
-        let path = store
-            .write_parts(3, &codec::header(&refs), &refs)
-            .expect("write");
+        let path = store.write_parts(3, &parts).expect("write");
         assert!(fs::read(&path).expect("read") == whole);
         let back = store.load(3).expect("load").expect("a checkpoint").0;
         let lens: Vec<usize> = back.tables.iter().map(KeyTable::len).collect();

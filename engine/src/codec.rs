@@ -80,12 +80,12 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
 }
 
 /// The header of a body made of `parts`, one after another: magic, version, length, checksum.
-pub fn header(parts: &[&[u8]]) -> [u8; HEADER_LEN] {
+pub fn header<P: AsRef<[u8]>>(parts: &[P]) -> [u8; HEADER_LEN] {
     let mut sum = xxhash_rust::xxh3::Xxh3Default::new();
     let mut body_len = 0u64;
     for p in parts {
-        sum.update(p);
-        body_len += p.len() as u64;
+        sum.update(p.as_ref());
+        body_len += p.as_ref().len() as u64;
     }
     let mut out = [0u8; HEADER_LEN];
     out[..4].copy_from_slice(MAGIC);

@@ -206,12 +206,11 @@ fn main() {
             .map_err(|e| e.to_string())
             .and_then(|parts| {
                 encode_secs = started.elapsed().as_secs_f64();
-                let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-                let header = cordon_engine::codec::header(&parts);
                 store
-                    .write_parts(0, &header, &parts)
-                    .map(|_| header.len() + parts.iter().map(|p| p.len()).sum::<usize>())
+                    .write_parts(0, &parts)
                     .map_err(|e| e.to_string())
+                    .and_then(|path| std::fs::metadata(path).map_err(|e| e.to_string()))
+                    .map(|m| m.len() as usize)
             });
         let write_secs = started.elapsed().as_secs_f64();
         drop(processor);
