@@ -119,7 +119,12 @@ impl Health {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.ms_at(Instant::now())
+    }
+
+    /// Milliseconds from `started` to `at` (0 for an earlier `at`).
+    fn ms_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The loop is (or is no longer) consuming: subscribed and polling.
@@ -142,11 +147,8 @@ impl Health {
     /// Every owned partition's state on disk is current as of `as_of` (see
     /// [`Metrics::checkpoint_current`](crate::metrics::Metrics::checkpoint_current)).
     pub fn checkpoint_current(&self, as_of: Instant) {
-        let ms = as_of.saturating_duration_since(self.started).as_millis();
-        self.last_checkpoint_ms.store(
-            u64::try_from(ms).unwrap_or(u64::MAX).saturating_add(1),
-            Ordering::Relaxed,
-        );
+        self.last_checkpoint_ms
+            .store(self.ms_at(as_of).saturating_add(1), Ordering::Relaxed);
     }
 
     /// A rule set with `enabled` rules is running.

@@ -23,9 +23,9 @@
 //! Before it touches Kafka, the runtime binds the HTTP port ([`crate::http`]), so `/healthz`
 //! answers while the brokers are still unreachable; the server stops after the loop returns.
 //! The loop reports to [`Metrics`] once per batch and to [`Health`] once per iteration; the
-//! state walk ([`Processor::table_stats`]) runs every [`STATE_STATS_INTERVAL`] (less often when
-//! it takes long, [`STATE_STATS_SPACING`]), the cheaper reports (lag, assignment) every
-//! [`TICK_INTERVAL`].
+//! walks over every key, for metrics ([`Processor::table_stats`]) and for expiry, run every
+//! [`STATE_STATS_INTERVAL`] and [`EXPIRY_INTERVAL`], or less often when they take long
+//! ([`Walk`]); the cheaper reports (lag, assignment, checkpoint age) every [`TICK_INTERVAL`].
 
 use crate::checkpoint::{
     Checkpoint, CheckpointMeta, CheckpointStore, CheckpointWriter, WriteJob, Written,
@@ -72,11 +72,11 @@ pub const HEADER_SOURCE_TOPIC: &str = "cordon.source.topic";
 pub const HEADER_SOURCE_PARTITION: &str = "cordon.source.partition";
 /// How often, at most, the loop walks the state for `cordon_state_*` (it visits every key).
 pub const STATE_STATS_INTERVAL: Duration = Duration::from_secs(5);
-/// The next walk (for metrics, or for expiry) waits at least this many times as long as the
-/// last one took, so that each takes at most a fiftieth of the loop's time however many keys
-/// there are: the metrics walk took 87-92 ms for the throughput harness's 2.1M keys (Intel
-/// host, 2026-11-28), which every 5 s is 1.8%.
-pub const STATE_STATS_SPACING: u32 = 50;
+/// A walk over every key waits at least this many times as long as its last run took
+/// ([`Walk`]), so that each takes at most a fiftieth of the loop's time however many keys
+/// there are: the metrics walk took 80-124 ms for the throughput harness's 2.1M keys (Intel
+/// host, 2026-11-28), which every 5 s is up to 2.5%.
+pub const WALK_SPACING: u32 = 50;
 /// How often, at most, the loop drops keys whose windows have expired (it visits every key).
 /// Expiry is only memory: an expired key that is still held reads as empty.
 pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
@@ -195,6 +195,34 @@ struct Checkpoints {
     durable: BTreeMap<i32, Instant>,
 }
 
+/// A periodic walk over every key, run every `every` or, when it takes long, [`WALK_SPACING`]
+/// times as long as its last run took.
+struct Walk {
+    every: Duration,
+    next: Duration,
+    last: Instant,
+}
+
+impl Walk {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            next: every,
+            last: Instant::now(),
+        }
+    }
+
+    /// Runs `walk` if it is due.
+    fn run(&mut self, walk: impl FnOnce()) {
+        if self.last.elapsed() >= self.next {
+            let started = Instant::now();
+            walk();
+            self.next = self.every.max(started.elapsed() * WALK_SPACING);
+            self.last = Instant::now();
+        }
+    }
+}
+
 /// The owned partition whose periodic checkpoint is due at `now`: the one checkpointed longest
 /// ago (`taken`), once that is at least `interval` ago.
 fn due(taken: &BTreeMap<i32, Instant>, now: Instant, interval: Duration) -> Option<i32> {
@@ -268,7 +296,6 @@ impl Checkpoints {
         written: Vec<Written>,
         source: &KafkaSource,
         metrics: &Metrics,
-        health: &Health,
         sync: bool,
     ) -> anyhow::Result<()> {
         let mut commit = BTreeMap::new();
@@ -293,13 +320,12 @@ impl Checkpoints {
         if let Err(e) = source.commit(&commit, sync) {
             tracing::warn!(error = %e, "committing checkpointed offsets failed; the next checkpoint retries");
         }
-        self.report_age(metrics, health);
         Ok(())
     }
 
     /// Tells metrics and health how current the state on disk is: as of the oldest owned
     /// partition's last checkpoint, or now when none is owned (an idle replica has nothing to
-    /// lose).
+    /// lose). The loop calls it once a [`TICK_INTERVAL`].
     fn report_age(&self, metrics: &Metrics, health: &Health) {
         let as_of = self
             .durable
@@ -314,7 +340,6 @@ impl Checkpoints {
     /// Checkpoints `partitions` now and waits until they, and every checkpoint handed over
     /// before them, are written and their offsets committed: for revoked partitions, partitions
     /// taken over without a checkpoint, and shutdown (`sync` commits synchronously).
-    #[allow(clippy::too_many_arguments)]
     fn write_now(
         &mut self,
         processor: &Processor,
@@ -322,7 +347,6 @@ impl Checkpoints {
         source: &KafkaSource,
         sink: &KafkaSink,
         metrics: &Metrics,
-        health: &Health,
         sync: bool,
     ) -> anyhow::Result<()> {
         self.flush(sink, metrics)?;
@@ -330,7 +354,7 @@ impl Checkpoints {
             self.submit(processor, p)?;
         }
         let written = self.writer.wait_all()?;
-        self.settle(written, source, metrics, health, sync)
+        self.settle(written, source, metrics, sync)
     }
 
     /// One pass's share of the periodic checkpoints: books the writes finished since the last
@@ -342,17 +366,13 @@ impl Checkpoints {
         source: &KafkaSource,
         sink: &KafkaSink,
         metrics: &Metrics,
-        health: &Health,
     ) -> anyhow::Result<()> {
         let finished = self.writer.finished()?;
         if !finished.is_empty() {
-            self.settle(finished, source, metrics, health, false)?;
+            self.settle(finished, source, metrics, false)?;
         }
         let now = Instant::now();
         let Some(p) = due(&self.taken, now, self.interval) else {
-            if self.taken.is_empty() {
-                self.report_age(metrics, health);
-            }
             return Ok(());
         };
         if self.dirty.contains(&p) {
@@ -366,7 +386,6 @@ impl Checkpoints {
                 && let Some(at) = self.durable.get_mut(&p)
             {
                 *at = now;
-                self.report_age(metrics, health);
             }
             Ok(())
         }
@@ -397,7 +416,6 @@ fn take_over(
     source: &KafkaSource,
     sink: &KafkaSink,
     metrics: &Metrics,
-    health: &Health,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut found: BTreeMap<i32, Option<Checkpoint>> = BTreeMap::new();
@@ -476,13 +494,12 @@ fn take_over(
         let e = ckpts.alerts_end.entry(p).or_insert(end);
         *e = (*e).max(end);
     }
-    ckpts.write_now(processor, &fresh, source, sink, metrics, health, false)?;
+    ckpts.write_now(processor, &fresh, source, sink, metrics, false)?;
     let now = Instant::now();
     for (p, at) in spread(assigned, now, ckpts.interval) {
         ckpts.taken.insert(p, at);
         ckpts.durable.insert(p, now);
     }
-    ckpts.report_age(metrics, health);
     metrics.state(&processor.table_stats());
     tracing::info!(
         partitions = ?assigned,
@@ -616,13 +633,11 @@ fn run_loop(
     };
     let mut totals = RunTotals::default();
     let mut records: Vec<SourceRecord> = Vec::with_capacity(config.source.max_batch_messages);
-    let mut last_expiry = Instant::now();
-    let mut expiry_every = EXPIRY_INTERVAL;
+    let mut expiry = Walk::new(EXPIRY_INTERVAL);
     let mut last_report = Instant::now();
     let mut reported = RunTotals::default();
     let mut last_tick = Instant::now();
-    let mut last_state_stats = Instant::now();
-    let mut state_stats_every = STATE_STATS_INTERVAL;
+    let mut state_stats = Walk::new(STATE_STATS_INTERVAL);
     metrics.state(&processor.table_stats());
 
     while !shutdown.load(Ordering::Relaxed) {
@@ -657,12 +672,11 @@ fn run_loop(
         if !revoked.is_empty() {
             // Checkpoint what was processed, so the partition's next owner (or this instance,
             // when it gets the partition back) resumes from here.
-            ckpts.write_now(&processor, &revoked, &source, &sink, metrics, health, false)?;
+            ckpts.write_now(&processor, &revoked, &source, &sink, metrics, false)?;
             for &p in &revoked {
                 processor.drop_partition(p);
             }
             ckpts.forget(&revoked);
-            ckpts.report_age(metrics, health);
         }
         let assigned = source.take_assigned();
         if !assigned.is_empty() {
@@ -675,11 +689,10 @@ fn run_loop(
                 &source,
                 &sink,
                 metrics,
-                health,
             )?;
             health.set_assigned(source.assigned_partitions());
         }
-        ckpts.step(&processor, &source, &sink, metrics, health)?;
+        ckpts.step(&processor, &source, &sink, metrics)?;
         if let Some(reloaded) = rule_watch.poll() {
             match reloaded {
                 Ok(set) => {
@@ -695,21 +708,13 @@ fn run_loop(
                 }
             }
         }
-        if last_expiry.elapsed() >= expiry_every {
-            let started = Instant::now();
-            processor.expire_idle();
-            expiry_every = EXPIRY_INTERVAL.max(started.elapsed() * STATE_STATS_SPACING);
-            last_expiry = Instant::now();
-        }
-        if last_state_stats.elapsed() >= state_stats_every {
-            let started = Instant::now();
-            metrics.state(&processor.table_stats());
-            state_stats_every = STATE_STATS_INTERVAL.max(started.elapsed() * STATE_STATS_SPACING);
-            last_state_stats = Instant::now();
-        }
+        expiry.run(|| processor.expire_idle());
+        state_stats.run(|| metrics.state(&processor.table_stats()));
         if last_tick.elapsed() >= TICK_INTERVAL {
             metrics.consumer_lag(&source.consumer_lag());
             health.set_assigned(source.assigned_partitions());
+            // An instance that owns no partition has nothing on disk to fall behind.
+            ckpts.report_age(metrics, health);
             metrics.tick(false);
             last_tick = Instant::now();
         }
@@ -732,7 +737,7 @@ fn run_loop(
     sink.flush(FLUSH_TIMEOUT)
         .inspect_err(|e| metrics.sink_error("output", e))?;
     let owned: Vec<i32> = ckpts.positions.keys().copied().collect();
-    ckpts.write_now(&processor, &owned, &source, &sink, metrics, health, true)?;
+    ckpts.write_now(&processor, &owned, &source, &sink, metrics, true)?;
     tracing::info!(
         messages = totals.messages,
         events = totals.events,
