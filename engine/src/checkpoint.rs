@@ -18,10 +18,11 @@
 //! it was written by another Cordon version, and silently going back to older state would
 //! replay and re-alert.
 //!
-//! [`CheckpointWriter`] writes them on a thread of its own, so that the engine's loop stops for
-//! encoding a partition's state but not for writing and syncing the file: on the Intel host's
-//! local disk that was 0.36 of 2.08 s for 2.1M keys (252 MB), and on a network volume it is most
-//! of it.
+//! [`CheckpointWriter`] writes them on a thread of its own, so that the engine's loop does not
+//! stop for writing and syncing the file: on the Intel host's local disk that was 0.36 of 2.08 s
+//! for 2.1M keys (252 MB), and on a network volume it is most of it. Nor does the loop stop for
+//! a periodic checkpoint's encoding, which it does a slice at a time between batches
+//! ([`crate::processor::Processor::begin_checkpoint`]).
 
 use crate::codec::{self, CodecError};
 use crate::gate::Gate;
@@ -90,6 +91,20 @@ pub struct Checkpoint {
 /// ([`CheckpointRef::encode_parts`]); smaller ones are not worth a thread.
 pub const PARALLEL_MIN_KEYS: usize = 50_000;
 
+/// The first part of a checkpoint's body ([`CheckpointRef::encode_parts`]): the metadata, the
+/// layout and the number of tables that follow.
+pub fn encode_head(
+    meta: &CheckpointMeta,
+    layout: &Layout,
+    tables: usize,
+) -> Result<Vec<u8>, CodecError> {
+    let mut head = Vec::new();
+    codec::encode_into(meta, &mut head)?;
+    codec::encode_into(layout, &mut head)?;
+    codec::encode_into(&tables, &mut head)?;
+    Ok(head)
+}
+
 impl CheckpointRef<'_> {
     /// Encodes it with the codec's header.
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
@@ -101,16 +116,14 @@ impl CheckpointRef<'_> {
     /// the tables' count; each table; the gates. Tables of [`PARALLEL_MIN_KEYS`] or more are
     /// encoded at once on threads of their own when the process may use more than one CPU
     /// (`std::thread::available_parallelism`, which follows a container's CPU limit), the
-    /// largest on the calling thread. The engine's loop waits for the encoding, so this
-    /// shortens its stop when another core is free: for the throughput harness's 2.1M keys,
-    /// 0.56-0.60 s against 0.85-1.15 s encoded on one thread (four alternating runs each,
-    /// unpinned, the 2-core Intel host, 2026-11-28). With the cores busy (the end-to-end
-    /// harness's broker and producer on the same two) the latency it measured did not move.
+    /// largest on the calling thread. For the checkpoints the engine's loop waits for (a
+    /// revoked partition, one taken over without a checkpoint, shutdown; periodic ones are
+    /// encoded in slices, [`crate::processor::Processor::begin_checkpoint`]) this shortens the
+    /// stop when another core is free: for the throughput harness's 2.1M keys, 0.56-0.60 s
+    /// against 0.85-1.15 s encoded on one thread (four alternating runs each, unpinned, the
+    /// 2-core Intel host, 2026-11-28).
     pub fn encode_parts(&self) -> Result<Vec<Vec<u8>>, CodecError> {
-        let mut head = Vec::new();
-        codec::encode_into(&self.meta, &mut head)?;
-        codec::encode_into(&self.layout, &mut head)?;
-        codec::encode_into(&self.tables.len(), &mut head)?;
+        let head = encode_head(&self.meta, &self.layout, self.tables.len())?;
         let encode = |t: &KeyTable| -> Result<Vec<u8>, CodecError> {
             let mut out = Vec::new();
             codec::encode_into(t, &mut out)?;

@@ -8,8 +8,8 @@
 //! once over all touched keys.
 
 use crate::agg::{Input as AggInput, InputKind, SlotKind};
-use crate::checkpoint::{Checkpoint, CheckpointMeta, CheckpointRef};
-use crate::codec::CodecError;
+use crate::checkpoint::{Checkpoint, CheckpointMeta, CheckpointRef, encode_head};
+use crate::codec::{self, CodecError};
 use crate::decode::{Decoded, EventBatchBuilder, Reason, TimeCheck, dead_letter_payload};
 use crate::gate::{
     ALERT_SCHEMA, Alert, AlertEngine, AlertEntity, AlertRule, AlertWindow, Decision, Gate, rfc3339,
@@ -232,7 +232,25 @@ pub struct Processor {
     evictions: Vec<u64>,
     /// Per-batch working buffers, kept between batches so that they are not grown again.
     scratch: Scratch,
+    /// The checkpoint being encoded a little at a time, if any
+    /// ([`Processor::begin_checkpoint`]).
+    pending: Option<PendingCheckpoint>,
 }
+
+/// A partition's checkpoint encoded a little at a time ([`Processor::begin_checkpoint`]).
+#[derive(Debug)]
+struct PendingCheckpoint {
+    partition: i32,
+    /// The metadata, the layout and the tables' count ([`encode_head`]).
+    head: Vec<u8>,
+    /// Each table's parts once its snapshot is complete ([`KeyTable::take_snapshot`]).
+    tables: Vec<Option<Result<[Vec<u8>; 2], CodecError>>>,
+    /// The gates, encoded when the checkpoint began.
+    gates: Vec<u8>,
+}
+
+/// A finished checkpoint: its partition and its body's parts, or why it could not be encoded.
+pub type CheckpointParts = (i32, Result<Vec<Vec<u8>>, CodecError>);
 
 /// Buffers a batch fills and the next reuses.
 #[derive(Debug, Default)]
@@ -405,6 +423,14 @@ fn counted_rows(
     Some(counted)
 }
 
+/// A table of a checkpoint under way that went away before its snapshot was taken: a bug, since
+/// every path that drops or remaps tables completes the snapshots first.
+fn lost_snapshot<T>() -> Result<T, CodecError> {
+    Err(CodecError::Corrupt(
+        "a table of the checkpoint under way went away before it was encoded".into(),
+    ))
+}
+
 impl Processor {
     /// A processor running `rules`.
     pub fn new(rules: &RuleSet, config: CoreConfig) -> Self {
@@ -427,6 +453,7 @@ impl Processor {
             live_keys: 0,
             evictions,
             scratch: Scratch::default(),
+            pending: None,
         }
     }
 
@@ -434,6 +461,9 @@ impl Processor {
     /// ([`crate::remap`]: unchanged rules keep their windows and alert gates, new or changed
     /// rules start fresh, tables no rule uses are dropped).
     pub fn replace_rules(&mut self, rules: &RuleSet) -> ReloadSummary {
+        // The tables are about to be remapped: a checkpoint under way is completed with the
+        // state it began with.
+        self.complete_pending_tables();
         let new = Plan::new(rules);
         let old = std::mem::take(&mut self.plan);
         let remap = Remap::new(&Layout::of(&old), &new);
@@ -535,6 +565,122 @@ impl Processor {
         })
     }
 
+    /// Starts a checkpoint of `partition` as of now (an empty state if the partition has none
+    /// yet) that is encoded a little at a time while batches go on
+    /// ([`continue_checkpoint`](Self::continue_checkpoint)), so that the caller never stops
+    /// for a whole partition's encoding. The metadata (`meta.watermark` is filled in here) and
+    /// the alert gates are encoded now, the tables from snapshots ([`KeyTable::begin_snapshot`]),
+    /// which encode a state before any change to it. The parts made are the ones
+    /// [`checkpoint_parts`](Self::checkpoint_parts) would have made now, but for the order of
+    /// each table's entries. A checkpoint under way is dropped.
+    pub fn begin_checkpoint(
+        &mut self,
+        partition: i32,
+        mut meta: CheckpointMeta,
+    ) -> Result<(), CodecError> {
+        self.abandon_checkpoint();
+        if !self.partitions.contains_key(&partition) {
+            let empty = self.empty_partition();
+            self.partitions.insert(partition, empty);
+        }
+        let layout = Layout::of(&self.plan);
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return Ok(());
+        };
+        meta.watermark = state.watermark;
+        let head = encode_head(&meta, &layout, state.tables.len())?;
+        let mut gates = Vec::new();
+        codec::encode_into(&state.gates, &mut gates)?;
+        for t in &mut state.tables {
+            t.begin_snapshot();
+        }
+        self.pending = Some(PendingCheckpoint {
+            partition,
+            head,
+            tables: state.tables.iter().map(|_| None).collect(),
+            gates,
+        });
+        Ok(())
+    }
+
+    /// Encodes up to `slots` more key slots of the checkpoint under way; once it is complete,
+    /// returns it. `None` while it is not complete, or when none is under way.
+    pub fn continue_checkpoint(&mut self, mut slots: usize) -> Option<CheckpointParts> {
+        let pending = self.pending.as_mut()?;
+        let tables = self
+            .partitions
+            .get_mut(&pending.partition)
+            .map(|s| &mut s.tables);
+        let mut tables = tables.map(|t| t.iter_mut());
+        for done in &mut pending.tables {
+            let table = tables.as_mut().and_then(Iterator::next);
+            if done.is_some() {
+                continue;
+            }
+            let Some(t) = table else {
+                *done = Some(lost_snapshot());
+                continue;
+            };
+            if !t.snapshot_step(&mut slots) {
+                return None;
+            }
+            *done = Some(t.take_snapshot().unwrap_or_else(lost_snapshot));
+        }
+        let pending = self.pending.take()?;
+        let mut parts = Vec::with_capacity(2 * pending.tables.len() + 2);
+        parts.push(pending.head);
+        for table in pending.tables {
+            match table {
+                Some(Ok([count, entries])) => {
+                    parts.push(count);
+                    parts.push(entries);
+                }
+                Some(Err(e)) => return Some((pending.partition, Err(e))),
+                None => return Some((pending.partition, lost_snapshot())),
+            }
+        }
+        parts.push(pending.gates);
+        Some((pending.partition, Ok(parts)))
+    }
+
+    /// Completes the checkpoint under way now ([`continue_checkpoint`]
+    /// (Self::continue_checkpoint) without a limit).
+    pub fn finish_checkpoint(&mut self) -> Option<CheckpointParts> {
+        self.continue_checkpoint(usize::MAX)
+    }
+
+    /// The partition whose checkpoint is under way.
+    pub fn checkpoint_under_way(&self) -> Option<i32> {
+        self.pending.as_ref().map(|p| p.partition)
+    }
+
+    /// Drops the checkpoint under way, if any.
+    fn abandon_checkpoint(&mut self) {
+        if let Some(p) = self.pending.take()
+            && let Some(state) = self.partitions.get_mut(&p.partition)
+        {
+            for t in &mut state.tables {
+                t.take_snapshot();
+            }
+        }
+    }
+
+    /// Completes the snapshots of the checkpoint under way, and keeps their parts with it, so
+    /// that its partition's tables can be dropped or remapped.
+    fn complete_pending_tables(&mut self) {
+        let Some(pending) = self.pending.as_mut() else {
+            return;
+        };
+        let Some(state) = self.partitions.get_mut(&pending.partition) else {
+            return;
+        };
+        for (done, t) in pending.tables.iter_mut().zip(&mut state.tables) {
+            if done.is_none() {
+                *done = t.take_snapshot();
+            }
+        }
+    }
+
     /// Replaces a partition's state with a checkpoint's, remapped to the running plan the way a
     /// rule reload is ([`crate::remap`]). Returns the keys restored.
     pub fn restore(&mut self, c: Checkpoint) -> u64 {
@@ -591,8 +737,12 @@ impl Processor {
         true
     }
 
-    /// Forgets a partition's state (it was revoked from this instance).
+    /// Forgets a partition's state (it was revoked from this instance). A checkpoint of it
+    /// under way is completed first.
     pub fn drop_partition(&mut self, partition: i32) {
+        if self.checkpoint_under_way() == Some(partition) {
+            self.complete_pending_tables();
+        }
         if let Some(p) = self.partitions.remove(&partition) {
             self.live_keys -= p.tables.iter().map(|t| t.len() as u64).sum::<u64>();
         }
@@ -1791,6 +1941,132 @@ suppress: 6h
         // The watermark came back too: an event an hour older is late.
         let late = run(&mut r, &[vec![ev(T0 - 3_600_000, "x", "10.0.0.1", "")]]);
         assert_eq!(late.dead_letters[0].reason, Reason::Late);
+    }
+
+    /// A checkpoint's content in a form that does not depend on the order of its tables'
+    /// entries: its metadata, layout and gates as encoded, and each table's keys with their
+    /// encoded states, sorted.
+    type Canonical = (Vec<u8>, Vec<Vec<(u64, Vec<u8>)>>);
+
+    fn canonical(bytes: &[u8]) -> Canonical {
+        let c = Checkpoint::decode(bytes).expect("decode");
+        let mut fixed = Vec::new();
+        codec::encode_into(&c.meta, &mut fixed).expect("encode");
+        codec::encode_into(&c.layout, &mut fixed).expect("encode");
+        codec::encode_into(&c.gates, &mut fixed).expect("encode");
+        let tables = c
+            .tables
+            .iter()
+            .map(|t| {
+                let mut keys: Vec<(u64, Vec<u8>)> = t
+                    .iter()
+                    .map(|(k, s)| {
+                        let mut state = Vec::new();
+                        codec::encode_into(s, &mut state).expect("encode");
+                        (k, state)
+                    })
+                    .collect();
+                keys.sort_unstable();
+                keys
+            })
+            .collect();
+        (fixed, tables)
+    }
+
+    /// The file a checkpoint's parts make.
+    fn joined((_, parts): CheckpointParts) -> Vec<u8> {
+        let parts = parts.expect("encoded");
+        let mut bytes = codec::header(&parts).to_vec();
+        for p in &parts {
+            bytes.extend_from_slice(p);
+        }
+        bytes
+    }
+
+    /// Events of `accounts` accounts over as many /24s, from `t`.
+    fn spread_events(t: i64, accounts: std::ops::Range<u32>) -> Vec<Vec<u8>> {
+        accounts
+            .map(|n| {
+                ev(
+                    t + i64::from(n),
+                    &format!("acct-{n}"),
+                    &format!("10.{}.{}.1", n / 250, n % 250),
+                    r#","labels":["cot_elicitation"],"prompt":"p","template_fp":"t""#,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_encoded_while_batches_go_on_is_the_state_it_began_with() {
+        let rules =
+            cordon_rules::load_sources(&[("t.yaml".into(), RULES.into())]).expect("rules load");
+        let config = CoreConfig {
+            max_keys: 700,
+            ..CoreConfig::default()
+        };
+        let mut p = Processor::new(&rules, config);
+        let before = run(&mut p, &[spread_events(T0, 0..300), harvest(15)]);
+        assert!(
+            before.alerts.is_empty(),
+            "15 events are below the threshold"
+        );
+        let expected = p.checkpoint(0, meta()).expect("encode");
+        p.begin_checkpoint(0, meta()).expect("begin");
+        assert_eq!(p.checkpoint_under_way(), Some(0));
+        // Slices of a few slots, with batches in between that change known keys (and raise
+        // an alert), add keys past `max_keys` (evicting others), and move the watermark two
+        // hours on so that every key of the first batches expires.
+        assert!(p.continue_checkpoint(5).is_none());
+        let out = run(
+            &mut p,
+            &[harvest_from(15, 10), spread_events(T0 + 60_000, 200..600)],
+        );
+        assert!(!out.alerts.is_empty(), "the harvest reached its threshold");
+        assert!(p.evictions.iter().sum::<u64>() > 0, "keys were evicted");
+        assert!(p.continue_checkpoint(5).is_none());
+        let later = spread_events(T0 + 2 * 3_600_000, 900..950);
+        let inputs = Input::sequence(0, 1, later.iter().map(Vec::as_slice));
+        p.process(&inputs, T0 + 3 * 3_600_000, &mut Output::default())
+            .expect("process");
+        p.expire_idle();
+        assert!(p.live_keys() <= 100, "{} keys left", p.live_keys());
+        let mut done = None;
+        for _ in 0..10_000 {
+            done = p.continue_checkpoint(5);
+            if done.is_some() {
+                break;
+            }
+        }
+        let done = done.expect("the checkpoint completes");
+        assert_eq!(done.0, 0);
+        assert_eq!(p.checkpoint_under_way(), None);
+        assert_eq!(canonical(&joined(done)), canonical(&expected));
+    }
+
+    #[test]
+    fn a_checkpoint_under_way_outlives_a_reload_and_a_revoke_of_its_partition() {
+        let mut p = processor();
+        run(&mut p, &[spread_events(T0, 0..50), harvest(15)]);
+        let expected = canonical(&p.checkpoint(0, meta()).expect("encode"));
+        // A reload that drops t.hydra and its table.
+        p.begin_checkpoint(0, meta()).expect("begin");
+        assert!(p.continue_checkpoint(3).is_none());
+        let cot = RULES.split("---").next().unwrap_or_default().to_owned();
+        let summary = reload(&mut p, &cot);
+        assert_eq!(summary.removed, ["t.hydra"]);
+        run(&mut p, &[harvest_from(15, 10)]);
+        let done = p.finish_checkpoint().expect("under way");
+        assert_eq!(canonical(&joined(done)), expected);
+        // The partition revoked: its checkpoint is completed before its state goes.
+        let expected = canonical(&p.checkpoint(0, meta()).expect("encode"));
+        p.begin_checkpoint(0, meta()).expect("begin");
+        assert!(p.continue_checkpoint(0).is_none());
+        p.drop_partition(0);
+        assert_eq!(p.live_keys(), 0);
+        let done = p.finish_checkpoint().expect("under way");
+        assert_eq!(canonical(&joined(done)), expected);
+        assert!(p.finish_checkpoint().is_none(), "nothing under way");
     }
 
     #[test]
