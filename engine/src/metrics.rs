@@ -248,7 +248,7 @@ impl Metrics {
             checkpoint_duration: histogram(
                 &r,
                 "cordon_checkpoint_duration_seconds",
-                "Time to checkpoint one input partition: encoding its state (the loop waits for this) and writing and syncing the file (on a thread of its own).",
+                "Time to checkpoint one input partition: encoding its state (periodic checkpoints in slices of at most 10 ms between batches, counted without the batches) and writing and syncing the file (on a thread of its own).",
                 CHECKPOINT_DURATION_BUCKETS,
             )?,
             registry: r,
