@@ -616,9 +616,9 @@ impl KeyTable {
     }
 
     /// Completes the snapshot under way and returns it in two parts, which written one after
-    /// the other are the table's serialized form as of [`begin_snapshot`]
-    /// (Self::begin_snapshot): the entry count, then the entries. `None` when none is under
-    /// way.
+    /// the other are the table's serialized form as of
+    /// [`begin_snapshot`](Self::begin_snapshot): the entry count, then the entries. `None`
+    /// when none is under way.
     pub fn take_snapshot(&mut self) -> Option<Result<[Vec<u8>; 2], CodecError>> {
         let mut snap = self.snapshot.take()?;
         snap.finish(&self.states);

@@ -643,8 +643,8 @@ impl Processor {
         Some((pending.partition, Ok(parts)))
     }
 
-    /// Completes the checkpoint under way now ([`continue_checkpoint`]
-    /// (Self::continue_checkpoint) without a limit).
+    /// Completes the checkpoint under way now
+    /// ([`continue_checkpoint`](Self::continue_checkpoint) without a limit).
     pub fn finish_checkpoint(&mut self) -> Option<CheckpointParts> {
         self.continue_checkpoint(usize::MAX)
     }

@@ -4,9 +4,10 @@
 //! letters, and wait until the broker has acknowledged all of them. Each input partition is
 //! checkpointed `state.checkpoint_interval` after its previous checkpoint if it changed
 //! ([`crate::checkpoint`]), one partition at a time, encoded a slice per pass of the loop while
-//! batches go on ([`Checkpoints`]), and its offset is committed only once the file is written: offsets are committed for exactly what a
-//! checkpoint covers. A failed delivery stops the loop with an error before the next
-//! checkpoint, so a restart replays from the last one and no alert is lost.
+//! batches go on ([`Checkpoints`]), and its offset is committed only once the file is
+//! written: offsets are committed for exactly what a checkpoint covers. A failed delivery stops
+//! the loop with an error before the next checkpoint, so a restart replays from the last one
+//! and no alert is lost.
 //!
 //! When partitions are assigned (start-up, rebalance), the consumer starts each at its newest
 //! complete checkpoint's offset (set in the assignment itself, [`KafkaSource::on_assign`]); the
