@@ -212,6 +212,16 @@ pub enum CheckpointError {
         #[source]
         source: CodecError,
     },
+    /// The sketch seed file does not hold a seed.
+    #[error(
+        "sketch seed {path}: {detail}; it must hold the 16 hex digits Cordon wrote there, since the checkpoints beside it were made with that seed: restore it, or move the state directory aside to start with empty state"
+    )]
+    Seed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// State could not be encoded.
     #[error("encoding a checkpoint: {0}")]
     Encode(#[source] CodecError),
@@ -220,6 +230,10 @@ pub enum CheckpointError {
     #[error("checkpoint writer thread: {0}")]
     Writer(String),
 }
+
+/// The file under `<state.dir>/<topic>/` that holds the sketch seed
+/// ([`CheckpointStore::sketch_seed`]).
+pub const SKETCH_SEED_FILE: &str = "sketch-seed";
 
 /// Checkpoint files of one input topic under `state.dir`: `<dir>/<topic>/p<N>/ckpt-<SEQ>.bin`.
 #[derive(Debug, Clone)]
@@ -314,6 +328,98 @@ impl CheckpointStore {
             let _ = fs::remove_file(old);
         }
         Ok(path)
+    }
+
+    /// The seed mixed into the hashes of `distinct`, `top_share` and `entropy` values
+    /// ([`crate::processor::CoreConfig::sketch_seed`]), kept in [`SKETCH_SEED_FILE`] beside
+    /// the partitions' directories, since the sketches in their checkpoints were made with it.
+    /// Read from the file when it exists. Otherwise a new random seed, or 0 (the unseeded hash)
+    /// when checkpoints are already here (written before seeds: their sketches were unseeded),
+    /// written to the file without replacing one another replica sharing the directory wrote
+    /// first.
+    pub fn sketch_seed(&self) -> Result<u64, CheckpointError> {
+        let path = self.dir.join(SKETCH_SEED_FILE);
+        if let Some(seed) = self.read_seed(&path)? {
+            return Ok(seed);
+        }
+        let seed = if self.has_checkpoints()? {
+            tracing::warn!(
+                path = %path.display(),
+                "checkpoints from before sketch seeds: distinct() keeps the unseeded hash for this state directory; move it aside to start seeded"
+            );
+            0
+        } else {
+            // Never 0, which stands for the unseeded hash.
+            rand::random::<u64>().max(1)
+        };
+        fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
+        let tmp = self
+            .dir
+            .join(format!("{SKETCH_SEED_FILE}.{}.tmp", std::process::id()));
+        let mut f = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+        f.write_all(format!("{seed:016x}\n").as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io("writing", &tmp))?;
+        drop(f);
+        // A hard link, unlike a rename, fails when the name is taken.
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                fs::File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io("syncing", &self.dir))?;
+                Ok(seed)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self
+                .read_seed(&path)?
+                .ok_or_else(|| io("reading", &path)(e)),
+            Err(e) => Err(io("writing", &path)(e)),
+        }
+    }
+
+    /// The seed in `path`, or `None` when there is no such file.
+    fn read_seed(&self, path: &Path) -> Result<Option<u64>, CheckpointError> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("reading", path)(e)),
+        };
+        let digits = text.trim();
+        if digits.len() != 16 {
+            return Err(CheckpointError::Seed {
+                path: path.to_owned(),
+                detail: format!("{} characters, not 16 hex digits", digits.len()),
+            });
+        }
+        u64::from_str_radix(digits, 16)
+            .map(Some)
+            .map_err(|e| CheckpointError::Seed {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Whether any partition here has a complete checkpoint file.
+    fn has_checkpoints(&self) -> Result<bool, CheckpointError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io("listing", &self.dir)(e)),
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let partition = name
+                .to_str()
+                .and_then(|n| n.strip_prefix('p'))
+                .and_then(|n| n.parse::<i32>().ok());
+            if let Some(p) = partition
+                && !self.files(p)?.is_empty()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The newest checkpoint of `partition` that decodes, or `None` if there is none. Torn or
@@ -576,6 +682,37 @@ mod tests {
             msg.contains("state format version 99 is not supported")
                 && msg.contains("another Cordon version"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_sketch_seed_is_made_once_and_kept_beside_the_checkpoints() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(dir.path(), "requests");
+        let seed = store.sketch_seed().expect("made");
+        assert_ne!(seed, 0, "a new state directory is seeded");
+        let path = dir.path().join("requests").join(SKETCH_SEED_FILE);
+        assert_eq!(
+            fs::read_to_string(&path).expect("written"),
+            format!("{seed:016x}\n")
+        );
+        let again = CheckpointStore::new(dir.path(), "requests");
+        assert_eq!(again.sketch_seed().expect("read"), seed, "kept");
+        // Checkpoints from before seeds keep the unseeded hash.
+        let old = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(old.path(), "requests");
+        store.write(0, &bytes(5)).expect("write");
+        assert_eq!(store.sketch_seed().expect("made"), 0);
+        assert_eq!(store.sketch_seed().expect("read"), 0);
+        // A damaged file stops start-up, naming it.
+        fs::write(&path, "not a seed").expect("damage");
+        let err = CheckpointStore::new(dir.path(), "requests")
+            .sketch_seed()
+            .expect_err("damaged")
+            .to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("move the state directory"),
+            "{err}"
         );
     }
 

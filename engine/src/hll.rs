@@ -18,7 +18,9 @@
 //! What stays the library's, so that the registers are the same:
 //! - **the hash**: a value's register and rank come from DataSketches' own coupon
 //!   ([`Coupon::from_value`], MurmurHash3 with its seed), so a sketch here holds exactly the
-//!   registers a library sketch of the same values holds;
+//!   registers a library sketch of the same values holds. The values are 64-bit hashes with
+//!   the engine's sketch seed mixed in (`CoreConfig::sketch_seed`), so that nobody can work
+//!   out offline which register a value raises;
 //! - **the serialized form**: DataSketches' HLL_8 image, which any DataSketches
 //!   implementation reads, and checkpoints written with the library's sketches (in any of its
 //!   list, set or HLL_8 modes) load into this one. Tests hold both directions to the library.

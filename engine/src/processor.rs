@@ -152,6 +152,14 @@ pub struct CoreConfig {
     /// `time.future_events: clamp`: an event stamped past the wall clock plus
     /// `max_future_skew` counts at that limit instead of being dead-lettered as `future`.
     pub clamp_future: bool,
+    /// Mixed into each value's hash before it reaches a `distinct`, `top_share` or `entropy`
+    /// state, so that which HyperLogLog register a value raises cannot be worked out without
+    /// it: with DataSketches' fixed hash alone, a sender who controls the values (prompts) could
+    /// grind offline for values that fall into a few registers and make `distinct` undercount.
+    /// `cordon run` keeps one per state directory, beside the checkpoints whose sketches it
+    /// made ([`crate::checkpoint::CheckpointStore::sketch_seed`]); 0 (the unseeded hash)
+    /// elsewhere, so that backtests and rule tests stay reproducible.
+    pub sketch_seed: u64,
 }
 
 impl Default for CoreConfig {
@@ -163,6 +171,7 @@ impl Default for CoreConfig {
             instance: "cordon".into(),
             max_keys: 10_000_000,
             clamp_future: false,
+            sketch_seed: 0,
         }
     }
 }
@@ -341,7 +350,8 @@ enum Source<'a> {
     One,
     Time,
     Number(&'a Float64Array),
-    Hash(&'a [Option<u64>]),
+    /// Each row's hash, and the seed mixed into it ([`CoreConfig::sketch_seed`]).
+    Hash(&'a [Option<u64>], u64),
     /// The slot's argument or a predicate has a column of another kind: it takes nothing.
     Never,
 }
@@ -357,7 +367,7 @@ struct SlotInput<'a> {
 }
 
 impl<'a> SlotInput<'a> {
-    fn new(s: &SlotSpec, cols: &'a [Col], rows: usize) -> Self {
+    fn new(s: &SlotSpec, cols: &'a [Col], rows: usize, seed: u64) -> Self {
         const NEVER: SlotInput<'static> = SlotInput {
             when: None,
             source: Source::Never,
@@ -380,7 +390,7 @@ impl<'a> SlotInput<'a> {
             (InputKind::Nothing, _) => Source::One,
             (InputKind::Time, _) => Source::Time,
             (InputKind::Number, Some(Col::Number(a))) if a.len() == rows => Source::Number(a),
-            (InputKind::Hash, Some(Col::Text(_, h))) if h.len() == rows => Source::Hash(h),
+            (InputKind::Hash, Some(Col::Text(_, h))) if h.len() == rows => Source::Hash(h, seed),
             _ => Source::Never,
         };
         SlotInput { when, source }
@@ -397,7 +407,7 @@ impl<'a> SlotInput<'a> {
             Source::One => Some(AggInput::One),
             Source::Time => Some(AggInput::Time(ts)),
             Source::Number(a) => a.is_valid(row).then(|| AggInput::Number(a.value(row))),
-            Source::Hash(h) => h[row].map(AggInput::Hash),
+            Source::Hash(h, seed) => h[row].map(|h| AggInput::Hash(h ^ seed)),
             Source::Never => None,
         }
     }
@@ -954,6 +964,7 @@ impl Processor {
                 &mut self.scratch.touched,
                 &mut self.scratch.rows,
                 &mut out.stats,
+                self.config.sketch_seed,
             );
             self.live_keys += added;
         }
@@ -1078,6 +1089,7 @@ fn update_table(
     touched: &mut Vec<Touched>,
     rows: &mut Rows,
     stats: &mut BatchStats,
+    seed: u64,
 ) -> u64 {
     let spec = &plan.tables[t];
     let Col::Text(_, hashes) = &cols[spec.entity] else {
@@ -1088,7 +1100,7 @@ fn update_table(
     let slot_inputs: Vec<SlotInput<'_>> = spec
         .slots
         .iter()
-        .map(|s| SlotInput::new(s, cols, batch_rows))
+        .map(|s| SlotInput::new(s, cols, batch_rows, seed))
         .collect();
     let counted = counted_rows(&spec.slots, &slot_inputs, batch_rows);
     touched.clear();
@@ -1234,7 +1246,8 @@ fn update_table(
                 {
                     let hashes = run
                         .iter()
-                        .filter_map(|r| h.get(*r as usize).copied().flatten());
+                        .filter_map(|r| h.get(*r as usize).copied().flatten())
+                        .map(|h| h ^ seed);
                     ks.prefetch_distinct(kinds.len(), slot, hashes);
                 }
             }
@@ -1728,6 +1741,71 @@ suppress: 6h
                 .collect::<Vec<_>>()
         };
         assert_eq!(ids(&again), ids(&out));
+    }
+
+    #[test]
+    fn prompts_ground_to_share_sketch_registers_are_counted_with_a_seed() {
+        // A campaign that knows the unseeded hash picks prompt fingerprints whose coupons fall
+        // into 16 of the 4,096 registers with a rank of at most 2: past the exact range,
+        // `distinct` then reads about 16 however many there are, and the ratio rule stays
+        // quiet. With a seed, the same values spread over the registers.
+        const RULE: &str = r#"
+id: t.ratio
+version: 1
+title: ratio
+severity: high
+entity: account_id
+window: 1h
+every: 5m
+features:
+  requests: count()
+  prompts: distinct(prompt_fp)
+condition: requests >= 1000 AND prompts / requests >= 0.8
+"#;
+        let mut ground = Vec::new();
+        let mut i = 0u64;
+        while ground.len() < 1_000 {
+            let fp = format!("fp-{i}");
+            let (register, rank) = crate::hll::coupon(key_of(&fp));
+            if register < 16 && rank <= 2 {
+                ground.push(fp);
+            }
+            i += 1;
+        }
+        let events: Vec<Vec<u8>> = ground
+            .iter()
+            .enumerate()
+            .map(|(n, fp)| {
+                ev(
+                    T0 + n as i64,
+                    "acct-7",
+                    "203.0.113.9",
+                    &format!(r#","prompt_fp":"{fp}""#),
+                )
+            })
+            .collect();
+        let rules =
+            cordon_rules::load_sources(&[("t.yaml".into(), RULE.into())]).expect("rules load");
+        let run_with = |sketch_seed: u64| {
+            let config = CoreConfig {
+                sketch_seed,
+                ..CoreConfig::default()
+            };
+            run(&mut Processor::new(&rules, config), std::slice::from_ref(&events))
+        };
+        assert!(
+            run_with(0).alerts.is_empty(),
+            "unseeded, the ground values evade"
+        );
+        let seeded = run_with(0x9e37_79b9_7f4a_7c15);
+        assert_eq!(seeded.alerts.len(), 1, "{:?}", seeded.alerts);
+        let prompts = seeded.alerts[0].alert.features["prompts"]
+            .as_f64()
+            .expect("a number");
+        assert!(
+            (prompts - 1_000.0).abs() < 50.0,
+            "{prompts} distinct of 1000"
+        );
     }
 
     #[test]

@@ -711,6 +711,9 @@ fn run_loop(
         instance: instance_name(),
         max_keys: config.state.max_keys,
         clamp_future: config.time.future_events == FutureEvents::Clamp,
+        sketch_seed: store
+            .sketch_seed()
+            .context("config key `state.dir`: the sketch seed")?,
     };
     let mut processor = Processor::new(rules, core);
     let mut ckpts = Checkpoints {

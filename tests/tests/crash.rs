@@ -236,6 +236,15 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
         alerts_now() >= 3
     });
     engine.kill();
+    // The state directory got its sketch seed (`<state.dir>/<topic>/sketch-seed`, the engine's
+    // `checkpoint::SKETCH_SEED_FILE`), which every restart must keep: the sketches in its
+    // checkpoints were made with it.
+    let seed_file = run.config.state_dir.join(input).join("sketch-seed");
+    let seed = std::fs::read_to_string(&seed_file).expect("the engine wrote its sketch seed");
+    assert!(
+        seed.trim().len() == 16 && u64::from_str_radix(seed.trim(), 16).is_ok_and(|s| s != 0),
+        "{seed:?}"
+    );
 
     // 2. Restart with frequent checkpoints, more input; die once the group has committed all
     //    of it (a crash after a checkpoint).
@@ -294,6 +303,11 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
     wait_caught_up(&broker, &run, &mut engine);
     engine.stop();
 
+    assert_eq!(
+        std::fs::read_to_string(&seed_file).expect("still there"),
+        seed,
+        "the restarts kept the sketch seed"
+    );
     assert_like_clean(&broker, &run, &clean, "the crashed run");
 }
 
