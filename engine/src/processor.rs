@@ -1747,8 +1747,8 @@ suppress: 6h
     fn prompts_ground_to_share_sketch_registers_are_counted_with_a_seed() {
         // A campaign that knows the unseeded hash picks prompt fingerprints whose coupons fall
         // into 16 of the 4,096 registers with a rank of at most 2: past the exact range,
-        // `distinct` then reads about 16 however many there are, and the ratio rule stays
-        // quiet. With a seed, the same values spread over the registers.
+        // `distinct` then reads a small fraction of them, and the ratio rule stays quiet. With
+        // a seed, the same values spread over the registers.
         const RULE: &str = r#"
 id: t.ratio
 version: 1
