@@ -17,29 +17,12 @@
 //!   evaluation, state update, condition evaluation, alert gate, the whole batch), named by
 //!   the type path they measure.
 //!
-//! This library holds what they share: the shipped pack, simulator payloads, command-line
-//! flags, the machine's description that heads each table and the heap's huge pages.
+//! This library holds what they share: the shipped pack, simulator payloads, the machine's
+//! description that heads each table and the heap's huge pages.
 
 use cordon_engine::simulate::{SimEvent, SimOptions, Simulation};
 use cordon_rules::RuleSet;
 use std::path::PathBuf;
-
-/// The value after flag `name` on the command line.
-pub fn arg_str(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
-/// The number after flag `name` on the command line, or `default` when it is absent or not a
-/// number.
-pub fn arg_u64(name: &str, default: u64) -> u64 {
-    arg_str(name)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The shipped extraction pack's directory.
 pub fn pack_dir() -> PathBuf {

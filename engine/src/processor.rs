@@ -1791,7 +1791,10 @@ condition: requests >= 1000 AND prompts / requests >= 0.8
                 sketch_seed,
                 ..CoreConfig::default()
             };
-            run(&mut Processor::new(&rules, config), std::slice::from_ref(&events))
+            run(
+                &mut Processor::new(&rules, config),
+                std::slice::from_ref(&events),
+            )
         };
         assert!(
             run_with(0).alerts.is_empty(),

@@ -71,40 +71,39 @@ const HARVEST_REQUESTS: u64 = 350;
 /// One event in this many of the latency stream is a harvester's.
 const HARVEST_EVERY: u64 = 10;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
+/// Cordon end to end through a local tansu broker, beside a bare rdkafka consumer (see the
+/// module docs); prints one table.
+#[derive(clap::Parser)]
+struct Args {
+    /// Simulator events for the throughput runs, (a) and (b).
+    #[arg(long, default_value_t = 500_000)]
+    events: u64,
+    /// Partitions of the input topics.
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
+    /// Seconds of the paced latency stream, (c).
+    #[arg(long, default_value_t = 30)]
+    latency_secs: u64,
+    /// One-event accounts the engine of (c) takes first, so that it holds their state.
+    #[arg(long, default_value_t = 0)]
+    state_accounts: u64,
+    /// `state.checkpoint_interval` of the engine of (c), in seconds (default: the engine's).
+    #[arg(long)]
+    checkpoint_interval: Option<u64>,
+    /// librdkafka settings of the engine's consumer (`source.properties`), given to the bare
+    /// consumer too so that both read alike; repeatable.
+    #[arg(long = "source-property", value_name = "KEY=VALUE", value_parser = key_value)]
+    source_properties: Vec<(String, String)>,
+    /// Also write the table to this file as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
-/// Every value of a repeatable option.
-fn arg_all(name: &str) -> Vec<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2)
-        .filter(|w| w[0] == name)
-        .map(|w| w[1].clone())
-        .collect()
-}
-
-/// `--source-property KEY=VALUE`: librdkafka settings of the engine's consumer
-/// (`source.properties`), given to the bare consumer too so that both read alike.
-fn source_properties() -> Vec<(String, String)> {
-    arg_all("--source-property")
-        .iter()
-        .filter_map(|kv| kv.split_once('='))
+/// A `KEY=VALUE` option.
+fn key_value(kv: &str) -> std::result::Result<(String, String), String> {
+    kv.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-fn arg_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
-    match arg(name) {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name} {v}: not a number")),
-    }
+        .ok_or_else(|| format!("{kv}: not KEY=VALUE"))
 }
 
 fn wall_ms() -> i64 {
@@ -428,12 +427,13 @@ impl Engine {
         alerts: &str,
         dlq: &str,
         checkpoint_interval: Option<u64>,
+        source_properties: &[(String, String)],
     ) -> Result<Self> {
         let http = format!("127.0.0.1:{}", free_port()?);
         let q = |s: &str| serde_json::Value::from(s).to_string();
-        let properties: serde_json::Map<String, serde_json::Value> = source_properties()
-            .into_iter()
-            .map(|(k, v)| (k, serde_json::Value::from(v)))
+        let properties: serde_json::Map<String, serde_json::Value> = source_properties
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
             .collect();
         let properties = serde_json::Value::Object(properties);
         let state = dir.join(format!("{name}-state"));
@@ -656,14 +656,15 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let events: u64 = arg_num("--events", 500_000)?;
-    let partitions: i32 = arg_num("--partitions", 1)?;
-    let latency_secs: u64 = arg_num("--latency-secs", 30)?;
-    let state_accounts: u64 = arg_num("--state-accounts", 0)?;
-    let checkpoint_interval: Option<u64> = match arg("--checkpoint-interval") {
-        Some(_) => Some(arg_num("--checkpoint-interval", 30)?),
-        None => None,
-    };
+    let Args {
+        events,
+        partitions,
+        latency_secs,
+        state_accounts,
+        checkpoint_interval,
+        source_properties: props,
+        json,
+    } = <Args as clap::Parser>::parse();
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
@@ -712,7 +713,6 @@ fn run() -> Result<()> {
             bytes as f64 / events as f64
         ),
     );
-    let props = source_properties();
     t.row(
         "consumer properties (bare and engine)",
         if props.is_empty() {
@@ -774,6 +774,7 @@ fn run() -> Result<()> {
         &alerts,
         &dlq,
         None,
+        &props,
     )?;
     let (t1, c1) = engine.wait_consumed(1, Duration::from_secs(60))?;
     let (cpu1, batch1) = (
@@ -827,6 +828,7 @@ fn run() -> Result<()> {
         &lat_alerts,
         &lat_dlq,
         checkpoint_interval,
+        &props,
     )?;
     let p = producer(&bootstrap)?;
     let restamp = |e: &SimEvent| {
@@ -967,15 +969,15 @@ fn run() -> Result<()> {
     }
     drop(tansu);
 
-    if let Some(path) = arg("--json") {
+    if let Some(path) = &json {
         let rows: serde_json::Map<String, serde_json::Value> = t
             .rows
             .into_iter()
             .map(|(k, v)| (k, serde_json::Value::String(v)))
             .collect();
         let doc = serde_json::json!({ "table": rows, "numbers": t.numbers });
-        std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)
-            .with_context(|| format!("writing {path}"))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -29,11 +29,12 @@
 //! transparent huge pages change, run it again with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
 //! (glibc then asks for huge pages for its large allocations).
 
-use cordon_benches::{arg_str, arg_u64};
+use clap::Parser;
 use cordon_engine::prefetch::prefetch;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Words in a 64-byte cache line.
@@ -142,9 +143,24 @@ fn measure(lines: usize, loads: usize, rng: &mut ChaCha8Rng) -> Row {
     }
 }
 
+/// What this machine's memory allows one core (see the module docs); prints one table.
+#[derive(Parser)]
+struct Args {
+    /// Largest working set, in MB.
+    #[arg(long, default_value_t = 2048)]
+    max_mb: u64,
+    /// Loads timed per working set.
+    #[arg(long, default_value_t = 20_000_000)]
+    loads: u64,
+    /// Also write the table to this file as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 fn main() {
-    let max_mb = arg_u64("--max-mb", 2048).max(1) as usize;
-    let loads = arg_u64("--loads", 20_000_000).max(3 * DISTANCE as u64) as usize;
+    let args = Args::parse();
+    let max_mb = args.max_mb.max(1) as usize;
+    let loads = args.loads.max(3 * DISTANCE as u64) as usize;
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let sizes: Vec<usize> = [1, 16, 64, 256, 512, 1024, 2048, 4096]
         .into_iter()
@@ -173,7 +189,7 @@ fn main() {
             "three_line_chain_ns": r.chain,
         }));
     }
-    if let Some(path) = arg_str("--json") {
+    if let Some(path) = &args.json {
         let doc = serde_json::json!({
             "machine": machine,
             "huge_pages": huge_pages,
@@ -181,8 +197,8 @@ fn main() {
             "distance": DISTANCE,
             "rows": rows,
         });
-        if let Err(e) = std::fs::write(&path, format!("{doc:#}\n")) {
-            eprintln!("memory: cannot write {path}: {e}");
+        if let Err(e) = std::fs::write(path, format!("{doc:#}\n")) {
+            eprintln!("memory: cannot write {}: {e}", path.display());
             std::process::exit(1);
         }
     }

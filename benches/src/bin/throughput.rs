@@ -29,10 +29,12 @@
 //! Run: `cargo run --release -p cordon-benches --bin throughput -- [--accounts N] [--ranges N]
 //! [--extra N] [--runs N] [--flood N] [--max-keys N] [--rules PATH] [--json FILE]`
 
-use cordon_benches::{arg_str, arg_u64, pack_dir};
+use clap::Parser;
+use cordon_benches::pack_dir;
 use cordon_engine::processor::{CoreConfig, Input, Output, Processor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Resident set size of this process, bytes (Linux).
@@ -134,15 +136,48 @@ fn mix(accounts: u64, extra: u64, ranges: u64, t0: i64, seed: u64) -> Vec<Vec<u8
     payloads
 }
 
+/// In-process throughput of the engine's core with a rule pack on a heavy-tailed stream (see
+/// the module docs); prints one table.
+#[derive(Parser)]
+struct Args {
+    /// Accounts that each send one request first.
+    #[arg(long, default_value_t = 1_000_000)]
+    accounts: u64,
+    /// /24 ranges the accounts sit behind.
+    #[arg(long, default_value_t = 100_000)]
+    ranges: u64,
+    /// Further requests, spread over the accounts with Zipf-like volumes.
+    #[arg(long, default_value_t = 1_000_000)]
+    extra: u64,
+    /// Events of the key flood (every event new keys); 0 leaves it out.
+    #[arg(long, default_value_t = 10_000_000)]
+    flood: u64,
+    /// Runs of the mix, each on a fresh processor; the median is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: u64,
+    /// `state.max_keys` for the flood.
+    #[arg(long, default_value_t = 2_000_000)]
+    max_keys: u64,
+    /// A rule pack (file or directory) to run in place of the shipped one.
+    #[arg(long = "rules")]
+    pack: Option<PathBuf>,
+    /// Also write the table to this file as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 fn main() {
-    let accounts = arg_u64("--accounts", 1_000_000);
-    let ranges = arg_u64("--ranges", 100_000);
-    let extra = arg_u64("--extra", 1_000_000);
-    let flood = arg_u64("--flood", 10_000_000);
-    let runs = arg_u64("--runs", 3).max(1);
-    let max_keys = arg_u64("--max-keys", 2_000_000);
-    let pack = arg_str("--rules");
-    let rules = match cordon_rules::load_paths(&[pack.as_ref().map_or_else(pack_dir, Into::into)]) {
+    let Args {
+        accounts,
+        ranges,
+        extra,
+        flood,
+        runs,
+        max_keys,
+        pack,
+        json,
+    } = Args::parse();
+    let rules = match cordon_rules::load_paths(&[pack.clone().unwrap_or_else(pack_dir)]) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{e}");
@@ -275,7 +310,10 @@ fn main() {
         format!(
             "{total} ({accounts} accounts, {ranges} /24 ranges, {} rules of {}, batch {BATCH})",
             rules.len(),
-            pack.as_deref().unwrap_or("the shipped pack")
+            pack.as_ref().map_or_else(
+                || "the shipped pack".to_owned(),
+                |p| p.display().to_string()
+            )
         ),
     );
     row(
@@ -432,13 +470,13 @@ fn main() {
         // While the two hours' state is alive: how much of it the huge pages hold.
         row("heap huge pages", cordon_benches::huge_pages());
     }
-    if let Some(path) = arg_str("--json") {
+    if let Some(path) = &json {
         let map: serde_json::Map<String, serde_json::Value> = rows
             .into_iter()
             .map(|(k, v)| (k, serde_json::Value::String(v)))
             .collect();
-        if let Err(e) = std::fs::write(&path, serde_json::to_vec_pretty(&map).unwrap_or_default()) {
-            eprintln!("cannot write {path}: {e}");
+        if let Err(e) = std::fs::write(path, serde_json::to_vec_pretty(&map).unwrap_or_default()) {
+            eprintln!("cannot write {}: {e}", path.display());
             std::process::exit(1);
         }
     }
