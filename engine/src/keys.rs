@@ -601,6 +601,11 @@ impl KeyTable {
         }));
     }
 
+    /// Drops the snapshot under way, if any, without encoding the rest of it.
+    pub fn cancel_snapshot(&mut self) {
+        self.snapshot = None;
+    }
+
     /// Whether a snapshot is under way.
     pub fn snapshot_pending(&self) -> bool {
         self.snapshot.is_some()

@@ -670,7 +670,7 @@ impl Processor {
             && let Some(state) = self.partitions.get_mut(&p.partition)
         {
             for t in &mut state.tables {
-                t.take_snapshot();
+                t.cancel_snapshot();
             }
         }
     }
@@ -2123,6 +2123,19 @@ condition: requests >= 1000 AND prompts / requests >= 0.8
         assert_eq!(done.0, 0);
         assert_eq!(p.checkpoint_under_way(), None);
         assert_eq!(canonical(&joined(done)), canonical(&expected));
+    }
+
+    #[test]
+    fn a_checkpoint_begun_again_is_of_the_state_at_the_second_start() {
+        let mut p = processor();
+        run(&mut p, &[spread_events(T0, 0..50)]);
+        p.begin_checkpoint(0, meta()).expect("begin");
+        assert!(p.continue_checkpoint(3).is_none());
+        run(&mut p, &[spread_events(T0 + 1_000, 20..80)]);
+        let expected = canonical(&p.checkpoint(0, meta()).expect("encode"));
+        p.begin_checkpoint(0, meta()).expect("begin again");
+        let done = p.finish_checkpoint().expect("under way");
+        assert_eq!(canonical(&joined(done)), expected);
     }
 
     #[test]
