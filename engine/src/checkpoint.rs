@@ -353,9 +353,12 @@ impl CheckpointStore {
             rand::random::<u64>().max(1)
         };
         fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
-        let tmp = self
-            .dir
-            .join(format!("{SKETCH_SEED_FILE}.{}.tmp", std::process::id()));
+        // A name of its own: replicas sharing the directory may well have the same process id
+        // (1, in containers), and must not write into each other's temp file.
+        let tmp = self.dir.join(format!(
+            "{SKETCH_SEED_FILE}.{:016x}.tmp",
+            rand::random::<u64>()
+        ));
         let mut f = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
         f.write_all(format!("{seed:016x}\n").as_bytes())
             .and_then(|()| f.sync_all())
@@ -714,6 +717,36 @@ mod tests {
             err.contains(&path.display().to_string()) && err.contains("move the state directory"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn replicas_making_the_sketch_seed_at_once_agree_on_one() {
+        // Replicas sharing a state directory may start together, with the same process id.
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let seeds: Vec<u64> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| CheckpointStore::new(dir.path(), "requests").sketch_seed()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("thread").expect("seed"))
+                    .collect()
+            });
+            let kept = CheckpointStore::new(dir.path(), "requests")
+                .sketch_seed()
+                .expect("read");
+            assert!(
+                seeds.iter().all(|s| *s == kept),
+                "{seeds:x?} against {kept:x}"
+            );
+            let left: Vec<_> = fs::read_dir(dir.path().join("requests"))
+                .expect("list")
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert_eq!(left, [SKETCH_SEED_FILE], "no temp file left");
+        }
     }
 
     #[test]
