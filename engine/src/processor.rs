@@ -258,6 +258,10 @@ struct PendingCheckpoint {
     gates: Vec<u8>,
 }
 
+/// Key slots a checkpoint under way encodes between two questions of whether to go on
+/// ([`Processor::continue_checkpoint_while`]): about a millisecond's worth.
+pub const CHECKPOINT_CHUNK: usize = 4096;
+
 /// A finished checkpoint: its partition and its body's parts, or why it could not be encoded.
 pub type CheckpointParts = (i32, Result<Vec<Vec<u8>>, CodecError>);
 
@@ -615,26 +619,9 @@ impl Processor {
 
     /// Encodes up to `slots` more key slots of the checkpoint under way; once it is complete,
     /// returns it. `None` while it is not complete, or when none is under way.
-    pub fn continue_checkpoint(&mut self, mut slots: usize) -> Option<CheckpointParts> {
-        let pending = self.pending.as_mut()?;
-        let tables = self
-            .partitions
-            .get_mut(&pending.partition)
-            .map(|s| &mut s.tables);
-        let mut tables = tables.map(|t| t.iter_mut());
-        for done in &mut pending.tables {
-            let table = tables.as_mut().and_then(Iterator::next);
-            if done.is_some() {
-                continue;
-            }
-            let Some(t) = table else {
-                *done = Some(lost_snapshot());
-                continue;
-            };
-            if !t.snapshot_step(&mut slots) {
-                return None;
-            }
-            *done = Some(t.take_snapshot().unwrap_or_else(lost_snapshot));
+    pub fn continue_checkpoint(&mut self, slots: usize) -> Option<CheckpointParts> {
+        if !self.step_pending_tables(slots) {
+            return None;
         }
         let pending = self.pending.take()?;
         let mut parts = Vec::with_capacity(2 * pending.tables.len() + 2);
@@ -651,6 +638,51 @@ impl Processor {
         }
         parts.push(pending.gates);
         Some((pending.partition, Ok(parts)))
+    }
+
+    /// [`continue_checkpoint`](Self::continue_checkpoint)s [`CHECKPOINT_CHUNK`] slots at a
+    /// time for as long as `more` says, asking it after each chunk: the caller's clock
+    /// decides how long a slice is. Returns the checkpoint once it is complete.
+    pub fn continue_checkpoint_while(
+        &mut self,
+        mut more: impl FnMut() -> bool,
+    ) -> Option<CheckpointParts> {
+        loop {
+            if let Some(done) = self.continue_checkpoint(CHECKPOINT_CHUNK) {
+                return Some(done);
+            }
+            if self.pending.is_none() || !more() {
+                return None;
+            }
+        }
+    }
+
+    /// Encodes up to `slots` more key slots of the checkpoint under way, table by table,
+    /// keeping each table's parts with it once its snapshot is complete. True when every
+    /// table is done, or when none is under way.
+    fn step_pending_tables(&mut self, mut slots: usize) -> bool {
+        let Some(pending) = self.pending.as_mut() else {
+            return true;
+        };
+        let mut tables = self
+            .partitions
+            .get_mut(&pending.partition)
+            .map(|s| s.tables.iter_mut());
+        for done in &mut pending.tables {
+            let table = tables.as_mut().and_then(Iterator::next);
+            if done.is_some() {
+                continue;
+            }
+            let Some(t) = table else {
+                *done = Some(lost_snapshot());
+                continue;
+            };
+            if !t.snapshot_step(&mut slots) {
+                return false;
+            }
+            *done = Some(t.take_snapshot().unwrap_or_else(lost_snapshot));
+        }
+        true
     }
 
     /// Completes the checkpoint under way now
@@ -678,17 +710,7 @@ impl Processor {
     /// Completes the snapshots of the checkpoint under way, and keeps their parts with it, so
     /// that its partition's tables can be dropped or remapped.
     fn complete_pending_tables(&mut self) {
-        let Some(pending) = self.pending.as_mut() else {
-            return;
-        };
-        let Some(state) = self.partitions.get_mut(&pending.partition) else {
-            return;
-        };
-        for (done, t) in pending.tables.iter_mut().zip(&mut state.tables) {
-            if done.is_none() {
-                *done = t.take_snapshot();
-            }
-        }
+        self.step_pending_tables(usize::MAX);
     }
 
     /// Replaces a partition's state with a checkpoint's, remapped to the running plan the way a

@@ -87,9 +87,6 @@ pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest a pass of the loop spends encoding the checkpoint under way ([`Checkpoints::step`]):
 /// events that arrive meanwhile wait at most this long for it.
 pub const CHECKPOINT_SLICE: Duration = Duration::from_millis(10);
-/// Key slots encoded between looks at the clock within a [`CHECKPOINT_SLICE`] (about a
-/// millisecond's worth).
-pub const CHECKPOINT_CHUNK: usize = 4096;
 
 /// Totals of a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -347,14 +344,7 @@ impl Checkpoints {
             anyhow::bail!("the checkpoint of partition {p} went missing while it was encoded");
         }
         let started = Instant::now();
-        let done = loop {
-            if let Some(done) = processor.continue_checkpoint(CHECKPOINT_CHUNK) {
-                break Some(done);
-            }
-            if started.elapsed() >= slice {
-                break None;
-            }
-        };
+        let done = processor.continue_checkpoint_while(|| started.elapsed() < slice);
         enc.spent += started.elapsed();
         let Some((p, parts)) = done else {
             return Ok(());

@@ -35,7 +35,7 @@ use cordon_engine::processor::{CoreConfig, Input, Output, Processor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Resident set size of this process, bytes (Linux).
 fn rss_bytes() -> u64 {
@@ -251,22 +251,21 @@ fn main() {
         // As the loop encodes a periodic checkpoint: a slice of at most `CHECKPOINT_SLICE`
         // per pass, batches in between (none here).
         let sliced = {
-            use cordon_engine::runtime::{CHECKPOINT_CHUNK, CHECKPOINT_SLICE};
+            use cordon_engine::runtime::CHECKPOINT_SLICE;
             let began = Instant::now();
             processor.begin_checkpoint(0, meta).and_then(|()| {
-                let (mut slices, mut longest) = (1u32, began.elapsed());
-                let mut slice = Instant::now();
+                // The first slice counts the start with it, as the loop's first pass does.
+                let (mut slices, mut longest, mut slice) = (0u32, Duration::ZERO, began);
                 let parts = loop {
-                    if let Some((_, parts)) = processor.continue_checkpoint(CHECKPOINT_CHUNK) {
+                    let done =
+                        processor.continue_checkpoint_while(|| slice.elapsed() < CHECKPOINT_SLICE);
+                    slices += 1;
+                    longest = longest.max(slice.elapsed());
+                    slice = Instant::now();
+                    if let Some((_, parts)) = done {
                         break parts;
                     }
-                    if slice.elapsed() >= CHECKPOINT_SLICE {
-                        longest = longest.max(slice.elapsed());
-                        slices += 1;
-                        slice = Instant::now();
-                    }
                 };
-                longest = longest.max(slice.elapsed());
                 let bytes: usize = parts?.iter().map(Vec::len).sum();
                 Ok((
                     began.elapsed().as_secs_f64(),
