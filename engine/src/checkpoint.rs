@@ -246,6 +246,45 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Checkpo
     move |source| CheckpointError::Io { what, path, source }
 }
 
+/// Writes `chunks`, one after another, to a new file `tmp` and syncs it: the first half of an
+/// atomic write, before the file gets its name.
+fn write_synced(tmp: &Path, chunks: &[&[u8]]) -> Result<(), CheckpointError> {
+    let mut f = fs::File::create(tmp).map_err(io("creating", tmp))?;
+    for c in chunks {
+        f.write_all(c).map_err(io("writing", tmp))?;
+    }
+    f.sync_all().map_err(io("syncing", tmp))
+}
+
+/// Syncs directory `dir`, so that a name given to a file in it lasts: the second half.
+fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing", dir))
+}
+
+/// The seed in `path` ([`CheckpointStore::sketch_seed`]), or `None` when there is no such file.
+fn read_seed(path: &Path) -> Result<Option<u64>, CheckpointError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("reading", path)(e)),
+    };
+    let digits = text.trim();
+    if digits.len() != 16 {
+        return Err(CheckpointError::Seed {
+            path: path.to_owned(),
+            detail: format!("{} characters, not 16 hex digits", digits.len()),
+        });
+    }
+    u64::from_str_radix(digits, 16)
+        .map(Some)
+        .map_err(|e| CheckpointError::Seed {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })
+}
+
 impl CheckpointStore {
     /// The store for `topic`'s partitions under `state_dir`.
     pub fn new(state_dir: &Path, topic: &str) -> Self {
@@ -313,17 +352,9 @@ impl CheckpointStore {
         let seq = files.first().map_or(1, |f| f.0 + 1);
         let path = dir.join(format!("ckpt-{seq:020}.bin"));
         let tmp = dir.join(format!("ckpt-{seq:020}.tmp"));
-        {
-            let mut f = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-            for c in chunks {
-                f.write_all(c).map_err(io("writing", &tmp))?;
-            }
-            f.sync_all().map_err(io("syncing", &tmp))?;
-        }
+        write_synced(&tmp, chunks)?;
         fs::rename(&tmp, &path).map_err(io("renaming", &tmp))?;
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("syncing", &dir))?;
+        sync_dir(&dir)?;
         for (_, old) in files.iter().skip(KEEP - 1) {
             let _ = fs::remove_file(old);
         }
@@ -339,7 +370,7 @@ impl CheckpointStore {
     /// first.
     pub fn sketch_seed(&self) -> Result<u64, CheckpointError> {
         let path = self.dir.join(SKETCH_SEED_FILE);
-        if let Some(seed) = self.read_seed(&path)? {
+        if let Some(seed) = read_seed(&path)? {
             return Ok(seed);
         }
         let seed = if self.has_checkpoints()? {
@@ -359,48 +390,17 @@ impl CheckpointStore {
             "{SKETCH_SEED_FILE}.{:016x}.tmp",
             rand::random::<u64>()
         ));
-        let mut f = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-        f.write_all(format!("{seed:016x}\n").as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(io("writing", &tmp))?;
-        drop(f);
+        write_synced(&tmp, &[format!("{seed:016x}\n").as_bytes()])?;
         // A hard link, unlike a rename, fails when the name is taken.
         let linked = fs::hard_link(&tmp, &path);
         let _ = fs::remove_file(&tmp);
         match linked {
-            Ok(()) => {
-                fs::File::open(&self.dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io("syncing", &self.dir))?;
-                Ok(seed)
+            Ok(()) => sync_dir(&self.dir).map(|()| seed),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                read_seed(&path)?.ok_or_else(|| io("reading", &path)(e))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self
-                .read_seed(&path)?
-                .ok_or_else(|| io("reading", &path)(e)),
             Err(e) => Err(io("writing", &path)(e)),
         }
-    }
-
-    /// The seed in `path`, or `None` when there is no such file.
-    fn read_seed(&self, path: &Path) -> Result<Option<u64>, CheckpointError> {
-        let text = match fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io("reading", path)(e)),
-        };
-        let digits = text.trim();
-        if digits.len() != 16 {
-            return Err(CheckpointError::Seed {
-                path: path.to_owned(),
-                detail: format!("{} characters, not 16 hex digits", digits.len()),
-            });
-        }
-        u64::from_str_radix(digits, 16)
-            .map(Some)
-            .map_err(|e| CheckpointError::Seed {
-                path: path.to_owned(),
-                detail: e.to_string(),
-            })
     }
 
     /// Whether any partition here has a complete checkpoint file.
