@@ -293,7 +293,11 @@ impl Checkpoints {
     }
 
     /// Encodes partition `p`'s state (a partition the processor holds no state for as empty
-    /// state) and hands it to the writer. Call [`flush`](Self::flush) first.
+    /// state) and hands it to the writer. Call [`flush`](Self::flush) first. For the
+    /// checkpoints the loop waits for anyway ([`write_now`](Self::write_now)): in one go rather
+    /// than by [`begin`](Self::begin) and [`encode_slice`](Self::encode_slice), because one go
+    /// encodes large tables in parallel when another CPU is free
+    /// ([`CheckpointRef::encode_parts`](crate::checkpoint::CheckpointRef::encode_parts)).
     fn submit(&mut self, processor: &Processor, p: i32) -> anyhow::Result<()> {
         let (meta, next_offset) = self.meta(p);
         let taken = Instant::now();
