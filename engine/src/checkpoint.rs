@@ -3,7 +3,9 @@
 //! A checkpoint holds, for one input partition: its watermark, every state table's keys, every
 //! rule's alert-gate entries, the input offset after the last message they reflect, and the
 //! alerts topic's end offsets when it was taken (where a restart starts reading back the alerts
-//! written since). It is encoded by [`crate::codec`] (format-version header, length, checksum).
+//! written since), and the sketch seed its `distinct`, `top_share` and `entropy` states were
+//! made with, which the partition keeps hashing with once restored. It is encoded by
+//! [`crate::codec`] (format-version header, length, checksum).
 //!
 //! The state is stored with its [`Layout`]: each table's identity (entity expression, pane
 //! length, pane count) with its slots' signatures, and each rule's meaning. So a checkpoint
@@ -66,6 +68,8 @@ pub struct CheckpointMeta {
 pub struct CheckpointRef<'a> {
     /// Offsets and times.
     pub meta: CheckpointMeta,
+    /// The seed hashed into the values of the partition's sketches (see [`Checkpoint`]).
+    pub sketch_seed: u64,
     /// The plan the state belongs to: its tables' identities and its rules' meanings.
     pub layout: Layout,
     /// Keys per table, in `layout` order.
@@ -79,6 +83,12 @@ pub struct CheckpointRef<'a> {
 pub struct Checkpoint {
     /// Offsets and times.
     pub meta: CheckpointMeta,
+    /// The seed mixed into the hashes of the values that the partition's `distinct`,
+    /// `top_share` and `entropy` states hold ([`crate::processor::CoreConfig::sketch_seed`]).
+    /// The restored partition keeps hashing with it whatever seed the engine now has for new
+    /// partitions: its sketches would otherwise count a value seen before and after the
+    /// restart as two. 0 (the unseeded hash) in a version-3 checkpoint, written before seeds.
+    pub sketch_seed: u64,
     /// The plan the state belongs to.
     pub layout: Layout,
     /// Keys per table, in `layout` order.
@@ -91,15 +101,26 @@ pub struct Checkpoint {
 /// ([`CheckpointRef::encode_parts`]); smaller ones are not worth a thread.
 pub const PARALLEL_MIN_KEYS: usize = 50_000;
 
+/// A checkpoint of format version 3, which had no sketch seed: [`Checkpoint`] without it.
+#[derive(Debug, Deserialize)]
+struct CheckpointV3 {
+    meta: CheckpointMeta,
+    layout: Layout,
+    tables: Vec<KeyTable>,
+    gates: Vec<Gate>,
+}
+
 /// The first part of a checkpoint's body ([`CheckpointRef::encode_parts`]): the metadata, the
-/// layout and the number of tables that follow.
+/// sketch seed, the layout and the number of tables that follow.
 pub fn encode_head(
     meta: &CheckpointMeta,
+    sketch_seed: u64,
     layout: &Layout,
     tables: usize,
 ) -> Result<Vec<u8>, CodecError> {
     let mut head = Vec::new();
     codec::encode_into(meta, &mut head)?;
+    codec::encode_into(&sketch_seed, &mut head)?;
     codec::encode_into(layout, &mut head)?;
     codec::encode_into(&tables, &mut head)?;
     Ok(head)
@@ -113,7 +134,7 @@ impl CheckpointRef<'_> {
 
     /// Encodes it as the parts of the body that [`CheckpointRef::encode`] gives, without the
     /// header ([`codec::header`] of the parts is that header): the metadata, the layout and
-    /// the tables' count; each table; the gates. Tables of [`PARALLEL_MIN_KEYS`] or more are
+    /// the tables' count (with the sketch seed); each table; the gates. Tables of [`PARALLEL_MIN_KEYS`] or more are
     /// encoded at once on threads of their own when the process may use more than one CPU
     /// (`std::thread::available_parallelism`, which follows a container's CPU limit), the
     /// largest on the calling thread. For the checkpoints the engine's loop waits for (a
@@ -123,7 +144,12 @@ impl CheckpointRef<'_> {
     /// against 0.85-1.15 s encoded on one thread (four alternating runs each, unpinned, the
     /// 2-core Intel host, 2026-11-28).
     pub fn encode_parts(&self) -> Result<Vec<Vec<u8>>, CodecError> {
-        let head = encode_head(&self.meta, &self.layout, self.tables.len())?;
+        let head = encode_head(
+            &self.meta,
+            self.sketch_seed,
+            &self.layout,
+            self.tables.len(),
+        )?;
         let encode = |t: &KeyTable| -> Result<Vec<u8>, CodecError> {
             let mut out = Vec::new();
             codec::encode_into(t, &mut out)?;
@@ -181,9 +207,23 @@ impl CheckpointRef<'_> {
 }
 
 impl Checkpoint {
-    /// Decodes a checkpoint file's bytes.
+    /// Decodes a checkpoint file's bytes, of this build's format version or of version 3
+    /// (read with the unseeded hash, which it was made with).
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        codec::decode_state(bytes)
+        match codec::open(bytes)? {
+            (3, body) => {
+                let old: CheckpointV3 = codec::decode_body(body)?;
+                Ok(Self {
+                    meta: old.meta,
+                    sketch_seed: 0,
+                    layout: old.layout,
+                    tables: old.tables,
+                    gates: old.gates,
+                })
+            }
+            (codec::FORMAT_VERSION, body) => codec::decode_body(body),
+            (found, _) => Err(CodecError::UnknownVersion { found }),
+        }
     }
 }
 
@@ -214,7 +254,7 @@ pub enum CheckpointError {
     },
     /// The sketch seed file does not hold a seed.
     #[error(
-        "sketch seed {path}: {detail}; it must hold the 16 hex digits Cordon wrote there, since the checkpoints beside it were made with that seed: restore it, or move the state directory aside to start with empty state"
+        "sketch seed {path}: {detail}; it must hold the 16 hex digits Cordon wrote there: restore it, or delete it to draw a new seed for partitions without a checkpoint (each checkpoint keeps the seed its state was made with)"
     )]
     Seed {
         /// The file.
@@ -362,27 +402,18 @@ impl CheckpointStore {
     }
 
     /// The seed mixed into the hashes of `distinct`, `top_share` and `entropy` values
-    /// ([`crate::processor::CoreConfig::sketch_seed`]), kept in [`SKETCH_SEED_FILE`] beside
-    /// the partitions' directories, since the sketches in their checkpoints were made with it.
-    /// Read from the file when it exists. Otherwise a new random seed, or 0 (the unseeded hash)
-    /// when checkpoints are already here (written before seeds: their sketches were unseeded),
-    /// written to the file without replacing one another replica sharing the directory wrote
-    /// first.
+    /// ([`crate::processor::CoreConfig::sketch_seed`]) of partitions that start without a
+    /// checkpoint, kept in [`SKETCH_SEED_FILE`] beside the partitions' directories. (A
+    /// restored partition keeps the seed its checkpoint records, [`Checkpoint::sketch_seed`].)
+    /// Read from the file when it exists; otherwise a new random seed, written to the file
+    /// without replacing one that another replica sharing the directory wrote first.
     pub fn sketch_seed(&self) -> Result<u64, CheckpointError> {
         let path = self.dir.join(SKETCH_SEED_FILE);
         if let Some(seed) = read_seed(&path)? {
             return Ok(seed);
         }
-        let seed = if self.has_checkpoints()? {
-            tracing::warn!(
-                path = %path.display(),
-                "checkpoints from before sketch seeds: distinct() keeps the unseeded hash for this state directory; move it aside to start seeded"
-            );
-            0
-        } else {
-            // Never 0, which stands for the unseeded hash.
-            rand::random::<u64>().max(1)
-        };
+        // Never 0, which stands for the unseeded hash.
+        let seed = rand::random::<u64>().max(1);
         fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
         // A name of its own: replicas sharing the directory may well have the same process id
         // (1, in containers), and must not write into each other's temp file.
@@ -401,28 +432,6 @@ impl CheckpointStore {
             }
             Err(e) => Err(io("writing", &path)(e)),
         }
-    }
-
-    /// Whether any partition here has a complete checkpoint file.
-    fn has_checkpoints(&self) -> Result<bool, CheckpointError> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(io("listing", &self.dir)(e)),
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let partition = name
-                .to_str()
-                .and_then(|n| n.strip_prefix('p'))
-                .and_then(|n| n.parse::<i32>().ok());
-            if let Some(p) = partition
-                && !self.files(p)?.is_empty()
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// The newest checkpoint of `partition` that decodes, or `None` if there is none. Torn or
@@ -599,20 +608,27 @@ mod tests {
         }
     }
 
+    const SEED: u64 = 0x5eed_0000_0000_0001;
+
+    fn layout() -> Layout {
+        Layout {
+            tables: vec![crate::remap::TableId {
+                entity: "account_id".into(),
+                pane_ms: 300_000,
+                panes: 12,
+                slots: vec!["Count() where []".into()],
+            }],
+            rules: vec!["r".into()],
+        }
+    }
+
     fn bytes(next_offset: i64) -> Vec<u8> {
         let keys = KeyTable::default();
         let gate = Gate::default();
         CheckpointRef {
             meta: meta(next_offset),
-            layout: Layout {
-                tables: vec![crate::remap::TableId {
-                    entity: "account_id".into(),
-                    pane_ms: 300_000,
-                    panes: 12,
-                    slots: vec!["Count() where []".into()],
-                }],
-                rules: vec!["r".into()],
-            },
+            sketch_seed: SEED,
+            layout: layout(),
             tables: vec![&keys],
             gates: vec![&gate],
         }
@@ -624,9 +640,32 @@ mod tests {
     fn checkpoint_round_trips() {
         let c = Checkpoint::decode(&bytes(42)).expect("decode");
         assert_eq!(c.meta, meta(42));
+        assert_eq!(c.sketch_seed, SEED);
         assert_eq!(c.tables.len(), 1);
         assert_eq!(c.layout.rules, ["r"]);
         assert_eq!(c.layout.tables[0].slots, ["Count() where []"]);
+    }
+
+    #[test]
+    fn a_version_3_checkpoint_loads_with_the_unseeded_hash() {
+        // Version 3 was this checkpoint without the seed, under a version-3 header.
+        let (keys, gate) = (KeyTable::default(), Gate::default());
+        let mut v3 =
+            codec::encode_state(&(meta(42), layout(), vec![&keys], vec![&gate])).expect("encode");
+        v3[4..6].copy_from_slice(&3u16.to_le_bytes());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(dir.path(), "requests");
+        store.write(3, &v3).expect("write");
+        let (c, _) = store.load(3).expect("load").expect("a checkpoint");
+        assert_eq!(c.meta, meta(42));
+        assert_eq!(c.sketch_seed, 0);
+        assert_eq!(c.layout.rules, ["r"]);
+        // The same body under this version's header is not misread as a seed.
+        v3[4..6].copy_from_slice(&codec::FORMAT_VERSION.to_le_bytes());
+        assert!(matches!(
+            Checkpoint::decode(&v3),
+            Err(CodecError::Corrupt(_))
+        ));
     }
 
     /// The input offset of the checkpoint `store` loads for partition 3.
@@ -701,12 +740,13 @@ mod tests {
         );
         let again = CheckpointStore::new(dir.path(), "requests");
         assert_eq!(again.sketch_seed().expect("read"), seed, "kept");
-        // Checkpoints from before seeds keep the unseeded hash.
+        // Checkpoints already here (they keep their own seeds) do not stop a new file.
         let old = tempfile::tempdir().expect("tempdir");
         let store = CheckpointStore::new(old.path(), "requests");
         store.write(0, &bytes(5)).expect("write");
-        assert_eq!(store.sketch_seed().expect("made"), 0);
-        assert_eq!(store.sketch_seed().expect("read"), 0);
+        let seed = store.sketch_seed().expect("made");
+        assert_ne!(seed, 0);
+        assert_eq!(store.sketch_seed().expect("read"), seed);
         // A damaged file stops start-up, naming it.
         fs::write(&path, "not a seed").expect("damage");
         let err = CheckpointStore::new(dir.path(), "requests")
@@ -714,7 +754,7 @@ mod tests {
             .expect_err("damaged")
             .to_string();
         assert!(
-            err.contains(&path.display().to_string()) && err.contains("move the state directory"),
+            err.contains(&path.display().to_string()) && err.contains("delete it"),
             "{err}"
         );
     }
@@ -776,6 +816,7 @@ mod tests {
         };
         let c = CheckpointRef {
             meta: meta(99),
+            sketch_seed: SEED,
             layout: layout(3),
             tables: vec![&small, &a, &b],
             gates: vec![&gate],

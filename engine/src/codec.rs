@@ -7,7 +7,9 @@
 //!
 //! Persisted types use only serde features bincode round-trips (no `flatten`, `untagged` or
 //! `skip_serializing_if`). Any change to a persisted type bumps [`FORMAT_VERSION`]; a reader
-//! refuses versions it does not know with a clear error instead of misreading them.
+//! refuses versions it does not know with a clear error instead of misreading them, and reads
+//! the older versions it still knows ([`OLDEST_READABLE`]) through [`open`], which says which
+//! version a body is.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,9 +18,15 @@ use xxhash_rust::xxh3::xxh3_64;
 /// Magic bytes at the start of every encoded state.
 pub const MAGIC: &[u8; 4] = b"CRDN";
 /// Version of the encoded state format.
-/// Version 3 added the body length and checksum to the header (version 2 changed the key
-/// state's layout; neither 1 nor 2 was ever written to disk by a released engine).
-pub const FORMAT_VERSION: u16 = 3;
+/// Version 4 records the sketch seed in a checkpoint
+/// ([`crate::checkpoint::Checkpoint::sketch_seed`]). Version 3 added the body length and
+/// checksum to the header (version 2 changed the key state's layout; neither 1 nor 2 was ever
+/// written to disk by a released engine).
+pub const FORMAT_VERSION: u16 = 4;
+
+/// The oldest version [`open`] accepts: a checkpoint of version 3 is read as one with the
+/// unseeded hash ([`crate::checkpoint::Checkpoint::decode`]).
+pub const OLDEST_READABLE: u16 = 3;
 
 /// Bytes before the body: magic, version, length, checksum.
 pub const HEADER_LEN: usize = 4 + 2 + 8 + 8;
@@ -31,7 +39,7 @@ pub enum CodecError {
     BadMagic,
     /// Written by another format version.
     #[error(
-        "state format version {found} is not supported (this build reads version {FORMAT_VERSION})"
+        "state format version {found} is not supported (this build reads versions {OLDEST_READABLE} to {FORMAT_VERSION})"
     )]
     UnknownVersion {
         /// The version found.
@@ -95,8 +103,18 @@ pub fn header<P: AsRef<[u8]>>(parts: &[P]) -> [u8; HEADER_LEN] {
     out
 }
 
-/// Decodes a value written by [`encode_state`].
+/// Decodes a value written by [`encode_state`] in this build's [`FORMAT_VERSION`].
 pub fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    match open(bytes)? {
+        (FORMAT_VERSION, body) => decode_body(body),
+        (found, _) => Err(CodecError::UnknownVersion { found }),
+    }
+}
+
+/// Checks a blob's header (magic, a version from [`OLDEST_READABLE`] to [`FORMAT_VERSION`],
+/// length, checksum) and returns its version and body, for [`decode_body`] as the type that
+/// version wrote.
+pub fn open(bytes: &[u8]) -> Result<(u16, &[u8]), CodecError> {
     let Some(rest) = bytes.strip_prefix(MAGIC.as_slice()) else {
         return Err(CodecError::BadMagic);
     };
@@ -104,7 +122,7 @@ pub fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> 
         .split_at_checked(2)
         .ok_or_else(|| CodecError::Corrupt("no version".into()))?;
     let found = u16::from_le_bytes([version[0], version[1]]);
-    if found != FORMAT_VERSION {
+    if !(OLDEST_READABLE..=FORMAT_VERSION).contains(&found) {
         return Err(CodecError::UnknownVersion { found });
     }
     let (head, body) = rest
@@ -124,6 +142,11 @@ pub fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> 
     if xxh3_64(body) != u64::from_le_bytes(sum) {
         return Err(CodecError::Corrupt("checksum mismatch".into()));
     }
+    Ok((found, body))
+}
+
+/// Decodes a body that [`open`] returned; all of it must be used.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| CodecError::Corrupt(e.to_string()))?;
     if used != body.len() {
@@ -158,6 +181,20 @@ mod tests {
         assert!(matches!(
             decode_state::<(u32, String, Vec<f64>)>(&other),
             Err(CodecError::UnknownVersion { found: 9 })
+        ));
+        // An older version it still reads opens, as that version; decode_state reads only
+        // this build's, and older than the oldest it reads is refused.
+        let mut older = bytes.clone();
+        older[4..6].copy_from_slice(&OLDEST_READABLE.to_le_bytes());
+        assert_eq!(open(&older).expect("opens").0, OLDEST_READABLE);
+        assert!(matches!(
+            decode_state::<(u32, String, Vec<f64>)>(&older),
+            Err(CodecError::UnknownVersion { found }) if found == OLDEST_READABLE
+        ));
+        older[4..6].copy_from_slice(&(OLDEST_READABLE - 1).to_le_bytes());
+        assert!(matches!(
+            open(&older),
+            Err(CodecError::UnknownVersion { found }) if found == OLDEST_READABLE - 1
         ));
         assert!(matches!(
             decode_state::<u32>(b"nope"),

@@ -156,9 +156,10 @@ pub struct CoreConfig {
     /// state, so that which HyperLogLog register a value raises cannot be worked out without
     /// it: with DataSketches' fixed hash alone, a sender who controls the values (prompts) could
     /// grind offline for values that fall into a few registers and make `distinct` undercount.
-    /// `cordon run` keeps one per state directory, beside the checkpoints whose sketches it
-    /// made ([`crate::checkpoint::CheckpointStore::sketch_seed`]); 0 (the unseeded hash)
-    /// elsewhere, so that backtests and rule tests stay reproducible.
+    /// `cordon run` keeps one per state directory
+    /// ([`crate::checkpoint::CheckpointStore::sketch_seed`]); 0 (the unseeded hash)
+    /// elsewhere, so that backtests and rule tests stay reproducible. It seeds partitions that
+    /// start empty; a partition restored from a checkpoint keeps the seed recorded there.
     pub sketch_seed: u64,
 }
 
@@ -196,6 +197,10 @@ pub enum ProcessError {
 #[derive(Debug)]
 struct PartitionState {
     watermark: i64,
+    /// The seed hashed into this partition's sketch values: the processor's
+    /// [`CoreConfig::sketch_seed`] for a partition that starts empty, the checkpoint's for a
+    /// restored one ([`Checkpoint::sketch_seed`]).
+    sketch_seed: u64,
     tables: Vec<KeyTable>,
     gates: Vec<Gate>,
 }
@@ -530,6 +535,7 @@ impl Processor {
     fn empty_partition(&self) -> PartitionState {
         PartitionState {
             watermark: i64::MIN,
+            sketch_seed: self.config.sketch_seed,
             tables: (0..self.plan.tables.len())
                 .map(|_| KeyTable::default())
                 .collect(),
@@ -573,6 +579,7 @@ impl Processor {
         meta.watermark = state.watermark;
         encode(&CheckpointRef {
             meta,
+            sketch_seed: state.sketch_seed,
             layout: Layout::of(&self.plan),
             tables: state.tables.iter().collect(),
             gates: state.gates.iter().collect(),
@@ -602,7 +609,7 @@ impl Processor {
             return Ok(());
         };
         meta.watermark = state.watermark;
-        let head = encode_head(&meta, &layout, state.tables.len())?;
+        let head = encode_head(&meta, state.sketch_seed, &layout, state.tables.len())?;
         let mut gates = Vec::new();
         codec::encode_into(&state.gates, &mut gates)?;
         for t in &mut state.tables {
@@ -729,6 +736,7 @@ impl Processor {
             partition,
             PartitionState {
                 watermark: c.meta.watermark,
+                sketch_seed: c.sketch_seed,
                 tables,
                 gates,
             },
@@ -986,7 +994,7 @@ impl Processor {
                 &mut self.scratch.touched,
                 &mut self.scratch.rows,
                 &mut out.stats,
-                self.config.sketch_seed,
+                state.sketch_seed,
             );
             self.live_keys += added;
         }
@@ -1834,6 +1842,75 @@ condition: requests >= 1000 AND prompts / requests >= 0.8
     }
 
     #[test]
+    fn a_restored_partition_hashes_with_its_checkpoints_seed() {
+        // 500 prompts before a restart and the same 500 after it are 500 distinct prompts,
+        // whatever seed the restarted engine has for new partitions: hashed with that seed,
+        // the second 500 would land in other registers of the restored sketch and count again.
+        const RULE: &str = r#"
+id: t.prompts
+version: 1
+title: prompts
+severity: high
+entity: account_id
+window: 1h
+every: 5m
+features:
+  requests: count()
+  prompts: distinct(prompt_fp)
+condition: requests >= 1000
+"#;
+        let rules =
+            cordon_rules::load_sources(&[("t.yaml".into(), RULE.into())]).expect("rules load");
+        let events = |from: i64| -> Vec<Vec<u8>> {
+            (0..500)
+                .map(|n| {
+                    ev(
+                        T0 + from + n,
+                        "acct-7",
+                        "203.0.113.9",
+                        &format!(r#","prompt_fp":"fp-{n}""#),
+                    )
+                })
+                .collect()
+        };
+        let seeded = |sketch_seed: u64| {
+            let config = CoreConfig {
+                sketch_seed,
+                ..CoreConfig::default()
+            };
+            Processor::new(&rules, config)
+        };
+        // A seeded checkpoint, and one of format version 3, written before seeds (unseeded).
+        for (before, v3) in [(0x1234_5678_9abc_def0, false), (0, true)] {
+            let mut p = seeded(before);
+            assert!(run(&mut p, &[events(0)]).alerts.is_empty());
+            let mut bytes = p.checkpoint(0, meta()).expect("encode");
+            if v3 {
+                let c = Checkpoint::decode(&bytes).expect("decode");
+                bytes =
+                    codec::encode_state(&(c.meta, c.layout, c.tables, c.gates)).expect("encode");
+                bytes[4..6].copy_from_slice(&3u16.to_le_bytes());
+            }
+            let c = Checkpoint::decode(&bytes).expect("decode");
+            assert_eq!(c.sketch_seed, before);
+            let mut q = seeded(0x0fed_cba9_8765_4321);
+            q.restore(c);
+            let out = run(&mut q, &[events(1_000)]);
+            assert_eq!(out.alerts.len(), 1, "{:?}", out.alerts);
+            let prompts = out.alerts[0].alert.features["prompts"]
+                .as_f64()
+                .expect("a number");
+            assert!(
+                (prompts - 500.0).abs() < 25.0,
+                "{prompts} distinct of 500 (version 3: {v3})"
+            );
+            // Its next checkpoint records the seed it hashes with.
+            let again = Checkpoint::decode(&q.checkpoint(0, meta()).expect("encode"));
+            assert_eq!(again.expect("decode").sketch_seed, before);
+        }
+    }
+
+    #[test]
     fn the_same_input_evicts_the_same_keys_in_every_run() {
         // Every key of a batch is last touched in that batch, so `state.max_keys` must choose
         // among equals. Two processors (each with its own randomly seeded index order) fed
@@ -2047,7 +2124,7 @@ condition: requests >= 1000 AND prompts / requests >= 0.8
     }
 
     /// A checkpoint's content in a form that does not depend on the order of its tables'
-    /// entries: its metadata, layout and gates as encoded, and each table's keys with their
+    /// entries: its metadata, sketch seed, layout and gates as encoded, and each table's keys with their
     /// encoded states, sorted.
     type Canonical = (Vec<u8>, Vec<Vec<(u64, Vec<u8>)>>);
 
@@ -2055,6 +2132,7 @@ condition: requests >= 1000 AND prompts / requests >= 0.8
         let c = Checkpoint::decode(bytes).expect("decode");
         let mut fixed = Vec::new();
         codec::encode_into(&c.meta, &mut fixed).expect("encode");
+        codec::encode_into(&c.sketch_seed, &mut fixed).expect("encode");
         codec::encode_into(&c.layout, &mut fixed).expect("encode");
         codec::encode_into(&c.gates, &mut fixed).expect("encode");
         let tables = c

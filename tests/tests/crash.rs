@@ -237,8 +237,8 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
     });
     engine.kill();
     // The state directory got its sketch seed (`<state.dir>/<topic>/sketch-seed`, the engine's
-    // `checkpoint::SKETCH_SEED_FILE`), which every restart must keep: the sketches in its
-    // checkpoints were made with it.
+    // `checkpoint::SKETCH_SEED_FILE`), which every restart must keep: partitions without a
+    // checkpoint are seeded with it (a checkpoint records its own).
     let seed_file = run.config.state_dir.join(input).join("sketch-seed");
     let seed = std::fs::read_to_string(&seed_file).expect("the engine wrote its sketch seed");
     assert!(
