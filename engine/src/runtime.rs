@@ -4,7 +4,7 @@
 //! letters, and wait until the broker has acknowledged all of them. Each input partition is
 //! checkpointed `state.checkpoint_interval` after its previous checkpoint if it changed
 //! ([`crate::checkpoint`]), one partition at a time, encoded a slice per pass of the loop while
-//! batches go on ([`Checkpoints`]), and its offset is committed only once the file is
+//! batches go on (`Checkpoints`), and its offset is committed only once the file is
 //! written: offsets are committed for exactly what a checkpoint covers. A failed delivery stops
 //! the loop with an error before the next checkpoint, so a restart replays from the last one
 //! and no alert is lost.
@@ -26,7 +26,7 @@
 //! The loop reports to [`Metrics`] once per batch and to [`Health`] once per iteration; the
 //! walks over every key, for metrics ([`Processor::table_stats`]) and for expiry, run every
 //! [`STATE_STATS_INTERVAL`] and [`EXPIRY_INTERVAL`], or less often when they take long
-//! ([`Walk`]); the cheaper reports (lag, assignment, checkpoint age) every [`TICK_INTERVAL`].
+//! (`Walk`); the cheaper reports (lag, assignment, checkpoint age) every [`TICK_INTERVAL`].
 
 use crate::checkpoint::{
     Checkpoint, CheckpointMeta, CheckpointStore, CheckpointWriter, WriteJob, Written,
@@ -74,7 +74,7 @@ pub const HEADER_SOURCE_PARTITION: &str = "cordon.source.partition";
 /// How often, at most, the loop walks the state for `cordon_state_*` (it visits every key).
 pub const STATE_STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// A walk over every key waits at least this many times as long as its last run took
-/// ([`Walk`]), so that each takes at most a fiftieth of the loop's time however many keys
+/// (`Walk`), so that each takes at most a fiftieth of the loop's time however many keys
 /// there are: the metrics walk took 80-124 ms for the throughput harness's 2.1M keys (Intel
 /// host, 2026-11-28), which every 5 s is up to 2.5%.
 pub const WALK_SPACING: u32 = 50;
@@ -84,7 +84,7 @@ pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the loop publishes consumer lag and assigned partitions, and flushes throttled
 /// log lines.
 pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
-/// Longest a pass of the loop spends encoding the checkpoint under way ([`Checkpoints::step`]):
+/// Longest a pass of the loop spends encoding the checkpoint under way (`Checkpoints::step`):
 /// events that arrive meanwhile wait at most this long for it.
 pub const CHECKPOINT_SLICE: Duration = Duration::from_millis(10);
 
@@ -172,7 +172,7 @@ type Loaded = Arc<Mutex<BTreeMap<i32, Result<Option<(Checkpoint, usize)>, String
 /// The loop's checkpoint bookkeeping for the partitions it owns.
 ///
 /// Each owned partition is checkpointed `interval` after its previous checkpoint, one partition
-/// at a time ([`Checkpoints::step`]), and partitions taken over together have their first
+/// at a time (`Checkpoints::step`), and partitions taken over together have their first
 /// periodic checkpoints spread over one interval ([`spread`]). A periodic checkpoint does not
 /// stop the loop: it is taken as of one moment ([`Processor::begin_checkpoint`]) and encoded at
 /// most a [`CHECKPOINT_SLICE`] per pass while batches go on. Encoded in one go, the throughput
