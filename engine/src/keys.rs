@@ -442,6 +442,11 @@ impl KeyTable {
         self.states.get(slot as usize)
     }
 
+    /// Whether `key` is held.
+    pub fn contains(&self, key: u64) -> bool {
+        self.index.probe(self.hasher.hash_one(key), key).is_ok()
+    }
+
     /// The state of `key`.
     pub fn get_mut(&mut self, key: u64) -> Option<&mut KeyState> {
         let slot = self.index.probe(self.hasher.hash_one(key), key).ok()?;

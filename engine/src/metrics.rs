@@ -5,8 +5,9 @@
 //! micro-batch ([`Metrics::batch_done`]), a rule set taking effect ([`Metrics::rules_loaded`]),
 //! a state walk ([`Metrics::state`]), consumer lag ([`Metrics::consumer_lag`]) and a failed
 //! write to Kafka ([`Metrics::sink_error`]). Counters move once per batch by the batch's
-//! totals, never once per record, and the repeating warning (dead letters) is written at most
-//! once per [`LOG_INTERVAL`] with what it summarizes since the previous one.
+//! totals, never once per record, and the repeating warnings (dead letters, entities split
+//! across partitions) are written at most once per [`LOG_INTERVAL`] with what they summarize
+//! since the previous one.
 //!
 //! Names follow `cordon_<noun>_<unit>[_total]`; the Grafana dashboard in
 //! `helm/cordon/dashboards/cordon.json` queries exactly these. Every label comes from a bounded
@@ -21,7 +22,7 @@
 
 use crate::decode::Reason;
 use crate::gate::Status;
-use crate::processor::{Output, ReloadSummary, TableStats};
+use crate::processor::{Output, ReloadSummary, SplitChecks, TableStats};
 use cordon_connectors::ConnectorError;
 use cordon_rules::RuleSet;
 use prometheus::{
@@ -69,6 +70,7 @@ pub struct Metrics {
     alerts: IntCounterVec,
     suppressed: IntCounterVec,
     state_evictions: IntCounterVec,
+    split_checks: IntCounterVec,
     rule_reloads: IntCounterVec,
     sink_errors: IntCounter,
     state_keys: IntGaugeVec,
@@ -103,6 +105,10 @@ struct LogState {
     pending_dead_letters: BTreeMap<&'static str, u64>,
     /// Batches with dead letters since that warning.
     pending_batches: u64,
+    /// When the last warning of entities split across partitions was written.
+    last_split_log: Option<Instant>,
+    /// Split checks per table since that warning.
+    pending_split: BTreeMap<String, SplitChecks>,
     /// When the last checkpoint completed.
     last_checkpoint: Option<Instant>,
 }
@@ -191,6 +197,12 @@ impl Metrics {
                 "cordon_state_evictions_total",
                 "Keys evicted from state because state.max_keys was reached, by state table.",
                 &["table"],
+            )?,
+            split_checks: counter_vec(
+                &r,
+                "cordon_state_split_checks_total",
+                "New keys sampled (1 in 64) and looked up in this instance's other input partitions, by state table and result: split when another partition already held the key, so that the entity's events are counted apart in each partition (an entity the input topic is not keyed by), else alone.",
+                &["table", "result"],
             )?,
             rule_reloads: counter_vec(
                 &r,
@@ -364,6 +376,14 @@ impl Metrics {
         for (rule, n) in &stats.suppressed_by_rule {
             self.suppressed.with_label_values(&[rule]).inc_by(*n);
         }
+        for (table, c) in &stats.split_checks {
+            self.split_checks
+                .with_label_values(&[table, "split"])
+                .inc_by(c.split);
+            self.split_checks
+                .with_label_values(&[table, "alone"])
+                .inc_by(c.checked - c.split);
+        }
         self.batch_duration.observe(elapsed.as_secs_f64());
         tracing::debug!(
             messages = stats.messages,
@@ -375,6 +395,17 @@ impl Metrics {
             seconds = elapsed.as_secs_f64(),
             "batch done"
         );
+        if stats.split_checks.values().any(|c| c.split > 0) {
+            let Ok(mut state) = self.state.lock() else {
+                return;
+            };
+            for (table, c) in &stats.split_checks {
+                let p = state.pending_split.entry(table.clone()).or_default();
+                p.checked += c.checked;
+                p.split += c.split;
+            }
+            log_split(&mut state, false);
+        }
         if !stats.rejected.is_empty() {
             let Ok(mut state) = self.state.lock() else {
                 return;
@@ -399,6 +430,7 @@ impl Metrics {
                 self.checkpoint_age.set(t.elapsed().as_secs_f64());
             }
             log_dead_letters(&mut state, force);
+            log_split(&mut state, force);
         }
     }
 
@@ -441,6 +473,9 @@ impl Metrics {
             self.state_evictions
                 .with_label_values(&[name])
                 .inc_by(delta);
+            for result in ["split", "alone"] {
+                self.split_checks.with_label_values(&[name, result]);
+            }
             bytes = bytes.saturating_add(t.bytes);
             seen.insert(t.name.clone());
         }
@@ -480,6 +515,31 @@ impl Metrics {
         self.sink_errors.inc_by(n);
         tracing::error!(error = %e, messages = n, "writing {what} to Kafka failed");
     }
+}
+
+/// Writes the summary of entities split across partitions if there is one and it is due:
+/// the tables whose sampled new keys another partition already held, with how many of how
+/// many, since the last one.
+fn log_split(state: &mut LogState, force: bool) {
+    if !state.pending_split.values().any(|c| c.split > 0) {
+        return;
+    }
+    let due = state
+        .last_split_log
+        .is_none_or(|t| t.elapsed() >= LOG_INTERVAL);
+    if !due && !force {
+        return;
+    }
+    let tables: BTreeMap<String, String> = std::mem::take(&mut state.pending_split)
+        .into_iter()
+        .filter(|(_, c)| c.split > 0)
+        .map(|(t, c)| (t, format!("{} of {} sampled keys", c.split, c.checked)))
+        .collect();
+    tracing::warn!(
+        tables = ?tables,
+        "entities counted apart in several input partitions: state is kept per partition, and these tables' new keys were already held by another one; key the input topic by the entity, or use one partition (README: Entities split across partitions)"
+    );
+    state.last_split_log = Some(Instant::now());
 }
 
 /// Writes the dead-letter summary if there is one and it is due.
@@ -617,6 +677,46 @@ condition: requests >= 1000
         let buckets = samples(&text, "cordon_batch_duration_seconds_bucket");
         assert!(buckets.contains_key("le=\"0.0001\""), "{buckets:?}");
         assert!(buckets.contains_key("le=\"10\""), "{buckets:?}");
+    }
+
+    #[test]
+    fn split_checks_count_by_table_and_result() {
+        let m = Metrics::new().expect("metrics");
+        let rules =
+            cordon_rules::load_sources(&[("t.yaml".into(), RULES.into())]).expect("rules load");
+        let p = Processor::new(&rules, CoreConfig::default());
+        m.state(&p.table_stats());
+        let zero = samples(
+            &m.encode().expect("encode"),
+            "cordon_state_split_checks_total",
+        );
+        assert_eq!(
+            zero.len(),
+            4,
+            "both results of both tables from the start: {zero:?}"
+        );
+        assert!(zero.values().all(|v| *v == 0.0), "{zero:?}");
+        let table = p.table_stats()[1].name.clone();
+        let mut out = Output::default();
+        out.stats.split_checks.insert(
+            table.clone(),
+            SplitChecks {
+                checked: 10,
+                split: 3,
+            },
+        );
+        m.batch_done(&out, Duration::from_millis(1));
+        m.batch_done(&out, Duration::from_millis(1));
+        let text = m.encode().expect("encode");
+        let series = |result: &str| {
+            let labels = format!("result=\"{result}\",table=\"{table}\"");
+            value(&text, "cordon_state_split_checks_total", &labels)
+        };
+        assert_eq!((series("split"), series("alone")), (6.0, 14.0));
+        let all: f64 = samples(&text, "cordon_state_split_checks_total")
+            .values()
+            .sum();
+        assert_eq!(all, 20.0, "the other table's series stay at zero");
     }
 
     #[test]

@@ -30,6 +30,7 @@ METRICS: dict[str, dict[str, Any]] = {
     "cordon_alerts_total": {"type": "counter", "labels": ["rule", "severity", "status"]},
     "cordon_suppressed_matches_total": {"type": "counter", "labels": ["rule"]},
     "cordon_state_evictions_total": {"type": "counter", "labels": ["table"]},
+    "cordon_state_split_checks_total": {"type": "counter", "labels": ["table", "result"]},
     "cordon_rule_reloads_total": {"type": "counter", "labels": ["result"]},
     "cordon_sink_errors_total": {"type": "counter", "labels": []},
     "cordon_state_keys": {"type": "gauge", "labels": ["table"]},

@@ -422,6 +422,13 @@ fn metrics_and_health_after_traffic() {
     assert_eq!(tables.len(), 2, "one series per state table: {tables:?}");
     assert!(value(&samples, "cordon_state_bytes", &[]) > 0.0);
     assert_eq!(sum(&samples, "cordon_state_evictions_total"), 0.0);
+    // The split check's series exist for every table, both results, from the start.
+    for table in &tables {
+        for result in ["split", "alone"] {
+            let labels = [("result", result), ("table", *table)];
+            value(&samples, "cordon_state_split_checks_total", &labels);
+        }
+    }
     assert!(value(&samples, "cordon_batch_duration_seconds_count", &[]) > 0.0);
     assert!(value(&samples, "cordon_batch_duration_seconds_sum", &[]) > 0.0);
     // The committed offsets caught up, which happens only at a checkpoint.
