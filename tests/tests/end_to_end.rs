@@ -978,6 +978,76 @@ fn restart_resumes_from_committed_offsets_without_repeating_alerts() {
     );
 }
 
+/// A partition that moves to another replica takes its window state with it, through the
+/// checkpoints in a state directory both replicas use (as a volume several pods mount would
+/// be). One campaign per partition, each sent half before a second engine joins the group and
+/// half after: whichever partition the group moves, its campaign alerts only if the new owner
+/// restored the first half, and alerts once.
+#[test]
+fn a_partition_moving_to_another_engine_takes_its_window_state_along() {
+    let setup = setup("move");
+    let campaigns: Vec<(String, Vec<Message>)> = (0..2)
+        .map(|p| {
+            let account = format!("acct-move-{p}");
+            let campaign = cot_campaign(&account, 0, 60);
+            (account, campaign)
+        })
+        .collect();
+    let part = |from: usize, to: usize| -> Vec<(i32, Vec<Message>)> {
+        (0..)
+            .zip(&campaigns)
+            .map(|(p, (_, c))| (p, c[from..to].to_vec()))
+            .collect()
+    };
+    produce_all(&setup.broker, &setup.input, &part(0, 30));
+    let mut first = Engine::start(&setup.config.to_yaml());
+    wait_caught_up(&setup, &mut first);
+    assert!(
+        setup.broker.read_topic(&setup.alerts).is_empty(),
+        "30 events of a campaign are below the rule's 50"
+    );
+
+    // A second engine joins the group, which gives it one of the two partitions.
+    let mut second = Engine::start(&setup.config.to_yaml());
+    let took = wait_for(
+        CATCH_UP_TIMEOUT,
+        "the second engine to take a partition over",
+        || {
+            first.assert_running();
+            second.assert_running();
+            second
+                .stderr()
+                .lines()
+                .find(|l| l.contains("partitions taken over"))
+                .map(str::to_owned)
+                .ok_or_else(|| second.logs(20))
+        },
+    );
+    assert!(
+        took.contains("restored_keys=") && !took.contains("restored_keys=0 "),
+        "the moved partition's state came from its checkpoint: {took}"
+    );
+
+    produce_all(&setup.broker, &setup.input, &part(30, 60));
+    let probe = setup.broker.offsets(&setup.config.group_id, &setup.input);
+    wait_for(
+        CATCH_UP_TIMEOUT,
+        "the two engines to commit all input",
+        || {
+            first.assert_running();
+            second.assert_running();
+            probe.caught_up()
+        },
+    );
+    second.stop();
+    first.stop();
+    let expected: Vec<ExpectedAlert> = campaigns
+        .iter()
+        .map(|(account, campaign)| expect_cot(account, campaign))
+        .collect();
+    assert_alerts(&setup.broker.read_topic(&setup.alerts), &expected);
+}
+
 #[test]
 fn environment_overrides_config_keys() {
     let setup = setup("env");
