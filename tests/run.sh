@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Cordon's whole test suite on a fresh machine: installs what is missing (Debian packages
-# for librdkafka's build, the tansu Kafka broker the end-to-end tests start), builds the
+# for librdkafka's build, the tansu Kafka broker the end-to-end tests start, Python
+# virtualenvs for the OCSF validator, the S3 stand-in and the chart tests), builds the
 # `cordon` binary that the end-to-end tests run as a separate process, and runs every test.
 #
 # Usage: tests/run.sh [extra nextest arguments]
@@ -41,6 +42,8 @@ fi
 
 log "preparing the OCSF validator (PyPI ocsf-json-schema, in target/ocsf-venv)"
 tests/ocsf/run-venv.sh >/dev/null
+log "preparing the S3 stand-in for checkpoints in object storage (PyPI moto, in target/s3-venv)"
+tests/s3/run-venv.sh >/dev/null
 
 log "checking every target (benchmarks included: nothing else builds them)"
 cargo check --workspace --all-targets

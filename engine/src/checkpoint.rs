@@ -30,6 +30,7 @@ use crate::codec::{self, CodecError};
 use crate::gate::Gate;
 use crate::keys::KeyTable;
 use crate::remap::Layout;
+use cordon_connectors::{ObjectError, ObjectStorage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
@@ -241,13 +242,16 @@ pub enum CheckpointError {
         #[source]
         source: std::io::Error,
     },
+    /// Object storage failed, or its URL or options are wrong.
+    #[error("checkpoint storage: {0}")]
+    Objects(#[from] ObjectError),
     /// Written by a Cordon version with another state format.
     #[error(
-        "checkpoint {path}: {source}; it was written by another Cordon version: run that version, or move the state directory aside to start with empty state (offsets then resume from the consumer group's commits)"
+        "checkpoint {location}: {source}; it was written by another Cordon version: run that version, or move the state directory aside to start with empty state (offsets then resume from the consumer group's commits)"
     )]
     Version {
-        /// The file.
-        path: PathBuf,
+        /// The file or object.
+        location: Location,
         /// The codec's error.
         #[source]
         source: CodecError,
@@ -275,10 +279,48 @@ pub enum CheckpointError {
 /// ([`CheckpointStore::sketch_seed`]).
 pub const SKETCH_SEED_FILE: &str = "sketch-seed";
 
-/// Checkpoint files of one input topic under `state.dir`: `<dir>/<topic>/p<N>/ckpt-<SEQ>.bin`.
+/// Where a checkpoint is: a file under `state.dir`, or an object in object storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A file.
+    File(PathBuf),
+    /// An object, by URL.
+    Object(String),
+}
+
+impl Location {
+    /// The file, when it is one.
+    pub fn as_file(&self) -> Option<&Path> {
+        match self {
+            Location::File(p) => Some(p),
+            Location::Object(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(p) => write!(f, "{}", p.display()),
+            Location::Object(url) => f.write_str(url),
+        }
+    }
+}
+
+/// Checkpoints of one input topic: `<state.dir>/<topic>/p<N>/ckpt-<SEQ>.bin`, or the same
+/// names under a prefix of object storage (`state.object_store`), where every replica finds
+/// the checkpoints of the partitions it is given.
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
-    dir: PathBuf,
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    /// `<state.dir>/<topic>`.
+    Dir(PathBuf),
+    /// `<prefix>/<topic>`.
+    Objects(ObjectStorage),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError {
@@ -325,47 +367,83 @@ fn read_seed(path: &Path) -> Result<Option<u64>, CheckpointError> {
         })
 }
 
+/// The sequence number in a checkpoint file's name (`ckpt-<SEQ>.bin`).
+fn seq_of(name: &str) -> Option<u64> {
+    name.strip_prefix("ckpt-")?
+        .strip_suffix(".bin")?
+        .parse()
+        .ok()
+}
+
 impl CheckpointStore {
     /// The store for `topic`'s partitions under `state_dir`.
     pub fn new(state_dir: &Path, topic: &str) -> Self {
         Self {
-            dir: state_dir.join(topic),
+            backend: Backend::Dir(state_dir.join(topic)),
         }
     }
 
-    /// The directory of one partition's checkpoints.
-    pub fn partition_dir(&self, partition: i32) -> PathBuf {
-        self.dir.join(format!("p{partition}"))
+    /// The store for `topic`'s partitions under the prefix of `objects`.
+    pub fn objects(objects: &ObjectStorage, topic: &str) -> Self {
+        Self {
+            backend: Backend::Objects(objects.child(topic)),
+        }
     }
 
-    /// Complete checkpoint files of a partition, newest first, with their sequence numbers.
-    fn files(&self, partition: i32) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
-        let dir = self.partition_dir(partition);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io("listing", &dir)(e)),
+    /// Where the checkpoints are, for messages.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Dir(dir) => dir.display().to_string(),
+            Backend::Objects(o) => o.url(""),
+        }
+    }
+
+    /// The directory of one partition's checkpoints, when they are files.
+    pub fn partition_dir(&self, partition: i32) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::Dir(dir) => Some(dir.join(format!("p{partition}"))),
+            Backend::Objects(_) => None,
+        }
+    }
+
+    /// The names of a partition's complete checkpoints, newest first, with their sequence
+    /// numbers.
+    fn files(&self, partition: i32) -> Result<Vec<(u64, String)>, CheckpointError> {
+        let names: Vec<String> = match &self.backend {
+            Backend::Dir(dir) => {
+                let dir = dir.join(format!("p{partition}"));
+                let entries = match fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => return Err(io("listing", &dir)(e)),
+                };
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            }
+            Backend::Objects(o) => o.child(&format!("p{partition}")).list()?,
         };
-        let mut files: Vec<(u64, PathBuf)> = entries
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name();
-                let seq = name
-                    .to_str()?
-                    .strip_prefix("ckpt-")?
-                    .strip_suffix(".bin")?
-                    .parse()
-                    .ok()?;
-                Some((seq, e.path()))
-            })
+        let mut files: Vec<(u64, String)> = names
+            .into_iter()
+            .filter_map(|n| Some((seq_of(&n)?, n)))
             .collect();
         files.sort_by_key(|f| std::cmp::Reverse(f.0));
         Ok(files)
     }
 
+    /// Where partition `partition`'s checkpoint `name` is.
+    fn location_of(&self, partition: i32, name: &str) -> Location {
+        let part = format!("p{partition}");
+        match &self.backend {
+            Backend::Dir(dir) => Location::File(dir.join(part).join(name)),
+            Backend::Objects(o) => Location::Object(o.child(&part).url(name)),
+        }
+    }
+
     /// Writes one partition's checkpoint (encoded with its header) atomically and removes all
-    /// but the [`KEEP`] newest. Returns the file written.
-    pub fn write(&self, partition: i32, bytes: &[u8]) -> Result<PathBuf, CheckpointError> {
+    /// but the [`KEEP`] newest. Returns where it was written.
+    pub fn write(&self, partition: i32, bytes: &[u8]) -> Result<Location, CheckpointError> {
         self.write_file(partition, &[bytes])
     }
 
@@ -376,7 +454,7 @@ impl CheckpointStore {
         &self,
         partition: i32,
         parts: &[Vec<u8>],
-    ) -> Result<PathBuf, CheckpointError> {
+    ) -> Result<Location, CheckpointError> {
         let header = codec::header(parts);
         let mut chunks: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         chunks.push(&header);
@@ -384,49 +462,73 @@ impl CheckpointStore {
         self.write_file(partition, &chunks)
     }
 
-    /// Writes `chunks`, one after another, as the partition's next checkpoint file.
-    fn write_file(&self, partition: i32, chunks: &[&[u8]]) -> Result<PathBuf, CheckpointError> {
-        let dir = self.partition_dir(partition);
-        fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    /// Writes `chunks`, one after another, as the partition's next checkpoint: a file by temp
+    /// file, fsync, rename and a sync of the directory; an object by one `PUT`, which replaces
+    /// an object whole or not at all.
+    fn write_file(&self, partition: i32, chunks: &[&[u8]]) -> Result<Location, CheckpointError> {
         let files = self.files(partition)?;
         let seq = files.first().map_or(1, |f| f.0 + 1);
-        let path = dir.join(format!("ckpt-{seq:020}.bin"));
-        let tmp = dir.join(format!("ckpt-{seq:020}.tmp"));
-        write_synced(&tmp, chunks)?;
-        fs::rename(&tmp, &path).map_err(io("renaming", &tmp))?;
-        sync_dir(&dir)?;
-        for (_, old) in files.iter().skip(KEEP - 1) {
-            let _ = fs::remove_file(old);
+        let name = format!("ckpt-{seq:020}.bin");
+        match &self.backend {
+            Backend::Dir(dir) => {
+                let dir = dir.join(format!("p{partition}"));
+                fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+                let tmp = dir.join(format!("ckpt-{seq:020}.tmp"));
+                write_synced(&tmp, chunks)?;
+                fs::rename(&tmp, dir.join(&name)).map_err(io("renaming", &tmp))?;
+                sync_dir(&dir)?;
+            }
+            Backend::Objects(o) => o.child(&format!("p{partition}")).put(&name, chunks)?,
         }
-        Ok(path)
+        for (_, old) in files.iter().skip(KEEP - 1) {
+            let removed = match &self.backend {
+                Backend::Dir(dir) => fs::remove_file(dir.join(format!("p{partition}")).join(old))
+                    .map_err(|e| e.to_string()),
+                Backend::Objects(o) => o
+                    .child(&format!("p{partition}"))
+                    .delete(old)
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = removed {
+                tracing::warn!(location = %self.location_of(partition, old), error = %e, "cannot remove an old checkpoint");
+            }
+        }
+        Ok(self.location_of(partition, &name))
     }
 
     /// The seed mixed into the hashes of `distinct`, `top_share` and `entropy` values
     /// ([`crate::processor::CoreConfig::sketch_seed`]) of partitions that start without a
-    /// checkpoint, kept in [`SKETCH_SEED_FILE`] beside the partitions' directories. (A
-    /// restored partition keeps the seed its checkpoint records, [`Checkpoint::sketch_seed`].)
-    /// Read from the file when it exists; otherwise a new random seed, written to the file
-    /// without replacing one that another replica sharing the directory wrote first.
+    /// checkpoint. (A restored partition keeps the seed its checkpoint records,
+    /// [`Checkpoint::sketch_seed`].) In a directory it is kept in [`SKETCH_SEED_FILE`] beside
+    /// the partitions' directories: read from the file when it exists; otherwise a new random
+    /// seed, written to the file without replacing one that another replica sharing the
+    /// directory wrote first. In object storage each process draws its own, since every
+    /// partition that starts empty has its first checkpoint, with the seed, written before it
+    /// takes any event.
     pub fn sketch_seed(&self) -> Result<u64, CheckpointError> {
-        let path = self.dir.join(SKETCH_SEED_FILE);
+        // Never 0, which stands for the unseeded hash.
+        let drawn = rand::random::<u64>().max(1);
+        let dir = match &self.backend {
+            Backend::Dir(dir) => dir,
+            Backend::Objects(_) => return Ok(drawn),
+        };
+        let path = dir.join(SKETCH_SEED_FILE);
         if let Some(seed) = read_seed(&path)? {
             return Ok(seed);
         }
-        // Never 0, which stands for the unseeded hash.
-        let seed = rand::random::<u64>().max(1);
-        fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
+        fs::create_dir_all(dir).map_err(io("creating", dir))?;
         // A name of its own: replicas sharing the directory may well have the same process id
         // (1, in containers), and must not write into each other's temp file.
-        let tmp = self.dir.join(format!(
+        let tmp = dir.join(format!(
             "{SKETCH_SEED_FILE}.{:016x}.tmp",
             rand::random::<u64>()
         ));
-        write_synced(&tmp, &[format!("{seed:016x}\n").as_bytes()])?;
+        write_synced(&tmp, &[format!("{drawn:016x}\n").as_bytes()])?;
         // A hard link, unlike a rename, fails when the name is taken.
         let linked = fs::hard_link(&tmp, &path);
         let _ = fs::remove_file(&tmp);
         match linked {
-            Ok(()) => sync_dir(&self.dir).map(|()| seed),
+            Ok(()) => sync_dir(dir).map(|()| drawn),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 read_seed(&path)?.ok_or_else(|| io("reading", &path)(e))
             }
@@ -434,24 +536,48 @@ impl CheckpointStore {
         }
     }
 
+    /// Checks that the store answers: lists the topic's prefix in object storage (a wrong
+    /// bucket, endpoint or credential fails here, at start-up); nothing for a directory.
+    pub fn check(&self) -> Result<(), CheckpointError> {
+        match &self.backend {
+            Backend::Dir(_) => Ok(()),
+            Backend::Objects(o) => o.list_dirs().map(|_| ()).map_err(CheckpointError::from),
+        }
+    }
+
+    /// Reads partition `partition`'s checkpoint `name`.
+    fn read(&self, partition: i32, name: &str) -> Result<Vec<u8>, String> {
+        match &self.backend {
+            Backend::Dir(dir) => {
+                fs::read(dir.join(format!("p{partition}")).join(name)).map_err(|e| e.to_string())
+            }
+            Backend::Objects(o) => o
+                .child(&format!("p{partition}"))
+                .get(name)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "it is gone".to_owned()),
+        }
+    }
+
     /// The newest checkpoint of `partition` that decodes, or `None` if there is none. Torn or
     /// corrupt files are skipped with a warning; an unknown format version is an error.
     pub fn load(&self, partition: i32) -> Result<Option<(Checkpoint, usize)>, CheckpointError> {
-        for (_, path) in self.files(partition)? {
-            let bytes = match fs::read(&path) {
+        for (_, name) in self.files(partition)? {
+            let location = self.location_of(partition, &name);
+            let bytes = match self.read(partition, &name) {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot read checkpoint; trying the previous one");
+                    tracing::warn!(location = %location, error = %e, "cannot read checkpoint; trying the previous one");
                     continue;
                 }
             };
             match Checkpoint::decode(&bytes) {
                 Ok(c) => return Ok(Some((c, bytes.len()))),
                 Err(source @ CodecError::UnknownVersion { .. }) => {
-                    return Err(CheckpointError::Version { path, source });
+                    return Err(CheckpointError::Version { location, source });
                 }
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "checkpoint is torn or corrupt; ignoring it in favour of the previous complete one");
+                    tracing::warn!(location = %location, error = %e, "checkpoint is torn or corrupt; ignoring it in favour of the previous complete one");
                 }
             }
         }
@@ -485,8 +611,8 @@ pub struct Written {
     pub taken: Instant,
     /// Encoding and writing, together.
     pub duration: Duration,
-    /// The file written, or why not.
-    pub result: Result<PathBuf, CheckpointError>,
+    /// Where it was written, or why not.
+    pub result: Result<Location, CheckpointError>,
 }
 
 /// Writes checkpoint files with a [`CheckpointStore`] on a thread of its own, one at a time, in
@@ -688,28 +814,88 @@ mod tests {
         store.write(3, &bytes(20)).expect("write");
         assert_eq!(loaded_offset(&store), 20);
         // A third write keeps two files.
-        let newest = store.write(3, &bytes(30)).expect("write");
+        let written = store.write(3, &bytes(30)).expect("write");
+        let newest = written.as_file().expect("a file");
         assert_eq!(store.files(3).expect("files").len(), KEEP);
         // Tear the newest: the previous complete one is loaded.
-        let full = fs::read(&newest).expect("read");
-        fs::write(&newest, &full[..full.len() / 2]).expect("tear");
+        let full = fs::read(newest).expect("read");
+        fs::write(newest, &full[..full.len() / 2]).expect("tear");
         assert_eq!(loaded_offset(&store), 20);
         // A flipped byte is caught by the checksum.
         let mut flipped = full.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0x40;
-        fs::write(&newest, &flipped).expect("flip");
+        fs::write(newest, &flipped).expect("flip");
         assert_eq!(loaded_offset(&store), 20);
         // An empty (zero-length) newest file too.
-        fs::write(&newest, b"").expect("truncate");
+        fs::write(newest, b"").expect("truncate");
         assert_eq!(loaded_offset(&store), 20);
         // A leftover temp file is not a checkpoint.
         fs::write(
-            store.partition_dir(3).join("ckpt-00000000000000000099.tmp"),
+            store
+                .partition_dir(3)
+                .expect("a directory")
+                .join("ckpt-00000000000000000099.tmp"),
             b"x",
         )
         .expect("tmp");
         assert_eq!(loaded_offset(&store), 20);
+    }
+
+    #[test]
+    fn checkpoints_in_object_storage_are_kept_and_loaded_as_files_are() {
+        let objects = ObjectStorage::open("memory://", &BTreeMap::new()).expect("open");
+        let store = CheckpointStore::objects(&objects.child("cordon"), "requests");
+        store.check().expect("lists");
+        assert!(store.load(3).expect("load").is_none());
+        assert_eq!(store.partition_dir(3), None);
+        for offset in [10, 20, 30] {
+            let at = store.write(3, &bytes(offset)).expect("write");
+            assert_eq!(
+                at,
+                Location::Object(format!(
+                    "memory:///cordon/requests/p3/ckpt-{:020}.bin",
+                    offset / 10
+                ))
+            );
+        }
+        assert_eq!(loaded_offset(&store), 30);
+        let p3 = objects.child("cordon").child("requests").child("p3");
+        let mut names = p3.list().expect("list");
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "ckpt-00000000000000000002.bin",
+                "ckpt-00000000000000000003.bin"
+            ],
+            "the newest two are kept"
+        );
+        // A torn newest object: the previous complete one is loaded.
+        let full = p3.get(&names[1]).expect("get").expect("there");
+        p3.put(&names[1], &[&full[..full.len() / 2]]).expect("tear");
+        assert_eq!(loaded_offset(&store), 20);
+        // Another replica opening the same store finds them (here: the same client).
+        let other = CheckpointStore::objects(&objects.child("cordon"), "requests");
+        assert_eq!(loaded_offset(&other), 20);
+        // An unknown version stops the load, naming the object.
+        let mut b = bytes(40);
+        b[4..6].copy_from_slice(&99u16.to_le_bytes());
+        store.write(3, &b).expect("write");
+        let msg = store.load(3).expect_err("version").to_string();
+        assert!(
+            msg.contains("memory:///cordon/requests/p3/ckpt-00000000000000000004.bin")
+                && msg.contains("state format version 99"),
+            "{msg}"
+        );
+        // No seed file: each process draws its own, and never 0.
+        assert_ne!(store.sketch_seed().expect("seed"), 0);
+        assert!(
+            p3.list()
+                .expect("list")
+                .iter()
+                .all(|n| n.starts_with("ckpt-"))
+        );
     }
 
     #[test]
@@ -833,7 +1019,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = CheckpointStore::new(dir.path(), "requests");
         let path = store.write_parts(3, &parts).expect("write");
-        assert!(fs::read(&path).expect("read") == whole);
+        assert!(fs::read(path.as_file().expect("a file")).expect("read") == whole);
         let back = store.load(3).expect("load").expect("a checkpoint").0;
         let lens: Vec<usize> = back.tables.iter().map(KeyTable::len).collect();
         assert_eq!(lens, [40, big as usize + 17, big as usize + 3]);
@@ -864,10 +1050,11 @@ mod tests {
         for d in &done {
             let path = d.result.as_ref().expect("each write succeeds");
             assert_eq!(d.partition, 3);
+            let dir = store.partition_dir(3).expect("a directory");
             assert!(
-                path.starts_with(store.partition_dir(3)),
-                "{}",
-                path.display()
+                path.as_file()
+                    .is_some_and(|f| f.parent() == Some(dir.as_path())),
+                "{path}"
             );
         }
         // Written in the order handed over: the newest file holds the last.
@@ -881,7 +1068,11 @@ mod tests {
         let store = CheckpointStore::new(dir.path(), "requests");
         // Partition 4's directory cannot be created: a file stands in its place.
         fs::create_dir_all(dir.path().join("requests")).expect("topic dir");
-        fs::write(store.partition_dir(4), b"not a directory").expect("blocker");
+        fs::write(
+            store.partition_dir(4).expect("a directory"),
+            b"not a directory",
+        )
+        .expect("blocker");
         let mut w = CheckpointWriter::new(store.clone()).expect("writer");
         w.submit(job(4, 10)).expect("submit");
         w.submit(job(3, 11)).expect("submit");

@@ -248,6 +248,15 @@ pub struct StateConfig {
     /// Most keys held across all state tables.
     #[serde(default = "default_max_keys")]
     pub max_keys: u64,
+    /// Object storage for checkpoints instead of `dir`, which every replica reads and writes,
+    /// so that a partition's state moves with it between replicas: `s3://bucket/prefix`
+    /// (credentials and region from the `AWS_*` environment), `file:///path` or `memory://`.
+    #[serde(default)]
+    pub object_store_url: Option<String>,
+    /// Options of the object store, after the environment (S3: `aws_endpoint`,
+    /// `aws_region`, `aws_allow_http`, ...: the keys of `object_store`'s `AmazonS3ConfigKey`).
+    #[serde(default, deserialize_with = "properties")]
+    pub object_store_options: BTreeMap<String, String>,
 }
 
 impl Default for StateConfig {
@@ -256,6 +265,8 @@ impl Default for StateConfig {
             dir: default_state_dir(),
             checkpoint_interval: default_checkpoint_interval(),
             max_keys: default_max_keys(),
+            object_store_url: None,
+            object_store_options: BTreeMap::new(),
         }
     }
 }
@@ -476,6 +487,12 @@ impl Config {
                 "must be longer than zero".into(),
             );
         }
+        if self.state.object_store_url.is_none() && !self.state.object_store_options.is_empty() {
+            return value(
+                "state.object_store_options",
+                "needs state.object_store_url".into(),
+            );
+        }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return value(
                 "http.listen",
@@ -486,7 +503,8 @@ impl Config {
     }
 }
 
-/// Every key of Config v1, by section (`properties` holds librdkafka properties).
+/// Every key of Config v1, by section (`properties` holds librdkafka properties,
+/// `object_store_options` the object store's options).
 pub const KEYS: &[(&str, &[&str])] = &[
     (
         "source",
@@ -503,7 +521,16 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ("sink", &["topic", "format", "properties"]),
     ("dead_letter", &["topic"]),
     ("rules", &["paths"]),
-    ("state", &["dir", "checkpoint_interval", "max_keys"]),
+    (
+        "state",
+        &[
+            "dir",
+            "checkpoint_interval",
+            "max_keys",
+            "object_store_url",
+            "object_store_options",
+        ],
+    ),
     (
         "time",
         &["allowed_lateness", "max_future_skew", "future_events"],
@@ -522,7 +549,10 @@ fn check_env_key(var: &str, path: &[String]) -> Result<(), ConfigError> {
         [section, key] => KEYS
             .iter()
             .any(|(s, keys)| s == section && keys.contains(&key.as_str())),
-        [section, props, _] => props == "properties" && (section == "source" || section == "sink"),
+        [section, props, _] => {
+            (props == "properties" && (section == "source" || section == "sink"))
+                || (section == "state" && props == "object_store_options")
+        }
         _ => false,
     };
     if ok {
@@ -598,6 +628,38 @@ mod tests {
         assert_eq!(c.time.allowed_lateness, Duration::from_secs(300));
         assert_eq!(c.state.max_keys, 10_000_000);
         assert_eq!(c.http.listen, "0.0.0.0:9464");
+    }
+
+    #[test]
+    fn object_storage_keys_and_their_overrides() {
+        let text = "source: {brokers: b:1}\nstate:\n  object_store_url: s3://bucket/cordon\n  \
+object_store_options: {aws_region: eu-west-1, aws_allow_http: true}\n";
+        let vars = vec![(
+            "CORDON_STATE__OBJECT_STORE_OPTIONS__AWS_ENDPOINT".to_string(),
+            "http://127.0.0.1:9000".to_string(),
+        )];
+        let c = Config::from_yaml(text, "f", vars).expect("valid");
+        assert_eq!(
+            c.state.object_store_url.as_deref(),
+            Some("s3://bucket/cordon")
+        );
+        assert_eq!(
+            c.state.object_store_options,
+            BTreeMap::from([
+                ("aws_allow_http".to_owned(), "true".to_owned()),
+                (
+                    "aws_endpoint".to_owned(),
+                    "http://127.0.0.1:9000".to_owned()
+                ),
+                ("aws_region".to_owned(), "eu-west-1".to_owned()),
+            ]),
+            "option names keep their underscores; values are text"
+        );
+        let msg =
+            parse("source: {brokers: b:1}\nstate:\n  object_store_options: {aws_region: x}\n")
+                .expect_err("options without a store")
+                .to_string();
+        assert!(msg.contains("state.object_store_options"), "{msg}");
     }
 
     #[test]

@@ -39,7 +39,8 @@ use crate::processor::{CoreConfig, Input, Output, Processor};
 use crate::reload::RuleWatch;
 use anyhow::Context;
 use cordon_connectors::{
-    ClientSettings, ConnectorError, KafkaSink, KafkaSource, ReadRecord, SourceRecord,
+    ClientSettings, ConnectorError, KafkaSink, KafkaSource, ObjectError, ObjectStorage, ReadRecord,
+    SourceRecord,
 };
 use cordon_rules::RuleSet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -148,6 +149,33 @@ pub fn run(config: &Config, rules: &RuleSet, shutdown: &AtomicBool) -> anyhow::R
 /// Waits for the brokers to list `topics`, retrying an unreachable cluster for up to
 /// [`STARTUP_TIMEOUT`] in short attempts so that SIGTERM is seen within a second. Returns
 /// false when shutdown was asked for first.
+/// The checkpoint store `config` asks for: object storage (`state.object_store_url`), which
+/// must answer a listing now, or `state.dir`. Errors name the config key at fault.
+fn checkpoint_store(config: &Config) -> anyhow::Result<CheckpointStore> {
+    let Some(url) = &config.state.object_store_url else {
+        return Ok(CheckpointStore::new(
+            &config.state.dir,
+            &config.source.topic,
+        ));
+    };
+    let objects = ObjectStorage::open(url, &config.state.object_store_options).map_err(|e| {
+        let key = match &e {
+            ObjectError::Option { key, .. } => format!("state.object_store_options.{key}"),
+            _ => "state.object_store_url".to_owned(),
+        };
+        anyhow::anyhow!("config key `{key}`: {e}")
+    })?;
+    let store = CheckpointStore::objects(&objects, &config.source.topic);
+    store.check().with_context(|| {
+        format!(
+            "config key `state.object_store_url`: cannot list {}",
+            store.location()
+        )
+    })?;
+    tracing::info!(location = %store.location(), "checkpoints in object storage");
+    Ok(store)
+}
+
 fn wait_for_topics(
     check: impl Fn(Duration) -> Result<(), ConnectorError>,
     shutdown: &AtomicBool,
@@ -385,7 +413,7 @@ impl Checkpoints {
             metrics.checkpoint_written(w.duration);
             tracing::debug!(
                 partition = w.partition,
-                path = %path.display(),
+                location = %path,
                 seconds = w.duration.as_secs_f64(),
                 "checkpoint written"
             );
@@ -652,6 +680,8 @@ fn run_loop(
         .properties
         .extend(config.sink.properties.clone());
 
+    // Before Kafka, so that a wrong store fails start-up at once, naming its key.
+    let store = checkpoint_store(config)?;
     let source = KafkaSource::new(&settings, &config.source.group_id, &config.source.topic)
         .context("config key `source.properties`")?;
     let sink = KafkaSink::new(&sink_settings).context("config key `sink.properties`")?;
@@ -667,7 +697,6 @@ fn run_loop(
         return Ok(RunTotals::default());
     }
 
-    let store = CheckpointStore::new(&config.state.dir, &config.source.topic);
     let loaded: Loaded = Arc::default();
     {
         let store = store.clone();

@@ -274,6 +274,8 @@ def test_config_is_config_v1_with_the_mounted_paths(minimal: Rendered, full: Ren
     assert props["session.timeout.ms"] == "45000"
     assert props["enable.ssl.certificate.verification"] == "true"
     assert full.config["sink"]["properties"]["linger.ms"] == "5"
+    assert full.config["state"]["object_store_url"] == "s3://detection-state/cordon"
+    assert full.config["state"]["object_store_options"]["aws_region"] == "eu-west-1"
     # The container port follows http.listen ("[::]:9000"), and the Service targets it by name.
     assert full.container["ports"][0]["containerPort"] == 9000
     svc = full.one("Service", "cordon-prod")

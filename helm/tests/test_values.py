@@ -91,6 +91,11 @@ def test_wrong_type_names_every_bad_key(chart):
         ({"config": {"sink": {"format": "json"}}}, "/config/sink/format"),
         ({"config": {"time": {"allowed_lateness": "five minutes"}}}, "allowed_lateness"),
         ({"config": {"state": {"max_keys": 0}}}, "max_keys"),
+        ({"config": {"state": {"object_store_url": "gs://b/x"}}}, "object_store_url"),
+        (
+            {"config": {"state": {"object_store_options": {"aws_secret_access_key": "x"}}}},
+            "aws_secret_access_key",
+        ),
         ({"config": {"http": {"listen": "localhost:9464"}}}, "listen"),
         ({"rules": {"files": {"rules.json": "{}"}}}, "rules.json"),
         ({"livenessProbe": {"enabled": True, "periodSecond": 5}}, "periodSecond"),

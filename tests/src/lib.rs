@@ -19,6 +19,8 @@
 //!   to files; [`Engine::terminate`] sends SIGTERM and waits for the exit status,
 //!   [`Engine::kill`] crashes it with SIGKILL. [`Broker::pause`] and [`Broker::resume`] freeze
 //!   and thaw the broker (SIGSTOP, SIGCONT) for outage tests.
+//! - [`S3Server`]: an S3 stand-in (moto's server, installed by `tests/s3/run-venv.sh`) with
+//!   one bucket, for checkpoints in object storage.
 //! - [`EngineConfig`]: the config v1 file the tests hand to the engine.
 //! - [`Record`]: a record read back from a topic, with its headers.
 //! - [`unique_topic`], [`unique_name`]: names that never collide between tests or runs.
@@ -912,6 +914,117 @@ impl Record {
     }
 }
 
+/// An S3 stand-in running as a child process on `127.0.0.1:PORT`: moto's server
+/// (`target/s3-venv/bin/moto_server`, which `tests/s3/run-venv.sh` installs), in memory, with
+/// one bucket. It accepts any credentials. Dropping it kills it.
+#[derive(Debug)]
+pub struct S3Server {
+    child: Child,
+    port: u16,
+    bucket: String,
+    log_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl S3Server {
+    /// Starts the server on a free port, waits (at most [`BROKER_START_TIMEOUT`]) until it
+    /// answers, and creates a bucket. Panics, saying how to install it, when it is missing.
+    #[track_caller]
+    pub fn start() -> Self {
+        let bin =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/s3-venv/bin/moto_server");
+        assert!(
+            bin.is_file(),
+            "{} is missing: run tests/s3/run-venv.sh (tests/run.sh does) to install the S3 stand-in",
+            bin.display()
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("cordon-s3-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"));
+        let log_path = dir.path().join("moto.log");
+        let log = File::create(&log_path).unwrap_or_else(|e| panic!("cannot create a log: {e}"));
+        let log_err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot clone: {e}"));
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        let mut server = Self {
+            child,
+            port,
+            bucket: unique_name("cordon-test").to_ascii_lowercase(),
+            log_path,
+            _dir: dir,
+        };
+        let path = format!("/{}", server.bucket);
+        let created = wait_for(BROKER_START_TIMEOUT, "the S3 stand-in to answer", || {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!(
+                    "moto_server exited with {status}:\n{}",
+                    file_tail(&server.log_path, LOG_TAIL_LINES)
+                );
+            }
+            http_request(&server.endpoint_addr(), "PUT", &path)
+        });
+        assert_eq!(created.0, 200, "creating the bucket: {}", created.1);
+        server
+    }
+
+    fn endpoint_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The endpoint, for the option `aws_endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.endpoint_addr())
+    }
+
+    /// `s3://BUCKET/prefix`.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    /// What `state.object_store_options` needs to reach it, as YAML lines under `state:`.
+    pub fn state_yaml(&self, prefix: &str) -> String {
+        format!(
+            "  object_store_url: {url}\n  object_store_options:\n    aws_endpoint: {endpoint}\n    aws_allow_http: \"true\"\n    aws_region: us-east-1\n    aws_access_key_id: test\n    aws_secret_access_key: test\n",
+            url = self.url(prefix),
+            endpoint = self.endpoint()
+        )
+    }
+
+    /// The keys of the objects under `prefix` in the bucket (a `ListObjectsV2`).
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let path = format!("/{}?list-type=2&prefix={prefix}", self.bucket);
+        let (status, body) = http_request(&self.endpoint_addr(), "GET", &path)
+            .unwrap_or_else(|e| panic!("listing the bucket: {e}"));
+        assert_eq!(status, 200, "listing the bucket: {body}");
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_owned()))
+            .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "---- moto_server log (last {LOG_TAIL_LINES} lines) ----\n{}\n---- end ----",
+                file_tail(&self.log_path, LOG_TAIL_LINES)
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// What most end-to-end tests start from: a broker with an input, an alerts and a dead-letter
 /// topic (unique names), and a temp dir holding empty `rules/` and `state/` directories. The
 /// [`Topics`] fields read through it (`setup.input`).
@@ -1028,6 +1141,9 @@ pub struct EngineConfig {
     pub checkpoint_interval: String,
     /// `http.listen`; `127.0.0.1:0` unless a test wants to reach the HTTP server.
     pub http_listen: String,
+    /// Lines appended verbatim under `state:` (indented two spaces), e.g.
+    /// [`S3Server::state_yaml`].
+    pub state_yaml: String,
     /// Lines appended verbatim at the end (e.g. an unknown key, for error tests).
     pub extra_yaml: String,
 }
@@ -1055,6 +1171,7 @@ impl EngineConfig {
             state_dir: state_dir.to_owned(),
             checkpoint_interval: "1s".to_owned(),
             http_listen: "127.0.0.1:0".to_owned(),
+            state_yaml: String::new(),
             extra_yaml: String::new(),
         }
     }
@@ -1081,6 +1198,7 @@ impl EngineConfig {
                dir: {state}\n  \
                checkpoint_interval: {interval}\n  \
                max_keys: 100000\n\
+             {state_extra}\
              time:\n  \
                allowed_lateness: 5m\n  \
                max_future_skew: 1m\n\
@@ -1098,6 +1216,7 @@ impl EngineConfig {
             state = p(&self.state_dir),
             interval = q(&self.checkpoint_interval),
             listen = q(&self.http_listen),
+            state_extra = self.state_yaml,
             extra = self.extra_yaml,
         )
     }
@@ -1106,6 +1225,11 @@ impl EngineConfig {
 /// Sends `GET path` over HTTP/1.1 to `addr` (`127.0.0.1:PORT`) and returns the status code and
 /// the body. Errors are strings for [`wait_for`]; the whole exchange is bounded by 5 s.
 pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    http_request(addr, "GET", path)
+}
+
+/// [`http_get`] with another method (an empty body).
+pub fn http_request(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {
     use std::io::Write as _;
     let socket_addr: std::net::SocketAddr = addr
         .parse()
@@ -1118,7 +1242,7 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
         .map_err(|e| format!("socket options: {e}"))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| format!("send to {addr}: {e}"))?;
     let mut response = Vec::new();

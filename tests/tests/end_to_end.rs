@@ -12,7 +12,7 @@ use std::{
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use cordon_tests::{
-    Broker, Engine, EngineConfig, Record, TEST_RULES, Topics, unique_name, wait_for,
+    Broker, Engine, EngineConfig, Record, S3Server, TEST_RULES, Topics, unique_name, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -980,12 +980,52 @@ fn restart_resumes_from_committed_offsets_without_repeating_alerts() {
 
 /// A partition that moves to another replica takes its window state with it, through the
 /// checkpoints in a state directory both replicas use (as a volume several pods mount would
-/// be). One campaign per partition, each sent half before a second engine joins the group and
-/// half after: whichever partition the group moves, its campaign alerts only if the new owner
-/// restored the first half, and alerts once.
+/// be).
 #[test]
 fn a_partition_moving_to_another_engine_takes_its_window_state_along() {
     let setup = setup("move");
+    let yaml = setup.config.to_yaml();
+    move_a_partition(&setup, [&yaml, &yaml]);
+}
+
+/// The same through object storage (an S3 stand-in), each engine with a state directory of
+/// its own, as pods with a volume each and a bucket they share.
+#[test]
+fn a_partition_moving_to_another_engine_takes_its_window_state_along_through_s3() {
+    let setup = setup("move-s3");
+    let s3 = S3Server::start();
+    let dirs = [(); 2].map(|()| tempfile::tempdir().expect("temp dir"));
+    let yamls = [0, 1].map(|i| {
+        let mut config = setup.config.clone();
+        config.state_dir = dirs[i].path().to_owned();
+        config.state_yaml = s3.state_yaml("cordon");
+        config.to_yaml()
+    });
+    move_a_partition(&setup, [&yamls[0], &yamls[1]]);
+    let keys = s3.keys("cordon/");
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with(&format!("cordon/{}/p0/ckpt-", setup.input)))
+            && keys
+                .iter()
+                .any(|k| k.starts_with(&format!("cordon/{}/p1/ckpt-", setup.input))),
+        "checkpoints of both partitions in the bucket: {keys:?}"
+    );
+    for dir in &dirs {
+        let files: Vec<_> = fs::read_dir(dir.path())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(
+            files.is_empty(),
+            "nothing in the state directory: {files:?}"
+        );
+    }
+}
+
+/// One campaign per partition, each sent half before a second engine (`yamls[1]`) joins the
+/// group of the first (`yamls[0]`) and half after: whichever partition the group moves, its
+/// campaign alerts only if the new owner restored the first half, and alerts once.
+fn move_a_partition(setup: &Setup, yamls: [&str; 2]) {
     let campaigns: Vec<(String, Vec<Message>)> = (0..2)
         .map(|p| {
             let account = format!("acct-move-{p}");
@@ -1000,15 +1040,15 @@ fn a_partition_moving_to_another_engine_takes_its_window_state_along() {
             .collect()
     };
     produce_all(&setup.broker, &setup.input, &part(0, 30));
-    let mut first = Engine::start(&setup.config.to_yaml());
-    wait_caught_up(&setup, &mut first);
+    let mut first = Engine::start(yamls[0]);
+    wait_caught_up(setup, &mut first);
     assert!(
         setup.broker.read_topic(&setup.alerts).is_empty(),
         "30 events of a campaign are below the rule's 50"
     );
 
     // A second engine joins the group, which gives it one of the two partitions.
-    let mut second = Engine::start(&setup.config.to_yaml());
+    let mut second = Engine::start(yamls[1]);
     let took = wait_for(
         CATCH_UP_TIMEOUT,
         "the second engine to take a partition over",

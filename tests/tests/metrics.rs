@@ -562,6 +562,7 @@ fn config_without_kafka(dir: &tempfile::TempDir, http_listen: &str) -> EngineCon
         state_dir,
         checkpoint_interval: "1s".to_owned(),
         http_listen: http_listen.to_owned(),
+        state_yaml: String::new(),
         extra_yaml: String::new(),
     }
 }

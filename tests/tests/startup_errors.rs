@@ -3,7 +3,7 @@
 
 use std::{fs, time::Duration};
 
-use cordon_tests::{Broker, Engine, EngineConfig, unique_topic};
+use cordon_tests::{Broker, Engine, EngineConfig, S3Server, unique_topic};
 
 /// A start-up error must end the process well within this.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -159,6 +159,43 @@ fn a_checkpoint_that_cannot_be_written_stops_the_engine_naming_the_path() {
 }
 
 #[test]
+fn a_bad_object_store_fails_start_up_naming_the_key() {
+    let fixture = fixture([true, true, true]);
+    let with = |state_yaml: String| {
+        let mut config = fixture.config.clone();
+        config.state_yaml = state_yaml;
+        config.to_yaml()
+    };
+    // A scheme this build does not support.
+    assert_fails_naming(
+        &with("  object_store_url: gs://bucket/cordon\n".to_owned()),
+        &["state.object_store_url", "`gs://` is not supported"],
+    );
+    // An option the S3 client does not know.
+    assert_fails_naming(
+        &with(
+            "  object_store_url: s3://bucket/cordon\n  object_store_options:\n    aws_endpointt: http://127.0.0.1:1\n"
+                .to_owned(),
+        ),
+        &["state.object_store_options.aws_endpointt"],
+    );
+    // Options without a store.
+    assert_fails_naming(
+        &with("  object_store_options:\n    aws_region: us-east-1\n".to_owned()),
+        &["state.object_store_options", "needs state.object_store_url"],
+    );
+    // A bucket that does not exist: the listing at start-up fails, before Kafka is asked.
+    let s3 = S3Server::start();
+    let missing = s3
+        .state_yaml("cordon")
+        .replace(&s3.url(""), "s3://no-such-bucket/");
+    assert_fails_naming(
+        &with(missing),
+        &["state.object_store_url", "no-such-bucket"],
+    );
+}
+
+#[test]
 fn invalid_rule_fails_start_up_naming_the_file_and_the_name() {
     let fixture = fixture([true, true, true]);
     let bad = VALID_RULE
@@ -187,6 +224,7 @@ fn sigterm_while_waiting_for_kafka_exits_zero() {
         state_dir: dir.path().join("state"),
         checkpoint_interval: "1s".to_owned(),
         http_listen: "127.0.0.1:0".to_owned(),
+        state_yaml: String::new(),
         extra_yaml: String::new(),
     };
     let mut engine = Engine::start(&config.to_yaml());

@@ -244,7 +244,10 @@ fn main() {
                 store
                     .write_parts(0, &parts)
                     .map_err(|e| e.to_string())
-                    .and_then(|path| std::fs::metadata(path).map_err(|e| e.to_string()))
+                    .and_then(|written| {
+                        let path = written.as_file().ok_or("not a file")?;
+                        std::fs::metadata(path).map_err(|e| e.to_string())
+                    })
                     .map(|m| m.len() as usize)
             });
         let write_secs = started.elapsed().as_secs_f64();
