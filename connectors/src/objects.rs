@@ -221,13 +221,15 @@ impl ObjectStorage {
         Ok(got.map(|b| b.to_vec()))
     }
 
-    /// Writes `chunks`, one after another, as the object `name`, replacing any.
-    pub fn put(&self, name: &str, chunks: &[&[u8]]) -> Result<(), ObjectError> {
+    /// Writes `chunks`, one after another, as the object `name`, replacing any. The chunks are
+    /// sent as they are, not copied into one buffer: a checkpoint's parts are hundreds of MB.
+    pub fn put(
+        &self,
+        name: &str,
+        chunks: impl IntoIterator<Item = Vec<u8>>,
+    ) -> Result<(), ObjectError> {
         let path = self.path(name);
-        let payload: PutPayload = chunks
-            .iter()
-            .map(|c| bytes::Bytes::copy_from_slice(c))
-            .collect();
+        let payload: PutPayload = chunks.into_iter().map(bytes::Bytes::from).collect();
         self.request("writing", name, async {
             self.store.put(&path, payload).await.map(|_| ())
         })
@@ -255,12 +257,14 @@ mod tests {
         let store = root.child("requests").child("p3");
         assert_eq!(store.list().expect("list"), Vec::<String>::new());
         assert_eq!(store.get("a.bin").expect("get"), None);
-        store.put("a.bin", &[b"he", b"llo"]).expect("put");
-        store.put("b.bin", &[b"x"]).expect("put");
+        store
+            .put("a.bin", [b"he".to_vec(), b"llo".to_vec()])
+            .expect("put");
+        store.put("b.bin", [b"x".to_vec()]).expect("put");
         root.child("requests")
             .child("p3")
             .child("deeper")
-            .put("c.bin", &[b"y"])
+            .put("c.bin", [b"y".to_vec()])
             .expect("put");
         let mut names = store.list().expect("list");
         names.sort();

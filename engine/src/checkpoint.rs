@@ -13,8 +13,11 @@
 //! ([`crate::remap`]): unchanged rules keep their windows and gates, new or changed rules start
 //! fresh.
 //!
-//! [`CheckpointStore`] writes files atomically (temp file, fsync, rename, fsync of the
-//! directory) and keeps the previous complete checkpoint beside the newest. Loading takes the
+//! [`CheckpointStore`] keeps them in `state.dir`, or in object storage that every replica
+//! shares (`state.object_store_url`, through [`cordon_connectors::objects`]), so that a
+//! partition's state moves with it to whichever replica the group gives it. It writes files
+//! atomically (temp file, fsync, rename, fsync of the directory) and objects with one `PUT`,
+//! and keeps the previous complete checkpoint beside the newest. Loading takes the
 //! newest file that decodes; a torn, truncated or corrupt file is skipped with a warning in
 //! favour of the one before. A file of an unknown format version stops the load with an error:
 //! it was written by another Cordon version, and silently going back to older state would
@@ -444,28 +447,31 @@ impl CheckpointStore {
     /// Writes one partition's checkpoint (encoded with its header) atomically and removes all
     /// but the [`KEEP`] newest. Returns where it was written.
     pub fn write(&self, partition: i32, bytes: &[u8]) -> Result<Location, CheckpointError> {
-        self.write_file(partition, &[bytes])
+        self.write_file(partition, vec![bytes.to_vec()])
     }
 
     /// [`write`](Self::write) of a checkpoint's body given in parts
     /// ([`CheckpointRef::encode_parts`]): the file is their [`codec::header`] followed by
-    /// the parts, one after another.
+    /// the parts, one after another. The parts go to object storage as they are, uncopied.
     pub fn write_parts(
         &self,
         partition: i32,
-        parts: &[Vec<u8>],
+        parts: Vec<Vec<u8>>,
     ) -> Result<Location, CheckpointError> {
-        let header = codec::header(parts);
-        let mut chunks: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-        chunks.push(&header);
-        chunks.extend(parts.iter().map(Vec::as_slice));
-        self.write_file(partition, &chunks)
+        let mut chunks = Vec::with_capacity(parts.len() + 1);
+        chunks.push(codec::header(&parts).to_vec());
+        chunks.extend(parts);
+        self.write_file(partition, chunks)
     }
 
     /// Writes `chunks`, one after another, as the partition's next checkpoint: a file by temp
     /// file, fsync, rename and a sync of the directory; an object by one `PUT`, which replaces
     /// an object whole or not at all.
-    fn write_file(&self, partition: i32, chunks: &[&[u8]]) -> Result<Location, CheckpointError> {
+    fn write_file(
+        &self,
+        partition: i32,
+        chunks: Vec<Vec<u8>>,
+    ) -> Result<Location, CheckpointError> {
         let files = self.files(partition)?;
         let seq = files.first().map_or(1, |f| f.0 + 1);
         let name = format!("ckpt-{seq:020}.bin");
@@ -474,7 +480,8 @@ impl CheckpointStore {
                 let dir = dir.join(format!("p{partition}"));
                 fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
                 let tmp = dir.join(format!("ckpt-{seq:020}.tmp"));
-                write_synced(&tmp, chunks)?;
+                let slices: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+                write_synced(&tmp, &slices)?;
                 fs::rename(&tmp, dir.join(&name)).map_err(io("renaming", &tmp))?;
                 sync_dir(&dir)?;
             }
@@ -637,8 +644,7 @@ impl CheckpointWriter {
             .spawn(move || {
                 for job in queue {
                     let started = Instant::now();
-                    let result = store.write_parts(job.partition, &job.parts);
-                    drop(job.parts);
+                    let result = store.write_parts(job.partition, job.parts);
                     let written = Written {
                         partition: job.partition,
                         next_offset: job.next_offset,
@@ -873,7 +879,8 @@ mod tests {
         );
         // A torn newest object: the previous complete one is loaded.
         let full = p3.get(&names[1]).expect("get").expect("there");
-        p3.put(&names[1], &[&full[..full.len() / 2]]).expect("tear");
+        p3.put(&names[1], [full[..full.len() / 2].to_vec()])
+            .expect("tear");
         assert_eq!(loaded_offset(&store), 20);
         // Another replica opening the same store finds them (here: the same client).
         let other = CheckpointStore::objects(&objects.child("cordon"), "requests");
@@ -1018,7 +1025,7 @@ mod tests {
         // Written as parts by the store, the file is the whole encoding and loads back.
         let dir = tempfile::tempdir().expect("tempdir");
         let store = CheckpointStore::new(dir.path(), "requests");
-        let path = store.write_parts(3, &parts).expect("write");
+        let path = store.write_parts(3, parts).expect("write");
         assert!(fs::read(path.as_file().expect("a file")).expect("read") == whole);
         let back = store.load(3).expect("load").expect("a checkpoint").0;
         let lens: Vec<usize> = back.tables.iter().map(KeyTable::len).collect();

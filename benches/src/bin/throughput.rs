@@ -242,7 +242,7 @@ fn main() {
             .and_then(|parts| {
                 encode_secs = started.elapsed().as_secs_f64();
                 store
-                    .write_parts(0, &parts)
+                    .write_parts(0, parts)
                     .map_err(|e| e.to_string())
                     .and_then(|written| {
                         let path = written.as_file().ok_or("not a file")?;
