@@ -182,30 +182,26 @@ impl ObjectStorage {
             })
     }
 
+    /// One level of the prefix: the objects and the prefixes directly under it.
+    fn listing(&self) -> Result<object_store::ListResult, ObjectError> {
+        let prefix = self.prefix.clone();
+        self.request("listing", "", async {
+            self.store.list_with_delimiter(Some(&prefix)).await
+        })
+    }
+
     /// The names of the objects directly under this prefix (not in deeper levels).
     pub fn list(&self) -> Result<Vec<String>, ObjectError> {
-        let prefix = self.prefix.clone();
-        let listing = self.request("listing", "", async {
-            self.store.list_with_delimiter(Some(&prefix)).await
-        })?;
-        Ok(listing
-            .objects
-            .iter()
-            .filter_map(|o| o.location.filename().map(str::to_owned))
-            .collect())
+        let listing = self.listing()?;
+        let names = listing.objects.iter().map(|o| o.location.filename());
+        Ok(names.flatten().map(str::to_owned).collect())
     }
 
     /// The names of the prefixes directly under this prefix (`p0`, `p1`, ...).
     pub fn list_dirs(&self) -> Result<Vec<String>, ObjectError> {
-        let prefix = self.prefix.clone();
-        let listing = self.request("listing", "", async {
-            self.store.list_with_delimiter(Some(&prefix)).await
-        })?;
-        Ok(listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_owned))
-            .collect())
+        let listing = self.listing()?;
+        let names = listing.common_prefixes.iter().map(|p| p.filename());
+        Ok(names.flatten().map(str::to_owned).collect())
     }
 
     /// The object `name`, or `None` when there is none.

@@ -517,6 +517,12 @@ impl Metrics {
     }
 }
 
+/// Whether a repeating warning last written at `last` is due: [`LOG_INTERVAL`] after it, or
+/// at once with `force` (shutdown).
+fn log_due(last: Option<Instant>, force: bool) -> bool {
+    force || last.is_none_or(|t| t.elapsed() >= LOG_INTERVAL)
+}
+
 /// Writes the summary of entities split across partitions if there is one and it is due:
 /// the tables whose sampled new keys another partition already held, with how many of how
 /// many, since the last one.
@@ -524,10 +530,7 @@ fn log_split(state: &mut LogState, force: bool) {
     if !state.pending_split.values().any(|c| c.split > 0) {
         return;
     }
-    let due = state
-        .last_split_log
-        .is_none_or(|t| t.elapsed() >= LOG_INTERVAL);
-    if !due && !force {
+    if !log_due(state.last_split_log, force) {
         return;
     }
     let tables: BTreeMap<String, String> = std::mem::take(&mut state.pending_split)
@@ -547,10 +550,7 @@ fn log_dead_letters(state: &mut LogState, force: bool) {
     if state.pending_dead_letters.is_empty() {
         return;
     }
-    let due = state
-        .last_dead_letter_log
-        .is_none_or(|t| t.elapsed() >= LOG_INTERVAL);
-    if !due && !force {
+    if !log_due(state.last_dead_letter_log, force) {
         return;
     }
     let reasons = std::mem::take(&mut state.pending_dead_letters);
