@@ -14,13 +14,26 @@
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long one request may take before it fails (the client's own retries included).
+/// How long one request may take before it fails (the client's own retries included); a
+/// write gets a second more for every [`MIN_WRITE_RATE`] bytes it sends.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bytes a second below which a large write is given up: 1 MiB/s.
+pub const MIN_WRITE_RATE: u64 = 1 << 20;
+
+/// Objects larger than this are written as a multipart upload in parts of this size, each
+/// its own request with its own retries (S3 takes at most 5 GB in one `PUT`, and a single
+/// request of a few hundred MB outlasts the client's 30 s request timeout on a slow link).
+/// The object appears only when the upload completes, whole.
+pub const PART_BYTES: usize = 16 << 20;
+
+/// Parts of a multipart upload in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
 
 /// An object storage request failed, or its URL or options are wrong.
 #[derive(Debug, thiserror::Error)]
@@ -164,12 +177,22 @@ impl ObjectStorage {
         name: &str,
         fut: impl Future<Output = Result<T, object_store::Error>>,
     ) -> Result<T, ObjectError> {
+        self.request_within(REQUEST_TIMEOUT, what, name, fut)
+    }
+
+    fn request_within<T>(
+        &self,
+        timeout: Duration,
+        what: &'static str,
+        name: &str,
+        fut: impl Future<Output = Result<T, object_store::Error>>,
+    ) -> Result<T, ObjectError> {
         let timed = async {
-            match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+            match tokio::time::timeout(timeout, fut).await {
                 Ok(r) => r,
                 Err(_) => Err(object_store::Error::Generic {
                     store: "cordon",
-                    source: format!("no answer within {REQUEST_TIMEOUT:?}").into(),
+                    source: format!("no answer within {timeout:?}").into(),
                 }),
             }
         };
@@ -217,17 +240,33 @@ impl ObjectStorage {
         Ok(got.map(|b| b.to_vec()))
     }
 
-    /// Writes `chunks`, one after another, as the object `name`, replacing any. The chunks are
-    /// sent as they are, not copied into one buffer: a checkpoint's parts are hundreds of MB.
+    /// Writes `chunks`, one after another, as the object `name`, replacing any: with one
+    /// `PUT` up to [`PART_BYTES`], as a multipart upload beyond. The chunks are sent as they
+    /// are, not copied into one buffer: a checkpoint's parts are hundreds of MB.
     pub fn put(
         &self,
         name: &str,
         chunks: impl IntoIterator<Item = Vec<u8>>,
     ) -> Result<(), ObjectError> {
         let path = self.path(name);
-        let payload: PutPayload = chunks.into_iter().map(bytes::Bytes::from).collect();
-        self.request("writing", name, async {
-            self.store.put(&path, payload).await.map(|_| ())
+        let chunks: Vec<bytes::Bytes> = chunks.into_iter().map(bytes::Bytes::from).collect();
+        let size: usize = chunks.iter().map(bytes::Bytes::len).sum();
+        let timeout = REQUEST_TIMEOUT + Duration::from_secs(size as u64 / MIN_WRITE_RATE);
+        self.request_within(timeout, "writing", name, async {
+            if size <= PART_BYTES {
+                let payload: PutPayload = chunks.into_iter().collect();
+                return self.store.put(&path, payload).await.map(|_| ());
+            }
+            let upload = self.store.put_multipart(&path).await?;
+            let mut parts = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+            for chunk in chunks {
+                if let Err(e) = parts.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                    let _ = parts.abort().await;
+                    return Err(e);
+                }
+                parts.put(chunk);
+            }
+            parts.finish().await.map(|_| ())
         })
     }
 
@@ -274,6 +313,26 @@ mod tests {
         store.delete("a.bin").expect("deleting nothing is no error");
         assert_eq!(store.list().expect("list"), ["b.bin"]);
         assert_eq!(store.url("b.bin"), "memory:///requests/p3/b.bin");
+    }
+
+    #[test]
+    fn a_large_object_goes_up_in_parts_and_reads_back_whole() {
+        let store = ObjectStorage::open("memory://", &BTreeMap::new()).expect("open");
+        // Chunks of uneven sizes across part boundaries, 2.5 parts in all.
+        let whole: Vec<u8> = (0..PART_BYTES * 5 / 2).map(|i| (i % 251) as u8).collect();
+        let cuts = [0, 7, PART_BYTES - 3, PART_BYTES + 11, whole.len()];
+        let chunks: Vec<Vec<u8>> = cuts
+            .windows(2)
+            .map(|w| whole[w[0]..w[1]].to_vec())
+            .collect();
+        store.put("big.bin", chunks).expect("put");
+        let back = store.get("big.bin").expect("get").expect("there");
+        assert!(
+            back == whole,
+            "{} bytes back of {}",
+            back.len(),
+            whole.len()
+        );
     }
 
     #[test]

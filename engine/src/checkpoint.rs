@@ -137,9 +137,10 @@ impl CheckpointRef<'_> {
     }
 
     /// Encodes it as the parts of the body that [`CheckpointRef::encode`] gives, without the
-    /// header ([`codec::header`] of the parts is that header): the metadata, the layout and
-    /// the tables' count (with the sketch seed); each table; the gates. Tables of [`PARALLEL_MIN_KEYS`] or more are
-    /// encoded at once on threads of their own when the process may use more than one CPU
+    /// header ([`codec::header`] of the parts is that header): the metadata, the sketch seed,
+    /// the layout and the tables' count; each table; the gates. Tables of
+    /// [`PARALLEL_MIN_KEYS`] or more are encoded at once on threads of their own when the
+    /// process may use more than one CPU
     /// (`std::thread::available_parallelism`, which follows a container's CPU limit), the
     /// largest on the calling thread. For the checkpoints the engine's loop waits for (a
     /// revoked partition, one taken over without a checkpoint, shutdown; periodic ones are
@@ -250,7 +251,7 @@ pub enum CheckpointError {
     Objects(#[from] ObjectError),
     /// Written by a Cordon version with another state format.
     #[error(
-        "checkpoint {location}: {source}; it was written by another Cordon version: run that version, or move the state directory aside to start with empty state (offsets then resume from the consumer group's commits)"
+        "checkpoint {location}: {source}; it was written by another Cordon version: run that version, or move the checkpoints aside (the state directory, or the object store's prefix) to start with empty state (offsets then resume from the consumer group's commits)"
     )]
     Version {
         /// The file or object.
@@ -311,7 +312,7 @@ impl std::fmt::Display for Location {
 }
 
 /// Checkpoints of one input topic: `<state.dir>/<topic>/p<N>/ckpt-<SEQ>.bin`, or the same
-/// names under a prefix of object storage (`state.object_store`), where every replica finds
+/// names under a prefix of object storage (`state.object_store_url`), where every replica finds
 /// the checkpoints of the partitions it is given.
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {

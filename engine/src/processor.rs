@@ -174,8 +174,8 @@ pub struct CoreConfig {
     /// state, so that which HyperLogLog register a value raises cannot be worked out without
     /// it: with DataSketches' fixed hash alone, a sender who controls the values (prompts) could
     /// grind offline for values that fall into a few registers and make `distinct` undercount.
-    /// `cordon run` keeps one per state directory
-    /// ([`crate::checkpoint::CheckpointStore::sketch_seed`]); 0 (the unseeded hash)
+    /// `cordon run` keeps one per state directory, or draws one per process with object
+    /// storage ([`crate::checkpoint::CheckpointStore::sketch_seed`]); 0 (the unseeded hash)
     /// elsewhere, so that backtests and rule tests stay reproducible. It seeds partitions that
     /// start empty; a partition restored from a checkpoint keeps the seed recorded there.
     pub sketch_seed: u64,
@@ -1156,10 +1156,8 @@ const PREFETCH_AHEAD: usize = 8;
 const LOOKUP_AHEAD: usize = 16;
 
 /// Notes a new key of table `table` for the split check ([`BatchStats::split_checks`]). Out
-/// of line and cold, and the keys are noted here with their table rather than gathered after
-/// each table's update: either way, the added code kept the compiler from inlining
-/// `KeyState::update` into the batch's loop (+88 to +108 instructions an event on the 40k
-/// mix, callgrind).
+/// of line and cold, so that the hot loop holds only the test: the push inline cost 20 more
+/// instructions an event on the 40k mix (callgrind).
 #[cold]
 #[inline(never)]
 fn note_sampled(sampled: &mut Vec<(usize, u64)>, table: usize, key: u64) {

@@ -146,9 +146,6 @@ pub fn run(config: &Config, rules: &RuleSet, shutdown: &AtomicBool) -> anyhow::R
     result
 }
 
-/// Waits for the brokers to list `topics`, retrying an unreachable cluster for up to
-/// [`STARTUP_TIMEOUT`] in short attempts so that SIGTERM is seen within a second. Returns
-/// false when shutdown was asked for first.
 /// The checkpoint store `config` asks for: object storage (`state.object_store_url`), which
 /// must answer a listing now, or `state.dir`. Errors name the config key at fault.
 fn checkpoint_store(config: &Config) -> anyhow::Result<CheckpointStore> {
@@ -176,6 +173,9 @@ fn checkpoint_store(config: &Config) -> anyhow::Result<CheckpointStore> {
     Ok(store)
 }
 
+/// Waits for the brokers to list `topics`, retrying an unreachable cluster for up to
+/// [`STARTUP_TIMEOUT`] in short attempts so that SIGTERM is seen within a second. Returns
+/// false when shutdown was asked for first.
 fn wait_for_topics(
     check: impl Fn(Duration) -> Result<(), ConnectorError>,
     shutdown: &AtomicBool,
@@ -407,13 +407,13 @@ impl Checkpoints {
     ) -> anyhow::Result<()> {
         let mut commit = BTreeMap::new();
         for w in written {
-            let path = w
+            let location = w
                 .result
                 .with_context(|| format!("writing the checkpoint of partition {}", w.partition))?;
             metrics.checkpoint_written(w.duration);
             tracing::debug!(
                 partition = w.partition,
-                location = %path,
+                location = %location,
                 seconds = w.duration.as_secs_f64(),
                 "checkpoint written"
             );
