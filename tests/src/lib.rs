@@ -938,23 +938,39 @@ impl S3Server {
             "{} is missing: run tests/s3/run-venv.sh (tests/run.sh does) to install the S3 stand-in",
             bin.display()
         );
+        let mut failures = Vec::new();
+        // A port found free can be taken before the server binds it; try a few fresh ports.
+        for _attempt in 0..3 {
+            match Self::try_start(&bin) {
+                Ok(server) => return server,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!(
+            "the S3 stand-in did not start ({}):\n{}",
+            bin.display(),
+            failures.join("\n---\n")
+        );
+    }
+
+    fn try_start(bin: &Path) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("cordon-s3-")
             .tempdir()
-            .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"));
+            .map_err(|e| format!("cannot create a temp dir: {e}"))?;
         let log_path = dir.path().join("moto.log");
-        let log = File::create(&log_path).unwrap_or_else(|e| panic!("cannot create a log: {e}"));
+        let log = File::create(&log_path).map_err(|e| format!("cannot create a log: {e}"))?;
         let log_err = log
             .try_clone()
-            .unwrap_or_else(|e| panic!("cannot clone: {e}"));
+            .map_err(|e| format!("cannot clone a file handle: {e}"))?;
         let port = free_port();
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
         let mut server = Self {
             child,
             port,
@@ -963,17 +979,28 @@ impl S3Server {
             _dir: dir,
         };
         let path = format!("/{}", server.bucket);
-        let created = wait_for(BROKER_START_TIMEOUT, "the S3 stand-in to answer", || {
+        let deadline = Instant::now() + BROKER_START_TIMEOUT;
+        let mut last = String::from("no attempt yet");
+        while Instant::now() < deadline {
             if let Ok(Some(status)) = server.child.try_wait() {
-                panic!(
+                return Err(format!(
                     "moto_server exited with {status}:\n{}",
                     file_tail(&server.log_path, LOG_TAIL_LINES)
-                );
+                ));
             }
-            http_request(&server.endpoint_addr(), "PUT", &path)
-        });
-        assert_eq!(created.0, 200, "creating the bucket: {}", created.1);
-        server
+            match http_request(&server.endpoint_addr(), "PUT", &path) {
+                // Still alive after answering: the answer came from this server, not from some
+                // other process that took the port.
+                Ok((200, _)) if matches!(server.child.try_wait(), Ok(None)) => return Ok(server),
+                Ok((status, body)) => last = format!("creating the bucket: {status} {body}"),
+                Err(e) => last = e,
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!(
+            "no answer on port {port} within {BROKER_START_TIMEOUT:?} (last: {last}); its log:\n{}",
+            file_tail(&server.log_path, LOG_TAIL_LINES)
+        ))
     }
 
     fn endpoint_addr(&self) -> String {
