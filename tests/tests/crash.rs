@@ -10,7 +10,7 @@
 use std::{collections::BTreeMap, fs, time::Duration};
 
 use cordon_tests::{
-    Broker, Engine, EngineConfig, Record, TEST_RULES, Topics, wait_for, wait_until,
+    Broker, Engine, EngineConfig, Record, S3Server, TEST_RULES, Topics, wait_for, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -210,7 +210,24 @@ fn clean_alerts(broker: &Broker) -> BTreeMap<(String, String, String), usize> {
 #[test]
 fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
     let broker = Broker::start();
-    let clean = clean_alerts(&broker);
+    let run = new_run(&broker, "crash", "1s");
+    sigkill_at_several_points(&broker, &run, None);
+}
+
+/// The same with the checkpoints in object storage (an S3 stand-in).
+#[test]
+fn sigkill_at_several_points_loses_and_duplicates_no_alert_with_checkpoints_in_s3() {
+    let broker = Broker::start();
+    let s3 = S3Server::start();
+    let mut run = new_run(&broker, "crash-s3", "1s");
+    run.config.state_yaml = s3.state_yaml("cordon");
+    sigkill_at_several_points(&broker, &run, Some(&s3));
+}
+
+/// Kills `run`'s engine at several points of the fixture (checkpoints in `s3` when given,
+/// else in the state directory) and checks that it wrote the clean run's alerts, each once.
+fn sigkill_at_several_points(broker: &Broker, run: &Run, s3: Option<&S3Server>) {
+    let clean = clean_alerts(broker);
     let news = clean.keys().filter(|k| k.1 == "new").count();
     let updates = clean.keys().filter(|k| k.1 == "update").count();
     // 6 harvests, acct-long, 3 hydra windows far apart... at least the harvests and updates.
@@ -220,7 +237,6 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
         "clean run wrote duplicates: {clean:#?}"
     );
 
-    let run = new_run(&broker, "crash", "1s");
     let (input, alerts_topic) = (&run.topics.input, &run.topics.alerts);
     let chunks = chunks();
     let alerts_now = || broker.read_topic(alerts_topic).len();
@@ -229,7 +245,7 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
     //    any periodic checkpoint covers them. The restart must replay and not rewrite them.
     let mut slow = run.config.clone();
     slow.checkpoint_interval = "1h".to_owned();
-    produce_chunk(&broker, input, &chunks[0]);
+    produce_chunk(broker, input, &chunks[0]);
     let mut engine = Engine::start(&slow.to_yaml());
     wait_until(CATCH_UP_TIMEOUT, "the first chunk's alerts", || {
         engine.assert_running();
@@ -239,18 +255,35 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
     // The state directory got its sketch seed (`<state.dir>/<topic>/sketch-seed`, the engine's
     // `checkpoint::SKETCH_SEED_FILE`), which every restart must keep: partitions without a
     // checkpoint are seeded with it (a checkpoint records its own).
+    // In object storage there is no such file: the checkpoints there record their seeds.
     let seed_file = run.config.state_dir.join(input).join("sketch-seed");
-    let seed = std::fs::read_to_string(&seed_file).expect("the engine wrote its sketch seed");
-    assert!(
-        seed.trim().len() == 16 && u64::from_str_radix(seed.trim(), 16).is_ok_and(|s| s != 0),
-        "{seed:?}"
-    );
+    let seed = match s3 {
+        None => {
+            let seed =
+                std::fs::read_to_string(&seed_file).expect("the engine wrote its sketch seed");
+            assert!(
+                seed.trim().len() == 16
+                    && u64::from_str_radix(seed.trim(), 16).is_ok_and(|s| s != 0),
+                "{seed:?}"
+            );
+            Some(seed)
+        }
+        Some(s3) => {
+            assert!(!seed_file.exists(), "no seed file beside object storage");
+            let keys = s3.keys("cordon/");
+            assert!(
+                keys.iter().any(|k| k.contains("/ckpt-")),
+                "checkpoints in the bucket: {keys:?}"
+            );
+            None
+        }
+    };
 
     // 2. Restart with frequent checkpoints, more input; die once the group has committed all
     //    of it (a crash after a checkpoint).
-    produce_chunk(&broker, input, &chunks[1]);
+    produce_chunk(broker, input, &chunks[1]);
     let mut engine = Engine::start(&run.config.to_yaml());
-    wait_caught_up(&broker, &run, &mut engine);
+    wait_caught_up(broker, run, &mut engine);
     // The first run's alerts were past its only checkpoint: this run read them back.
     let seeded: u64 = engine
         .stderr()
@@ -268,7 +301,7 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
 
     // 3. The last chunk; die as soon as the engine has taken its partitions over (restored
     //    and read back the alerts), before or while it processes the chunk.
-    produce_chunk(&broker, input, &chunks[2]);
+    produce_chunk(broker, input, &chunks[2]);
     let mut engine = Engine::start(&run.config.to_yaml());
     wait_until(
         CATCH_UP_TIMEOUT,
@@ -300,15 +333,17 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert() {
 
     // 5. A clean finish.
     let mut engine = Engine::start(&run.config.to_yaml());
-    wait_caught_up(&broker, &run, &mut engine);
+    wait_caught_up(broker, run, &mut engine);
     engine.stop();
 
-    assert_eq!(
-        std::fs::read_to_string(&seed_file).expect("still there"),
-        seed,
-        "the restarts kept the sketch seed"
-    );
-    assert_like_clean(&broker, &run, &clean, "the crashed run");
+    if let Some(seed) = seed {
+        assert_eq!(
+            std::fs::read_to_string(&seed_file).expect("still there"),
+            seed,
+            "the restarts kept the sketch seed"
+        );
+    }
+    assert_like_clean(broker, run, &clean, "the crashed run");
 }
 
 #[test]
