@@ -287,6 +287,40 @@ pub fn cordon_release_bin() -> PathBuf {
     path
 }
 
+/// Starts a server with `try_start` (which picks a free port) up to three times: a port found
+/// free can be taken before the server binds it. Panics with every failure when none worked.
+#[track_caller]
+fn start_on_free_ports<T>(what: &str, bin: &Path, try_start: fn(&Path) -> Result<T, String>) -> T {
+    let mut failures = Vec::new();
+    for _attempt in 0..3 {
+        match try_start(bin) {
+            Ok(server) => return server,
+            Err(failure) => failures.push(failure),
+        }
+    }
+    panic!(
+        "{what} did not start ({}):\n{}",
+        bin.display(),
+        failures.join("\n---\n")
+    );
+}
+
+/// A temp dir (`prefix`) holding a child process's log file `name`: the dir, the log's path,
+/// and the file opened twice, for the child's stdout and stderr.
+fn log_files(prefix: &str, name: &str) -> Result<(TempDir, PathBuf, File, File), String> {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| format!("cannot create a temp dir: {e}"))?;
+    let log_path = dir.path().join(name);
+    let log = File::create(&log_path)
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("cannot clone a file handle: {e}"))?;
+    Ok((dir, log_path, log, log_err))
+}
+
 /// A tansu broker running as a child process on `127.0.0.1:PORT`, with in-memory storage.
 ///
 /// Dropping it kills the broker. If the thread is panicking at that moment (a failed test),
@@ -308,33 +342,11 @@ impl Broker {
     /// Panics when tansu is not installed or never becomes ready.
     #[track_caller]
     pub fn start() -> Self {
-        let bin = tansu_bin();
-        let mut failures = Vec::new();
-        // A port found free can be taken before tansu binds it; try a few fresh ports.
-        for _attempt in 0..3 {
-            match Self::try_start(&bin) {
-                Ok(broker) => return broker,
-                Err(failure) => failures.push(failure),
-            }
-        }
-        panic!(
-            "tansu broker did not start ({}):\n{}",
-            bin.display(),
-            failures.join("\n---\n")
-        );
+        start_on_free_ports("tansu broker", &tansu_bin(), Self::try_start)
     }
 
     fn try_start(bin: &Path) -> Result<Self, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("cordon-tansu-")
-            .tempdir()
-            .map_err(|e| format!("cannot create a temp dir: {e}"))?;
-        let log_path = dir.path().join("tansu.log");
-        let log = File::create(&log_path)
-            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| format!("cannot clone a file handle: {e}"))?;
+        let (dir, log_path, log, log_err) = log_files("cordon-tansu-", "tansu.log")?;
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let mut command = Command::new(bin);
@@ -938,31 +950,11 @@ impl S3Server {
             "{} is missing: run tests/s3/run-venv.sh (tests/run.sh does) to install the S3 stand-in",
             bin.display()
         );
-        let mut failures = Vec::new();
-        // A port found free can be taken before the server binds it; try a few fresh ports.
-        for _attempt in 0..3 {
-            match Self::try_start(&bin) {
-                Ok(server) => return server,
-                Err(failure) => failures.push(failure),
-            }
-        }
-        panic!(
-            "the S3 stand-in did not start ({}):\n{}",
-            bin.display(),
-            failures.join("\n---\n")
-        );
+        start_on_free_ports("the S3 stand-in", &bin, Self::try_start)
     }
 
     fn try_start(bin: &Path) -> Result<Self, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("cordon-s3-")
-            .tempdir()
-            .map_err(|e| format!("cannot create a temp dir: {e}"))?;
-        let log_path = dir.path().join("moto.log");
-        let log = File::create(&log_path).map_err(|e| format!("cannot create a log: {e}"))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| format!("cannot clone a file handle: {e}"))?;
+        let (dir, log_path, log, log_err) = log_files("cordon-s3-", "moto.log")?;
         let port = free_port();
         let child = Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
