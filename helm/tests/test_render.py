@@ -579,3 +579,18 @@ def test_notes_render(minimal: Rendered):
     notes = minimal.files["cordon/templates/NOTES.txt"]
     assert "statefulset/cordon" in notes
     assert "kafka:9092" in notes
+    assert "volume each" not in notes, "one replica: nothing moves"
+
+
+def test_notes_name_where_checkpoints_go_with_several_replicas(render):
+    three = render(merge(MINIMAL, {"replicaCount": 3})).files["cordon/templates/NOTES.txt"]
+    assert "3 replicas keep checkpoints in a volume each" in three
+    assert "config.state.object_store_url" in three
+    shared = render(
+        merge(
+            MINIMAL,
+            {"replicaCount": 3, "config": {"state": {"object_store_url": "s3://b/cordon"}}},
+        )
+    ).files["cordon/templates/NOTES.txt"]
+    assert "volume each" not in shared
+    assert "Checkpoints: s3://b/cordon" in shared
