@@ -237,7 +237,8 @@ impl ObjectStorage {
                 Err(e) => Err(e),
             }
         })?;
-        Ok(got.map(|b| b.to_vec()))
+        // `Vec::from` keeps the downloaded buffer when nothing else holds it, and copies otherwise.
+        Ok(got.map(Vec::from))
     }
 
     /// Writes `chunks`, one after another, as the object `name`, replacing any: with one
