@@ -14,7 +14,7 @@
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,14 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Bytes a second below which a large write is given up: 1 MiB/s.
 pub const MIN_WRITE_RATE: u64 = 1 << 20;
+
+/// How long reading one object may take: a checkpoint is read whole, hundreds of MB, in one
+/// request (its size is not known before the answer).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The S3 client's own timeout of one request, unless the options set `timeout`:
+/// object_store's default of 30 s is too short for a checkpoint's `GET` below about 8 MB/s.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Objects larger than this are written as a multipart upload in parts of this size, each
 /// its own request with its own retries (S3 takes at most 5 GB in one `PUT`, and a single
@@ -101,7 +109,9 @@ impl ObjectStorage {
         let parsed = url::Url::parse(url).map_err(|e| bad_url(e.to_string()))?;
         let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match parsed.scheme() {
             "s3" => {
-                let mut builder = AmazonS3Builder::from_env().with_url(url);
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_client_options(ClientOptions::new().with_timeout(CLIENT_TIMEOUT));
                 for (key, value) in options {
                     let k: AmazonS3ConfigKey = key.parse().map_err(|e| ObjectError::Option {
                         key: key.clone(),
@@ -230,7 +240,7 @@ impl ObjectStorage {
     /// The object `name`, or `None` when there is none.
     pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>, ObjectError> {
         let path = self.path(name);
-        let got = self.request("reading", name, async {
+        let got = self.request_within(READ_TIMEOUT, "reading", name, async {
             match self.store.get(&path).await {
                 Ok(r) => r.bytes().await.map(Some),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),

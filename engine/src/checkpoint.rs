@@ -553,26 +553,29 @@ impl CheckpointStore {
         }
     }
 
-    /// Reads partition `partition`'s checkpoint `name`.
-    fn read(&self, partition: i32, name: &str) -> Result<Vec<u8>, String> {
-        match &self.backend {
+    /// Reads partition `partition`'s checkpoint `name`: `Ok(Err(why))` when the file cannot be
+    /// read or the object is gone (the caller tries the previous one), `Err` when object
+    /// storage fails, which stops the load: falling back to an older checkpoint, or to none,
+    /// because of a network error would throw away state that is still there.
+    fn read(&self, partition: i32, name: &str) -> Result<Result<Vec<u8>, String>, CheckpointError> {
+        Ok(match &self.backend {
             Backend::Dir(dir) => {
                 fs::read(dir.join(format!("p{partition}")).join(name)).map_err(|e| e.to_string())
             }
             Backend::Objects(o) => o
                 .child(&format!("p{partition}"))
-                .get(name)
-                .map_err(|e| e.to_string())?
+                .get(name)?
                 .ok_or_else(|| "it is gone".to_owned()),
-        }
+        })
     }
 
     /// The newest checkpoint of `partition` that decodes, or `None` if there is none. Torn or
-    /// corrupt files are skipped with a warning; an unknown format version is an error.
+    /// corrupt files are skipped with a warning; an unknown format version is an error, and so
+    /// is a failure of object storage.
     pub fn load(&self, partition: i32) -> Result<Option<(Checkpoint, usize)>, CheckpointError> {
         for (_, name) in self.files(partition)? {
             let location = self.location_of(partition, &name);
-            let bytes = match self.read(partition, &name) {
+            let bytes = match self.read(partition, &name)? {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(location = %location, error = %e, "cannot read checkpoint; trying the previous one");
