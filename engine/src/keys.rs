@@ -522,8 +522,8 @@ impl KeyTable {
             if is_set(&free, slot) || keep(&self.states[slot]) {
                 continue;
             }
-            if let Some(snap) = self.snapshot.as_deref_mut() {
-                snap.preserve(slot, &self.states);
+            if self.snapshot.is_some() {
+                self.preserve(slot);
             }
             self.states[slot] = KeyState::default();
             // A table never holds 2^32 slots: `state.max_keys` bounds them far below.
