@@ -1595,6 +1595,15 @@ suppress: 6h
         out
     }
 
+    /// A processor of `rules` whose empty partitions hash sketch values with `sketch_seed`.
+    fn seeded(rules: &RuleSet, sketch_seed: u64) -> Processor {
+        let config = CoreConfig {
+            sketch_seed,
+            ..CoreConfig::default()
+        };
+        Processor::new(rules, config)
+    }
+
     fn harvest(n: i64) -> Vec<Vec<u8>> {
         (0..n)
             .map(|i| ev(T0 + i * 1000, "acct-7", "203.0.113.9", &format!(r#","labels":["cot_elicitation"],"prompt":"step by step: problem {i}","output_tokens":100"#)))
@@ -1878,16 +1887,7 @@ condition: requests >= 1000 AND prompts / requests >= 0.8
             .collect();
         let rules =
             cordon_rules::load_sources(&[("t.yaml".into(), RULE.into())]).expect("rules load");
-        let run_with = |sketch_seed: u64| {
-            let config = CoreConfig {
-                sketch_seed,
-                ..CoreConfig::default()
-            };
-            run(
-                &mut Processor::new(&rules, config),
-                std::slice::from_ref(&events),
-            )
-        };
+        let run_with = |seed: u64| run(&mut seeded(&rules, seed), std::slice::from_ref(&events));
         assert!(
             run_with(0).alerts.is_empty(),
             "unseeded, the ground values evade"
@@ -1935,16 +1935,9 @@ condition: requests >= 1000
                 })
                 .collect()
         };
-        let seeded = |sketch_seed: u64| {
-            let config = CoreConfig {
-                sketch_seed,
-                ..CoreConfig::default()
-            };
-            Processor::new(&rules, config)
-        };
         // A seeded checkpoint, and one of format version 3, written before seeds (unseeded).
         for (before, v3) in [(0x1234_5678_9abc_def0, false), (0, true)] {
-            let mut p = seeded(before);
+            let mut p = seeded(&rules, before);
             assert!(run(&mut p, &[events(0)]).alerts.is_empty());
             let mut bytes = p.checkpoint(0, meta()).expect("encode");
             if v3 {
@@ -1955,7 +1948,7 @@ condition: requests >= 1000
             }
             let c = Checkpoint::decode(&bytes).expect("decode");
             assert_eq!(c.sketch_seed, before);
-            let mut q = seeded(0x0fed_cba9_8765_4321);
+            let mut q = seeded(&rules, 0x0fed_cba9_8765_4321);
             q.restore(c);
             let out = run(&mut q, &[events(1_000)]);
             assert_eq!(out.alerts.len(), 1, "{:?}", out.alerts);
@@ -1975,32 +1968,9 @@ condition: requests >= 1000
     #[test]
     fn entities_held_by_two_partitions_are_counted_as_split() {
         // The input keyed by account, as a gateway does: each account in one partition, the
-        // /24s they share in both.
-        const TWO: &str = r#"
-id: t.accounts
-version: 1
-title: accounts
-severity: low
-entity: account_id
-window: 1h
-every: 5m
-features:
-  requests: count()
-condition: requests >= 1000
----
-id: t.ranges
-version: 1
-title: ranges
-severity: low
-entity: ip_prefix(ip, 24, 48)
-window: 1h
-every: 5m
-features:
-  requests: count()
-condition: requests >= 1000
-"#;
+        // /24s they share in both. `RULES` keeps accounts (t.cot) and /24s (t.hydra).
         let rules =
-            cordon_rules::load_sources(&[("t.yaml".into(), TWO.into())]).expect("rules load");
+            cordon_rules::load_sources(&[("t.yaml".into(), RULES.into())]).expect("rules load");
         let batch = |prefix: &str| -> Vec<Vec<u8>> {
             (0..1_000)
                 .map(|n| {
