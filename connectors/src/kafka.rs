@@ -130,6 +130,8 @@ pub struct SourceRecord {
     pub key: Option<Vec<u8>>,
     /// Value (empty for a tombstone).
     pub payload: Vec<u8>,
+    /// Headers, when the source reads them ([`KafkaSource::read_headers`]); empty otherwise.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Records partition changes from rebalances, for the engine to act on between batches, and
@@ -399,6 +401,7 @@ pub struct KafkaSource {
     topic: String,
     brokers: String,
     errors: RateLimitedLog,
+    read_headers: bool,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -451,7 +454,15 @@ impl KafkaSource {
                 "consumer error (librdkafka retries)",
                 Duration::from_secs(10),
             ),
+            read_headers: false,
         })
+    }
+
+    /// Makes [`poll_batch`](Self::poll_batch) copy each message's headers into its record
+    /// ([`SourceRecord::headers`]). Off by default: most sources need none, and the copy costs.
+    pub fn read_headers(mut self, read: bool) -> Self {
+        self.read_headers = read;
+        self
     }
 
     /// Checks that `topics` exist, waiting up to `timeout` for the brokers.
@@ -477,6 +488,11 @@ impl KafkaSource {
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    headers: if self.read_headers {
+                        headers_of(&m)
+                    } else {
+                        Vec::new()
+                    },
                 }),
                 Some(Err(e)) => {
                     self.errors.report(&e);
