@@ -74,6 +74,8 @@ pub struct CheckpointRef<'a> {
     pub meta: CheckpointMeta,
     /// The seed hashed into the values of the partition's sketches (see [`Checkpoint`]).
     pub sketch_seed: u64,
+    /// What the partition has counted of the events forwarded to it (see [`Checkpoint`]).
+    pub forwarded: Vec<(String, i32, i64)>,
     /// The plan the state belongs to: its tables' identities and its rules' meanings.
     pub layout: Layout,
     /// Keys per table, in `layout` order.
@@ -93,6 +95,12 @@ pub struct Checkpoint {
     /// partitions: its sketches would otherwise count a value seen before and after the
     /// restart as two. 0 (the unseeded hash) in a version-3 checkpoint, written before seeds.
     pub sketch_seed: u64,
+    /// For a partition of the repartition topic: per entity and input partition, the highest
+    /// input offset of the events forwarded to it that its state counts. The first stage
+    /// forwards again what it replays after a restart; the second drops those
+    /// ([`crate::processor::Stage::Repartitioned`]). Empty elsewhere, and in checkpoints of
+    /// versions 3 and 4, written before the stage.
+    pub forwarded: Vec<(String, i32, i64)>,
     /// The plan the state belongs to.
     pub layout: Layout,
     /// Keys per table, in `layout` order.
@@ -105,6 +113,16 @@ pub struct Checkpoint {
 /// ([`CheckpointRef::encode_parts`]); smaller ones are not worth a thread.
 pub const PARALLEL_MIN_KEYS: usize = 50_000;
 
+/// A checkpoint of format version 4, which had no forwarding state: [`Checkpoint`] without it.
+#[derive(Debug, Deserialize)]
+struct CheckpointV4 {
+    meta: CheckpointMeta,
+    sketch_seed: u64,
+    layout: Layout,
+    tables: Vec<KeyTable>,
+    gates: Vec<Gate>,
+}
+
 /// A checkpoint of format version 3, which had no sketch seed: [`Checkpoint`] without it.
 #[derive(Debug, Deserialize)]
 struct CheckpointV3 {
@@ -115,16 +133,18 @@ struct CheckpointV3 {
 }
 
 /// The first part of a checkpoint's body ([`CheckpointRef::encode_parts`]): the metadata, the
-/// sketch seed, the layout and the number of tables that follow.
+/// sketch seed, the forwarding state, the layout and the number of tables that follow.
 pub fn encode_head(
     meta: &CheckpointMeta,
     sketch_seed: u64,
+    forwarded: &[(String, i32, i64)],
     layout: &Layout,
     tables: usize,
 ) -> Result<Vec<u8>, CodecError> {
     let mut head = Vec::new();
     codec::encode_into(meta, &mut head)?;
     codec::encode_into(&sketch_seed, &mut head)?;
+    codec::encode_into(forwarded, &mut head)?;
     codec::encode_into(layout, &mut head)?;
     codec::encode_into(&tables, &mut head)?;
     Ok(head)
@@ -152,6 +172,7 @@ impl CheckpointRef<'_> {
         let head = encode_head(
             &self.meta,
             self.sketch_seed,
+            &self.forwarded,
             &self.layout,
             self.tables.len(),
         )?;
@@ -212,8 +233,9 @@ impl CheckpointRef<'_> {
 }
 
 impl Checkpoint {
-    /// Decodes a checkpoint file's bytes, of this build's format version or of version 3
-    /// (read with the unseeded hash, which it was made with).
+    /// Decodes a checkpoint file's bytes, of this build's format version, of version 4 (read
+    /// without forwarding state) or of version 3 (read with the unseeded hash too, which it
+    /// was made with).
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         match codec::open(bytes)? {
             (3, body) => {
@@ -221,6 +243,18 @@ impl Checkpoint {
                 Ok(Self {
                     meta: old.meta,
                     sketch_seed: 0,
+                    forwarded: Vec::new(),
+                    layout: old.layout,
+                    tables: old.tables,
+                    gates: old.gates,
+                })
+            }
+            (4, body) => {
+                let old: CheckpointV4 = codec::decode_body(body)?;
+                Ok(Self {
+                    meta: old.meta,
+                    sketch_seed: old.sketch_seed,
+                    forwarded: Vec::new(),
                     layout: old.layout,
                     tables: old.tables,
                     gates: old.gates,
@@ -764,6 +798,7 @@ mod tests {
         CheckpointRef {
             meta: meta(next_offset),
             sketch_seed: SEED,
+            forwarded: vec![("ip_prefix(ip, 24, 48)".into(), 3, next_offset)],
             layout: layout(),
             tables: vec![&keys],
             gates: vec![&gate],
@@ -777,9 +812,24 @@ mod tests {
         let c = Checkpoint::decode(&bytes(42)).expect("decode");
         assert_eq!(c.meta, meta(42));
         assert_eq!(c.sketch_seed, SEED);
+        assert_eq!(c.forwarded, [("ip_prefix(ip, 24, 48)".to_owned(), 3, 42)]);
         assert_eq!(c.tables.len(), 1);
         assert_eq!(c.layout.rules, ["r"]);
         assert_eq!(c.layout.tables[0].slots, ["Count() where []"]);
+    }
+
+    #[test]
+    fn a_version_4_checkpoint_loads_without_forwarding_state() {
+        // Version 4 was this checkpoint without the forwarding state, under a version-4 header.
+        let (keys, gate) = (KeyTable::default(), Gate::default());
+        let mut v4 = codec::encode_state(&(meta(42), SEED, layout(), vec![&keys], vec![&gate]))
+            .expect("encode");
+        v4[4..6].copy_from_slice(&4u16.to_le_bytes());
+        let c = Checkpoint::decode(&v4).expect("decode");
+        assert_eq!(c.meta, meta(42));
+        assert_eq!(c.sketch_seed, SEED);
+        assert!(c.forwarded.is_empty());
+        assert_eq!(c.layout.rules, ["r"]);
     }
 
     #[test]
@@ -1014,6 +1064,7 @@ mod tests {
         let c = CheckpointRef {
             meta: meta(99),
             sketch_seed: SEED,
+            forwarded: Vec::new(),
             layout: layout(3),
             tables: vec![&small, &a, &b],
             gates: vec![&gate],

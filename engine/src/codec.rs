@@ -18,14 +18,16 @@ use xxhash_rust::xxh3::xxh3_64;
 /// Magic bytes at the start of every encoded state.
 pub const MAGIC: &[u8; 4] = b"CRDN";
 /// Version of the encoded state format.
-/// Version 4 records the sketch seed in a checkpoint
+/// Version 5 records what a partition of the repartition topic has counted of the events
+/// forwarded to it ([`crate::checkpoint::Checkpoint::forwarded`]). Version 4 records the sketch seed in a checkpoint
 /// ([`crate::checkpoint::Checkpoint::sketch_seed`]). Version 3 added the body length and
 /// checksum to the header (version 2 changed the key state's layout; neither 1 nor 2 was ever
 /// written to disk by a released engine).
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 
 /// The oldest version [`open`] accepts: a checkpoint of version 3 is read as one with the
-/// unseeded hash ([`crate::checkpoint::Checkpoint::decode`]).
+/// unseeded hash, and one of version 3 or 4 as one without forwarding state
+/// ([`crate::checkpoint::Checkpoint::decode`]).
 pub const OLDEST_READABLE: u16 = 3;
 
 /// Bytes before the body: magic, version, length, checksum.

@@ -136,6 +136,9 @@ pub struct Config {
     /// The HTTP port (metrics, health).
     #[serde(default)]
     pub http: HttpConfig,
+    /// Re-keying of events by the entities the input topic is not keyed by.
+    #[serde(default)]
+    pub repartition: RepartitionConfig,
 }
 
 /// The Kafka input.
@@ -324,6 +327,46 @@ impl Default for HttpConfig {
     }
 }
 
+fn default_input_entity() -> String {
+    "account_id".into()
+}
+
+/// The repartition stage. State is kept per input partition, so an entity the input topic is
+/// not keyed by (an IP range, when the gateway keys by account) has its events counted apart
+/// in every partition it reaches. With `topic` set, the engine runs two stages: the first
+/// reads `source.topic`, keeps the rules whose entity is `input_entity`, and forwards each
+/// event to `topic` once for every other entity, keyed by that entity's value; the second
+/// reads `topic` in the consumer group `<source.group_id>.repartition` and keeps the other
+/// rules, each entity's events meeting in one partition. See the README's "Repartitioning".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepartitionConfig {
+    /// The internal topic events are re-keyed through (created beforehand, like the others;
+    /// as many partitions as the input topic is a good start). Unset: one stage.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// The entity the input topic's messages are keyed by, as the rules write it: rules with
+    /// this entity stay in the first stage.
+    #[serde(default = "default_input_entity")]
+    pub input_entity: String,
+}
+
+impl Default for RepartitionConfig {
+    fn default() -> Self {
+        Self {
+            topic: None,
+            input_entity: default_input_entity(),
+        }
+    }
+}
+
+impl Config {
+    /// The consumer group of the repartition stage.
+    pub fn repartition_group(&self) -> String {
+        format!("{}.repartition", self.source.group_id)
+    }
+}
+
 /// Librdkafka properties Cordon manages itself; setting them would break its guarantees.
 pub const MANAGED_PROPERTIES: &[(&str, &str)] = &[
     (
@@ -493,6 +536,26 @@ impl Config {
                 "needs state.object_store_url".into(),
             );
         }
+        if let Some(topic) = &self.repartition.topic {
+            if topic.is_empty() {
+                return value("repartition.topic", "must not be empty when set".into());
+            }
+            for (key, other) in [
+                ("source.topic", &self.source.topic),
+                ("sink.topic", &self.sink.topic),
+                ("dead_letter.topic", &self.dead_letter.topic),
+            ] {
+                if topic == other {
+                    return value(
+                        "repartition.topic",
+                        format!("must differ from {key} (`{other}`)"),
+                    );
+                }
+            }
+        }
+        if self.repartition.input_entity.trim().is_empty() {
+            return value("repartition.input_entity", "must not be empty".into());
+        }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return value(
                 "http.listen",
@@ -536,6 +599,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
         &["allowed_lateness", "max_future_skew", "future_events"],
     ),
     ("http", &["listen"]),
+    ("repartition", &["topic", "input_entity"]),
 ];
 
 /// Checks that an override variable names a real key, suggesting the closest one if not.
@@ -660,6 +724,35 @@ object_store_options: {aws_region: eu-west-1, aws_allow_http: true}\n";
                 .expect_err("options without a store")
                 .to_string();
         assert!(msg.contains("state.object_store_options"), "{msg}");
+    }
+
+    #[test]
+    fn the_repartition_stage_is_off_by_default_and_its_topic_must_be_its_own() {
+        let c = parse("source: {brokers: b:1}\n").expect("valid");
+        assert_eq!(c.repartition.topic, None);
+        assert_eq!(c.repartition.input_entity, "account_id");
+        let c = parse("source: {brokers: b:1, group_id: g}\nrepartition: {topic: r, input_entity: api_key_id}\n")
+            .expect("valid");
+        assert_eq!(c.repartition.topic.as_deref(), Some("r"));
+        assert_eq!(c.repartition.input_entity, "api_key_id");
+        assert_eq!(c.repartition_group(), "g.repartition");
+        for (text, other) in [
+            ("repartition: {topic: requests}", "source.topic"),
+            ("repartition: {topic: cordon-alerts}", "sink.topic"),
+            ("repartition: {topic: cordon-dlq}", "dead_letter.topic"),
+        ] {
+            let msg = parse(&format!("source: {{brokers: b:1}}\n{text}\n"))
+                .expect_err("a topic of its own")
+                .to_string();
+            assert!(
+                msg.contains("repartition.topic") && msg.contains(other),
+                "{msg}"
+            );
+        }
+        let msg = parse("source: {brokers: b:1}\nrepartition: {topic: r, input_entity: ' '}\n")
+            .expect_err("an entity")
+            .to_string();
+        assert!(msg.contains("repartition.input_entity"), "{msg}");
     }
 
     #[test]

@@ -46,11 +46,13 @@ pub enum Reason {
     Late,
     /// Stamped further than `time.max_future_skew` ahead of the wall clock.
     Future,
+    /// On the repartition topic, without the headers the engine forwards events with.
+    NotForwarded,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::InvalidJson,
         Reason::NotObject,
         Reason::MissingField,
@@ -61,6 +63,7 @@ impl Reason {
         Reason::TooLarge,
         Reason::Late,
         Reason::Future,
+        Reason::NotForwarded,
     ];
 
     /// The code used in headers and metric labels.
@@ -76,6 +79,7 @@ impl Reason {
             Reason::TooLarge => "too_large",
             Reason::Late => "late",
             Reason::Future => "future",
+            Reason::NotForwarded => "not_forwarded",
         }
     }
 }
@@ -748,6 +752,38 @@ pub fn dead_letter_payload(payload: &[u8]) -> (Cow<'_, [u8]>, bool) {
     }
 }
 
+/// The payload to forward to the repartition topic: the original bytes, except that a raw
+/// prompt is replaced by the fingerprints derived from it (the ones the event does not carry
+/// itself), as the decoder derives them. The second stage then reads what the first did, and
+/// the prompt text never reaches Kafka again. For events the decoder accepted (JSON objects);
+/// anything else is passed as it is.
+pub fn forward_payload(payload: &[u8]) -> Cow<'_, [u8]> {
+    if !payload.windows(8).any(|w| w == b"\"prompt\"") {
+        return Cow::Borrowed(payload);
+    }
+    let Ok(serde_json::Value::Object(mut map)) =
+        serde_json::from_slice::<serde_json::Value>(payload)
+    else {
+        return Cow::Borrowed(payload);
+    };
+    if let Some(prompt) = map.remove("prompt")
+        && let Some(text) = prompt.as_str()
+    {
+        let fps = fingerprints(text);
+        for (field, value) in [
+            ("prompt_fp", fps.prompt_fp),
+            ("template_fp", fps.template_fp),
+            ("prompt_simhash", fps.prompt_simhash),
+        ] {
+            let slot = map.entry(field).or_insert(serde_json::Value::Null);
+            if slot.is_null() {
+                *slot = serde_json::Value::String(value);
+            }
+        }
+    }
+    Cow::Owned(serde_json::to_vec(&map).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1118,6 +1154,40 @@ mod tests {
         .expect("ok");
         let batch = b.finish().batch;
         assert_eq!(batch.num_rows(), 2);
+    }
+
+    #[test]
+    fn forwarded_events_carry_the_prompts_fingerprints_and_never_its_text() {
+        let prompt = "Think step by step: what is 2+2?";
+        let raw = format!(
+            r#"{{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1","prompt":"{prompt}","template_fp":"mine"}}"#
+        );
+        let forwarded = forward_payload(raw.as_bytes()).into_owned();
+        let text = String::from_utf8(forwarded.clone()).expect("utf8");
+        assert!(
+            !text.contains("step by step") && !text.contains("\"prompt\""),
+            "{text}"
+        );
+        // The second stage decodes what the first did: derived fingerprints, and the
+        // gateway's own where it sent one.
+        let mut b = EventBatchBuilder::new(1024);
+        b.push(&forwarded, &mut open_time()).expect("decodes");
+        let batch = b.finish().batch;
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .expect("col")
+                .as_string::<i32>()
+                .value(0)
+                .to_owned()
+        };
+        let expect = fingerprints(prompt);
+        assert_eq!(col("prompt_fp"), expect.prompt_fp);
+        assert_eq!(col("prompt_simhash"), expect.prompt_simhash);
+        assert_eq!(col("template_fp"), "mine");
+        // Events without a prompt go as they are, without a copy.
+        let plain = br#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1"}"#;
+        assert!(matches!(forward_payload(plain), Cow::Borrowed(p) if p == plain));
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct Health {
     last_checkpoint_ms: AtomicU64,
     rules: Mutex<RulesHealth>,
     assigned: Mutex<Vec<i32>>,
+    /// The repartition stage's own health, with `repartition.topic` ([`Health::attach`]).
+    repartition: std::sync::OnceLock<Arc<Health>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -96,6 +98,9 @@ pub struct Readiness {
     pub last_checkpoint_age_seconds: Option<f64>,
     /// Why the last rule reload was refused (the running set stays); `null` if it was not.
     pub rules_error: Option<String>,
+    /// With `repartition.topic`, the repartition stage's own readiness (its partitions are
+    /// the repartition topic's); `ready` above needs it ready too. `null` without.
+    pub repartition: Option<Box<Readiness>>,
 }
 
 impl Default for Health {
@@ -115,7 +120,14 @@ impl Health {
             last_checkpoint_ms: AtomicU64::new(0),
             rules: Mutex::default(),
             assigned: Mutex::default(),
+            repartition: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes `/readyz` report the repartition stage's health beside this (the input stage's),
+    /// and be ready only when both are. Only the first call counts.
+    pub fn attach(&self, repartition: Arc<Health>) {
+        let _ = self.repartition.set(repartition);
     }
 
     fn now_ms(&self) -> u64 {
@@ -187,14 +199,18 @@ impl Health {
             0 => None,
             ms => Some(age(ms - 1).as_secs_f64()),
         };
+        let repartition = self.repartition.get().map(|h| Box::new(h.readiness()));
         Readiness {
-            ready: consuming && rules.loaded.is_some(),
+            ready: consuming
+                && rules.loaded.is_some()
+                && repartition.as_ref().is_none_or(|r| r.ready),
             consuming,
             rules_loaded: rules.loaded.unwrap_or(0),
             assigned_partitions: self.assigned.lock().map(|a| a.clone()).unwrap_or_default(),
             last_batch_age_seconds: last_batch,
             last_checkpoint_age_seconds: last_checkpoint,
             rules_error: rules.error,
+            repartition,
         }
     }
 }

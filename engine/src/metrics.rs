@@ -50,8 +50,21 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Whether a dead-letter reason is malformed input (counted as a decode failure) rather than
 /// a well-formed event refused for its time (`late`, `future`).
 fn is_decode_failure(reason: Reason) -> bool {
-    !matches!(reason, Reason::Late | Reason::Future)
+    !matches!(reason, Reason::Late | Reason::Future | Reason::NotForwarded)
 }
+
+/// Which of the engine's two stages reports ([`crate::processor::Stage`]): the one that reads
+/// the input topic (the only one without `repartition.topic`), or the repartition stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Reads the input topic.
+    Input,
+    /// Reads the repartition topic.
+    Repartition,
+}
+
+/// The results of `cordon_repartition_messages_total`, all registered at zero.
+const REPARTITION_RESULTS: [&str; 4] = ["forwarded", "counted", "replayed", "unrouted"];
 
 fn status_label(status: Status) -> &'static str {
     match status {
@@ -71,6 +84,7 @@ pub struct Metrics {
     suppressed: IntCounterVec,
     state_evictions: IntCounterVec,
     split_checks: IntCounterVec,
+    repartition: IntCounterVec,
     rule_reloads: IntCounterVec,
     sink_errors: IntCounter,
     state_keys: IntGaugeVec,
@@ -95,10 +109,11 @@ impl std::fmt::Debug for Metrics {
 struct LogState {
     /// Cumulative evictions per table at the previous [`Metrics::state`] call.
     evictions: HashMap<String, u64>,
-    /// Tables with a `cordon_state_keys` series.
-    tables: BTreeSet<String>,
-    /// Partitions with a `cordon_consumer_lag_messages` series.
-    lag_partitions: BTreeSet<i32>,
+    /// Tables with a `cordon_state_keys` series, and the bytes of their state, by the stage
+    /// that keeps them.
+    tables: BTreeMap<Scope, (BTreeSet<String>, u64)>,
+    /// Topics and partitions with a `cordon_consumer_lag_messages` series.
+    lag_partitions: BTreeSet<(String, i32)>,
     /// When the last dead-letter warning was written.
     last_dead_letter_log: Option<Instant>,
     /// Dead letters per reason since that warning.
@@ -109,8 +124,8 @@ struct LogState {
     last_split_log: Option<Instant>,
     /// Split checks per table since that warning.
     pending_split: BTreeMap<String, SplitChecks>,
-    /// When the last checkpoint completed.
-    last_checkpoint: Option<Instant>,
+    /// As of when each stage's state on disk was last current.
+    last_checkpoint: BTreeMap<Scope, Instant>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
@@ -204,6 +219,12 @@ impl Metrics {
                 "New keys sampled (1 in 64) and looked up in this instance's other input partitions, by state table and result: split when another partition already held the key, so that the entity's events are counted apart in each partition (an entity the input topic is not keyed by), else alone.",
                 &["table", "result"],
             )?,
+            repartition: counter_vec(
+                &r,
+                "cordon_repartition_messages_total",
+                "Events through the repartition topic, by result: forwarded (written by the first stage, once per entity), counted (read and counted by the second stage), replayed (read again after the first stage replayed, and dropped), unrouted (for an entity no running rule groups by).",
+                &["result"],
+            )?,
             rule_reloads: counter_vec(
                 &r,
                 "cordon_rule_reloads_total",
@@ -232,8 +253,8 @@ impl Metrics {
             consumer_lag: gauge_vec(
                 &r,
                 "cordon_consumer_lag_messages",
-                "Messages between the consumer group's committed offset and the high watermark, by assigned input partition (from librdkafka statistics, every statistics.interval.ms).",
-                &["partition"],
+                "Messages between the consumer group's committed offset and the high watermark, by topic (the input topic, and the repartition topic with repartition.topic) and assigned partition (from librdkafka statistics, every statistics.interval.ms).",
+                &["topic", "partition"],
             )?,
             checkpoint_age: {
                 let g = Gauge::new(
@@ -274,6 +295,9 @@ impl Metrics {
         }
         for result in ["success", "failure"] {
             m.rule_reloads.with_label_values(&[result]);
+        }
+        for result in REPARTITION_RESULTS {
+            m.repartition.with_label_values(&[result]);
         }
         // Set explicitly: 0 until the first checkpoint (see its help text).
         m.checkpoint_age.set(0.0);
@@ -337,10 +361,27 @@ impl Metrics {
     /// One micro-batch was processed and its output acknowledged by the broker: counts its
     /// events, dead letters, alerts and suppressed matches, observes its duration, logs each
     /// alert (rule, severity, id and status; never the entity) and, at most once per
-    /// [`LOG_INTERVAL`], a summary of the dead letters.
-    pub fn batch_done(&self, out: &Output, elapsed: Duration) {
+    /// [`LOG_INTERVAL`], a summary of the dead letters. The events of the repartition stage
+    /// (`scope`) count as `cordon_repartition_messages_total{result="counted"}`, not as
+    /// consumed: each was consumed once already, from the input topic.
+    pub fn batch_done(&self, scope: Scope, out: &Output, elapsed: Duration) {
         let stats = &out.stats;
-        self.events_consumed.inc_by(stats.events);
+        match scope {
+            Scope::Input => self.events_consumed.inc_by(stats.events),
+            Scope::Repartition => self
+                .repartition
+                .with_label_values(&["counted"])
+                .inc_by(stats.events),
+        }
+        for (result, n) in [
+            ("forwarded", stats.forwarded),
+            ("replayed", stats.replayed),
+            ("unrouted", stats.unrouted),
+        ] {
+            if n > 0 {
+                self.repartition.with_label_values(&[result]).inc_by(n);
+            }
+        }
         for (reason, n) in &stats.rejected {
             self.dead_letters
                 .with_label_values(&[reason.as_str()])
@@ -427,7 +468,7 @@ impl Metrics {
     /// Call it every second or so.
     pub fn tick(&self, force: bool) {
         if let Ok(mut state) = self.state.lock() {
-            if let Some(t) = state.last_checkpoint {
+            if let Some(t) = state.last_checkpoint.values().min() {
                 self.checkpoint_age.set(t.elapsed().as_secs_f64());
             }
             log_dead_letters(&mut state, force);
@@ -443,17 +484,21 @@ impl Metrics {
 
     /// Every owned partition's state on disk is current as of `as_of` (the oldest partition's
     /// last checkpoint, or the last time it was found unchanged since); with no partition owned,
-    /// as of now. `cordon_checkpoint_age_seconds` counts from it.
-    pub fn checkpoint_current(&self, as_of: Instant) {
-        self.checkpoint_age.set(as_of.elapsed().as_secs_f64());
+    /// as of now. `cordon_checkpoint_age_seconds` counts from it; with two stages (`scope`),
+    /// from the older of their two.
+    pub fn checkpoint_current(&self, scope: Scope, as_of: Instant) {
         if let Ok(mut state) = self.state.lock() {
-            state.last_checkpoint = Some(as_of);
+            state.last_checkpoint.insert(scope, as_of);
+            if let Some(t) = state.last_checkpoint.values().min() {
+                self.checkpoint_age.set(t.elapsed().as_secs_f64());
+            }
         }
     }
 
     /// The state tables' sizes (from [`Processor::table_stats`](crate::processor::Processor::table_stats)):
     /// sets keys per table and total bytes, and adds the evictions since the previous call.
-    pub fn state(&self, tables: &[TableStats]) {
+    /// Each stage (`scope`) reports the tables it keeps.
+    pub fn state(&self, scope: Scope, tables: &[TableStats]) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
@@ -480,29 +525,41 @@ impl Metrics {
             bytes = bytes.saturating_add(t.bytes);
             seen.insert(t.name.clone());
         }
-        for gone in state.tables.difference(&seen) {
-            let _ = self.state_keys.remove_label_values(&[gone]);
+        let before = state.tables.insert(scope, (seen, bytes));
+        if let (Some((gone, _)), Some((seen, _))) = (before, state.tables.get(&scope)) {
+            for gone in gone.difference(seen) {
+                let _ = self.state_keys.remove_label_values(&[gone]);
+            }
         }
-        state.tables = seen;
+        let bytes = state
+            .tables
+            .values()
+            .fold(0u64, |sum, (_, b)| sum.saturating_add(*b));
         self.state_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
-    /// Consumer lag of the assigned partitions whose lag is known; the series of a partition
-    /// that is no longer listed is removed.
-    pub fn consumer_lag(&self, lag: &BTreeMap<i32, i64>) {
+    /// Consumer lag of `topic`'s assigned partitions whose lag is known; the series of a
+    /// partition of `topic` that is no longer listed is removed.
+    pub fn consumer_lag(&self, topic: &str, lag: &BTreeMap<i32, i64>) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
         for (p, n) in lag {
             self.consumer_lag
-                .with_label_values(&[&p.to_string()])
+                .with_label_values(&[topic, &p.to_string()])
                 .set(*n);
         }
-        for gone in state.lag_partitions.iter().filter(|p| !lag.contains_key(p)) {
-            let _ = self.consumer_lag.remove_label_values(&[&gone.to_string()]);
-        }
-        state.lag_partitions = lag.keys().copied().collect();
+        state.lag_partitions.retain(|(t, p)| {
+            let keep = t != topic || lag.contains_key(p);
+            if !keep {
+                let _ = self.consumer_lag.remove_label_values(&[t, &p.to_string()]);
+            }
+            keep
+        });
+        state
+            .lag_partitions
+            .extend(lag.keys().map(|p| (topic.to_owned(), *p)));
     }
 
     /// A write to Kafka failed (`what`: which write): counts the messages it lost (the failed
@@ -686,7 +743,7 @@ condition: requests >= 1000
         let rules =
             cordon_rules::load_sources(&[("t.yaml".into(), RULES.into())]).expect("rules load");
         let p = Processor::new(&rules, CoreConfig::default());
-        m.state(&p.table_stats());
+        m.state(Scope::Input, &p.table_stats());
         let zero = samples(
             &m.encode().expect("encode"),
             "cordon_state_split_checks_total",
@@ -706,8 +763,8 @@ condition: requests >= 1000
                 split: 3,
             },
         );
-        m.batch_done(&out, Duration::from_millis(1));
-        m.batch_done(&out, Duration::from_millis(1));
+        m.batch_done(Scope::Input, &out, Duration::from_millis(1));
+        m.batch_done(Scope::Input, &out, Duration::from_millis(1));
         let text = m.encode().expect("encode");
         let series = |result: &str| {
             let labels = format!("result=\"{result}\",table=\"{table}\"");
@@ -743,9 +800,9 @@ condition: requests >= 1000
         let mut out = Output::default();
         p.process(&inputs, T0 + 60_000, &mut out).expect("process");
         assert_eq!(out.alerts.len(), 1, "{:?}", out.stats);
-        m.batch_done(&out, Duration::from_millis(3));
-        m.state(&p.table_stats());
-        m.consumer_lag(&BTreeMap::from([(0, 7), (3, 0)]));
+        m.batch_done(Scope::Input, &out, Duration::from_millis(3));
+        m.state(Scope::Input, &p.table_stats());
+        m.consumer_lag("requests", &BTreeMap::from([(0, 7), (3, 0)]));
 
         let text = m.encode().expect("encode");
         assert_eq!(value(&text, "cordon_events_consumed_total", ""), 8.0);
@@ -796,11 +853,19 @@ condition: requests >= 1000
         assert_eq!(keys.values().sum::<f64>(), 2.0, "{keys:?}");
         assert!(value(&text, "cordon_state_bytes", "") > 0.0);
         assert_eq!(
-            value(&text, "cordon_consumer_lag_messages", "partition=\"0\""),
+            value(
+                &text,
+                "cordon_consumer_lag_messages",
+                "topic=\"requests\",partition=\"0\""
+            ),
             7.0
         );
         assert_eq!(
-            value(&text, "cordon_consumer_lag_messages", "partition=\"3\""),
+            value(
+                &text,
+                "cordon_consumer_lag_messages",
+                "topic=\"requests\",partition=\"3\""
+            ),
             0.0
         );
         assert!(
@@ -809,14 +874,14 @@ condition: requests >= 1000
         );
 
         // A partition that is gone loses its lag series; evictions count deltas.
-        m.consumer_lag(&BTreeMap::from([(0, 0)]));
+        m.consumer_lag("requests", &BTreeMap::from([(0, 0)]));
         let text = m.encode().expect("encode");
         assert_eq!(samples(&text, "cordon_consumer_lag_messages").len(), 1);
         let mut tables = p.table_stats();
         tables[0].evictions = 5;
-        m.state(&tables);
+        m.state(Scope::Input, &tables);
         tables[0].evictions = 7;
-        m.state(&tables);
+        m.state(Scope::Input, &tables);
         let text = m.encode().expect("encode");
         let evicted: f64 = samples(&text, "cordon_state_evictions_total")
             .values()

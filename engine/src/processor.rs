@@ -10,7 +10,9 @@
 use crate::agg::{Input as AggInput, InputKind, SlotKind};
 use crate::checkpoint::{Checkpoint, CheckpointMeta, CheckpointRef, encode_head};
 use crate::codec::{self, CodecError};
-use crate::decode::{Decoded, EventBatchBuilder, Reason, TimeCheck, dead_letter_payload};
+use crate::decode::{
+    Decoded, EventBatchBuilder, Reason, Rejection, TimeCheck, dead_letter_payload, forward_payload,
+};
 use crate::gate::{
     ALERT_SCHEMA, Alert, AlertEngine, AlertEntity, AlertRule, AlertWindow, Decision, Gate, rfc3339,
 };
@@ -38,6 +40,79 @@ pub struct Input<'a> {
     pub key: Option<&'a [u8]>,
     /// Message value.
     pub payload: &'a [u8],
+    /// For a message of the repartition topic: what the first stage forwarded it for, from
+    /// its headers ([`Stage::Repartitioned`]); `None` elsewhere.
+    pub forwarded: Option<Forwarded<'a>>,
+}
+
+/// Header of a forwarded event: the entity it was forwarded for ([`Forwarded::entity`]).
+pub const HEADER_FORWARD_ENTITY: &str = "cordon.forward.entity";
+/// Header of a forwarded event: its input partition ([`Forwarded::partition`]).
+pub const HEADER_FORWARD_PARTITION: &str = "cordon.forward.partition";
+/// Header of a forwarded event: its input offset ([`Forwarded::offset`]).
+pub const HEADER_FORWARD_OFFSET: &str = "cordon.forward.offset";
+
+/// Where a message of the repartition topic came from: the entity it was forwarded for and
+/// the input partition and offset of the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarded<'a> {
+    /// The entity expression, as the plan writes it ([`crate::plan::ExprCol::text`]).
+    pub entity: &'a str,
+    /// The event's input partition.
+    pub partition: i32,
+    /// The event's offset there.
+    pub offset: i64,
+}
+
+/// Which part of the work a processor does. One process runs one [`Stage::Whole`], or, with
+/// `repartition.topic` set, one [`Stage::Source`] and one [`Stage::Repartitioned`], each with
+/// the whole rule set: a table belongs to one of the two by its entity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Stage {
+    /// Every table, from the input topic.
+    #[default]
+    Whole,
+    /// Reads the input topic: keeps the tables whose entity is `input_entity` (the entity the
+    /// input is keyed by), and forwards each event once for every other entity the rules
+    /// group by ([`Output::forwards`]).
+    Source {
+        /// `repartition.input_entity`.
+        input_entity: String,
+    },
+    /// Reads the repartition topic: keeps every table but `input_entity`'s, each from the
+    /// events forwarded for its entity. Events the first stage forwarded again after a replay
+    /// (at or below the highest offset already counted for their input partition and entity)
+    /// are dropped ([`BatchStats::replayed`]), and lateness is not judged again: the first
+    /// stage judged it against the event's own partition.
+    Repartitioned {
+        /// `repartition.input_entity`.
+        input_entity: String,
+    },
+}
+
+impl Stage {
+    /// Whether a table of entity `entity` (as the rules write it) belongs to this stage.
+    fn owns(&self, entity: &str) -> bool {
+        match self {
+            Stage::Whole => true,
+            Stage::Source { input_entity } => entity.trim() == input_entity.trim(),
+            Stage::Repartitioned { input_entity } => entity.trim() != input_entity.trim(),
+        }
+    }
+}
+
+/// An event to forward to the repartition topic ([`Stage::Source`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Input partition.
+    pub partition: i32,
+    /// Input offset.
+    pub offset: i64,
+    /// The event, without raw prompt text ([`crate::decode::forward_payload`]).
+    pub payload: Vec<u8>,
+    /// Per entity it goes to: the entity expression ([`Forwarded::entity`]) and the event's
+    /// value of it, the message key.
+    pub keys: Vec<(String, String)>,
 }
 
 impl<'a> Input<'a> {
@@ -56,6 +131,7 @@ impl<'a> Input<'a> {
                 offset,
                 key: None,
                 payload,
+                forwarded: None,
             })
             .collect()
     }
@@ -131,6 +207,13 @@ pub struct BatchStats {
     /// keys by account), or any entity when the producer does not key by entity at all. Only
     /// the partitions this processor holds are seen.
     pub split_checks: BTreeMap<String, SplitChecks>,
+    /// Messages to write to the repartition topic ([`Stage::Source`]: each event once per
+    /// entity it has a value for).
+    pub forwarded: u64,
+    /// Forwarded events dropped as counted already ([`Stage::Repartitioned`]).
+    pub replayed: u64,
+    /// Forwarded events for an entity no running rule groups by (a reload removed it).
+    pub unrouted: u64,
 }
 
 /// What the split check found for one state table in one batch.
@@ -150,6 +233,8 @@ pub struct Output {
     pub alerts: Vec<AlertRecord>,
     /// Dead letters, in input order per partition.
     pub dead_letters: Vec<DeadLetter>,
+    /// Events for the repartition topic ([`Stage::Source`]), in input order per partition.
+    pub forwards: Vec<Forward>,
     /// Counters.
     pub stats: BatchStats,
 }
@@ -179,6 +264,8 @@ pub struct CoreConfig {
     /// elsewhere, so that backtests and rule tests stay reproducible. It seeds partitions that
     /// start empty; a partition restored from a checkpoint keeps the seed recorded there.
     pub sketch_seed: u64,
+    /// Which tables it keeps, and whether it forwards ([`Stage`]).
+    pub stage: Stage,
 }
 
 impl Default for CoreConfig {
@@ -191,6 +278,7 @@ impl Default for CoreConfig {
             max_keys: 10_000_000,
             clamp_future: false,
             sketch_seed: 0,
+            stage: Stage::Whole,
         }
     }
 }
@@ -219,6 +307,9 @@ struct PartitionState {
     /// [`CoreConfig::sketch_seed`] for a partition that starts empty, the checkpoint's for a
     /// restored one ([`Checkpoint::sketch_seed`]).
     sketch_seed: u64,
+    /// The highest input offset counted per entity and input partition, of the events
+    /// forwarded to this partition ([`Stage::Repartitioned`]).
+    forwarded: BTreeMap<(String, i32), i64>,
     tables: Vec<KeyTable>,
     gates: Vec<Gate>,
 }
@@ -255,6 +346,10 @@ pub struct TableStats {
 #[derive(Debug)]
 pub struct Processor {
     plan: Plan,
+    /// Per table, whether this stage keeps it ([`Stage`]).
+    owned: Vec<bool>,
+    /// The entity columns the events are forwarded for ([`Stage::Source`]).
+    forward: Vec<usize>,
     kinds: Vec<Vec<SlotKind>>,
     partitions: HashMap<i32, PartitionState>,
     config: CoreConfig,
@@ -305,6 +400,10 @@ struct Scratch {
     /// Entity hash columns of the last batch, for the next one's text columns. Taken fresh
     /// each batch, they landed in new pages whenever new keys had taken the freed ones.
     hashes: Vec<Vec<Option<u64>>>,
+    /// The tables a partition's messages update ([`Stage`]).
+    tables: Vec<usize>,
+    /// The indices of the messages that decoded, row by row.
+    accepted: Vec<usize>,
 }
 
 /// One table's view of a batch's rows, rebuilt for each table.
@@ -490,8 +589,11 @@ impl Processor {
         let evictions = vec![0; plan.tables.len()];
         let mut builder = EventBatchBuilder::new(config.max_message_bytes);
         builder.project(&plan.columns_read());
+        let (owned, forward) = roles(&plan, &config.stage);
         Self {
             plan,
+            owned,
+            forward,
             kinds,
             partitions: HashMap::new(),
             builder,
@@ -546,6 +648,7 @@ impl Processor {
             .map(|t| t.slots.iter().map(|s| s.kind).collect())
             .collect();
         self.builder.project(&new.columns_read());
+        (self.owned, self.forward) = roles(&new, &self.config.stage);
         self.plan = new;
         self.live_keys = self
             .partitions
@@ -564,6 +667,7 @@ impl Processor {
         PartitionState {
             watermark: i64::MIN,
             sketch_seed: self.config.sketch_seed,
+            forwarded: BTreeMap::new(),
             tables: (0..self.plan.tables.len())
                 .map(|_| KeyTable::default())
                 .collect(),
@@ -608,6 +712,7 @@ impl Processor {
         encode(&CheckpointRef {
             meta,
             sketch_seed: state.sketch_seed,
+            forwarded: forwarded_list(&state.forwarded),
             layout: Layout::of(&self.plan),
             tables: state.tables.iter().collect(),
             gates: state.gates.iter().collect(),
@@ -637,7 +742,13 @@ impl Processor {
             return Ok(());
         };
         meta.watermark = state.watermark;
-        let head = encode_head(&meta, state.sketch_seed, &layout, state.tables.len())?;
+        let head = encode_head(
+            &meta,
+            state.sketch_seed,
+            &forwarded_list(&state.forwarded),
+            &layout,
+            state.tables.len(),
+        )?;
         let mut gates = Vec::new();
         codec::encode_into(&state.gates, &mut gates)?;
         for t in &mut state.tables {
@@ -765,6 +876,11 @@ impl Processor {
             PartitionState {
                 watermark: c.meta.watermark,
                 sketch_seed: c.sketch_seed,
+                forwarded: c
+                    .forwarded
+                    .into_iter()
+                    .map(|(e, p, o)| ((e, p), o))
+                    .collect(),
                 tables,
                 gates,
             },
@@ -828,6 +944,7 @@ impl Processor {
             .tables
             .iter()
             .enumerate()
+            .filter(|&(t, _)| self.owned[t])
             .map(|(t, spec)| {
                 let (mut keys, mut bytes) = (0u64, 0u64);
                 for p in self.partitions.values() {
@@ -947,12 +1064,18 @@ impl Processor {
         }
         // Never 0: a new key's `touch` is 0 and must not look touched in this batch.
         self.batch_seq = self.batch_seq.checked_add(1).unwrap_or(1);
-        let mut by_partition: BTreeMap<i32, Vec<&Input<'_>>> = BTreeMap::new();
+        // Forwarded events update only their entity's tables: they go through per entity.
+        let repartitioned = matches!(self.config.stage, Stage::Repartitioned { .. });
+        let mut by_partition: BTreeMap<(i32, Option<&str>), Vec<&Input<'_>>> = BTreeMap::new();
         for input in inputs {
-            by_partition.entry(input.partition).or_default().push(input);
+            let entity = input.forwarded.filter(|_| repartitioned).map(|f| f.entity);
+            by_partition
+                .entry((input.partition, entity))
+                .or_default()
+                .push(input);
         }
-        for (partition, inputs) in by_partition {
-            self.process_partition(partition, &inputs, now_ms, out)?;
+        for ((partition, entity), inputs) in by_partition {
+            self.process_partition(partition, entity, &inputs, now_ms, out)?;
             self.check_split_keys(partition, &mut out.stats);
         }
         self.enforce_max_keys();
@@ -978,9 +1101,13 @@ impl Processor {
         self.scratch.rows.sampled = sampled;
     }
 
+    /// Processes one partition's messages of a batch; with [`Stage::Repartitioned`], the ones
+    /// forwarded for `entity` (`None`: messages without the forwarding headers, which are
+    /// dead-lettered).
     fn process_partition(
         &mut self,
         partition: i32,
+        entity: Option<&str>,
         inputs: &[&Input<'_>],
         now_ms: i64,
         out: &mut Output,
@@ -995,43 +1122,111 @@ impl Processor {
         let Some(state) = self.partitions.get_mut(&partition) else {
             return Ok(());
         };
+        out.stats.messages += inputs.len() as u64;
+        let repartitioned = matches!(self.config.stage, Stage::Repartitioned { .. });
+        // The tables these messages update: with forwarding, those of their entity.
+        let mut tables = std::mem::take(&mut self.scratch.tables);
+        tables.clear();
+        tables.extend((0..self.plan.tables.len()).filter(|&t| {
+            self.owned[t]
+                && (!repartitioned
+                    || entity
+                        .is_some_and(|e| self.plan.exprs[self.plan.tables[t].entity].text == e))
+        }));
+        if repartitioned && entity.is_some() && tables.is_empty() {
+            out.stats.unrouted += inputs.len() as u64;
+            self.scratch.tables = tables;
+            return Ok(());
+        }
         let mut time = TimeCheck {
             watermark: state.watermark,
-            allowed_lateness_ms: self.config.allowed_lateness_ms,
+            // The first stage judged lateness against each event's own input partition; the
+            // events of several meet here, each partition's at its own pace.
+            allowed_lateness_ms: if repartitioned {
+                i64::MAX
+            } else {
+                self.config.allowed_lateness_ms
+            },
             max_ts: now_ms.saturating_add(self.config.max_future_skew_ms),
             clamp_future: self.config.clamp_future,
         };
-        out.stats.messages += inputs.len() as u64;
-        for input in inputs {
-            if let Err(r) = self.builder.push(input.payload, &mut time) {
-                *out.stats.rejected.entry(r.reason).or_default() += 1;
-                let (payload, redacted) = dead_letter_payload(input.payload);
-                out.dead_letters.push(DeadLetter {
-                    partition,
-                    offset: input.offset,
-                    key: input.key.map(<[u8]>::to_vec),
-                    payload: payload.into_owned(),
-                    redacted,
-                    reason: r.reason,
-                    detail: r.detail,
-                });
+        let mut accepted = std::mem::take(&mut self.scratch.accepted);
+        accepted.clear();
+        for (i, input) in inputs.iter().enumerate() {
+            let refused = if repartitioned {
+                match (entity, input.forwarded) {
+                    (Some(e), Some(f)) => {
+                        let seen = state
+                            .forwarded
+                            .entry((e.to_owned(), f.partition))
+                            .or_insert(-1);
+                        if f.offset <= *seen {
+                            out.stats.replayed += 1;
+                            continue;
+                        }
+                        *seen = f.offset;
+                        None
+                    }
+                    _ => Some(Rejection {
+                        reason: Reason::NotForwarded,
+                        detail: format!(
+                            "a message on the repartition topic without the headers `{}`, `{}` and `{}` that Cordon forwards events with",
+                            HEADER_FORWARD_ENTITY, HEADER_FORWARD_PARTITION, HEADER_FORWARD_OFFSET
+                        ),
+                    }),
+                }
+            } else {
+                None
+            };
+            let result = match refused {
+                Some(r) => Err(r),
+                None => self.builder.push(input.payload, &mut time),
+            };
+            match result {
+                Ok(()) => accepted.push(i),
+                Err(r) => {
+                    *out.stats.rejected.entry(r.reason).or_default() += 1;
+                    let (payload, redacted) = dead_letter_payload(input.payload);
+                    out.dead_letters.push(DeadLetter {
+                        partition,
+                        offset: input.offset,
+                        key: input.key.map(<[u8]>::to_vec),
+                        payload: payload.into_owned(),
+                        redacted,
+                        reason: r.reason,
+                        detail: r.detail,
+                    });
+                }
             }
         }
         state.watermark = time.watermark;
         if self.builder.is_empty() {
+            self.scratch.tables = tables;
+            self.scratch.accepted = accepted;
             return Ok(());
         }
         let decoded = self.builder.finish();
         let (batch, times) = (&decoded.batch, &decoded.times);
         out.stats.events += times.len() as u64;
         let cols = evaluate_columns(&self.plan, &decoded, &mut self.scratch.hashes)?;
+        if !self.forward.is_empty() {
+            forward_rows(
+                &self.plan,
+                &self.forward,
+                &cols,
+                inputs,
+                &accepted,
+                partition,
+                out,
+            );
+        }
         let mut candidates = std::mem::take(&mut self.scratch.candidates);
         candidates.resize_with(rules, Candidates::default);
         for c in &mut candidates {
             c.cands.clear();
             c.values.clear();
         }
-        for t in 0..self.plan.tables.len() {
+        for &t in &tables {
             let added = update_table(
                 &self.plan,
                 t,
@@ -1075,6 +1270,8 @@ impl Processor {
             )
         });
         self.scratch.candidates = candidates;
+        self.scratch.tables = tables;
+        self.scratch.accepted = accepted;
         self.builder.recycle(decoded);
         self.scratch
             .hashes
@@ -1083,6 +1280,67 @@ impl Processor {
                 _ => None,
             }));
         result
+    }
+}
+
+/// Per table, whether `stage` keeps it; and the entity columns (distinct) of the tables it does
+/// not keep, which a [`Stage::Source`] forwards events for.
+fn roles(plan: &Plan, stage: &Stage) -> (Vec<bool>, Vec<usize>) {
+    let owned: Vec<bool> = plan
+        .tables
+        .iter()
+        .map(|t| stage.owns(&t.entity_text))
+        .collect();
+    let mut forward = Vec::new();
+    if matches!(stage, Stage::Source { .. }) {
+        for (t, spec) in plan.tables.iter().enumerate() {
+            if !owned[t] && !forward.contains(&spec.entity) {
+                forward.push(spec.entity);
+            }
+        }
+    }
+    (owned, forward)
+}
+
+/// The forwarding state of a partition as a checkpoint keeps it.
+fn forwarded_list(forwarded: &BTreeMap<(String, i32), i64>) -> Vec<(String, i32, i64)> {
+    forwarded
+        .iter()
+        .map(|((e, p), o)| (e.clone(), *p, *o))
+        .collect()
+}
+
+/// Queues the batch's decoded events (`accepted` holds their indices in `inputs`, row by row)
+/// for the repartition topic, once per entity of `forward` they have a value for.
+fn forward_rows(
+    plan: &Plan,
+    forward: &[usize],
+    cols: &[Col],
+    inputs: &[&Input<'_>],
+    accepted: &[usize],
+    partition: i32,
+    out: &mut Output,
+) {
+    for (row, &i) in accepted.iter().enumerate() {
+        let keys: Vec<(String, String)> = forward
+            .iter()
+            .filter_map(|&e| match &cols[e] {
+                Col::Text(values, _) if values.is_valid(row) => {
+                    Some((plan.exprs[e].text.clone(), values.value(row).to_owned()))
+                }
+                _ => None,
+            })
+            .collect();
+        if keys.is_empty() {
+            continue;
+        }
+        out.stats.forwarded += keys.len() as u64;
+        out.forwards.push(Forward {
+            partition,
+            offset: inputs[i].offset,
+            payload: forward_payload(inputs[i].payload).into_owned(),
+            keys,
+        });
     }
 }
 
@@ -2119,6 +2377,200 @@ condition: requests >= 1000
         assert_eq!(hydra[0].alert.entity.kind, "ip_prefix(ip, 24, 48)");
     }
 
+    /// A hydra range of 12 accounts, 3 templated requests each, keyed by account onto input
+    /// partitions 0 and 1 as a gateway would: each partition holds 6 of the accounts.
+    fn hydra_by_account() -> Vec<(i32, Vec<u8>)> {
+        let mut events = Vec::new();
+        for a in 0..12 {
+            for i in 0..3 {
+                let prompt =
+                    format!(r#","prompt":"You are an expert. Answer question {i}{a} in full""#);
+                let e = ev(
+                    T0 + a * 10 + i,
+                    &format!("hydra-{a}"),
+                    &format!("198.51.100.{a}"),
+                    &prompt,
+                );
+                events.push(((a % 2) as i32, e));
+            }
+        }
+        events
+    }
+
+    fn staged(stage: Stage) -> Processor {
+        let rules =
+            cordon_rules::load_sources(&[("t.yaml".into(), RULES.into())]).expect("rules load");
+        let config = CoreConfig {
+            stage,
+            ..CoreConfig::default()
+        };
+        Processor::new(&rules, config)
+    }
+
+    fn input_entity() -> String {
+        "account_id".into()
+    }
+
+    /// The messages of the repartition topic for `forwards`, all in its partition 0 from
+    /// offset `first`.
+    fn repartition_inputs(forwards: &[Forward], first: i64) -> Vec<Input<'_>> {
+        forwards
+            .iter()
+            .flat_map(|f| f.keys.iter().map(move |(entity, value)| (f, entity, value)))
+            .zip(first..)
+            .map(|((f, entity, value), offset)| Input {
+                partition: 0,
+                offset,
+                key: Some(value.as_bytes()),
+                payload: &f.payload,
+                forwarded: Some(Forwarded {
+                    entity,
+                    partition: f.partition,
+                    offset: f.offset,
+                }),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_range_split_across_input_partitions_fires_once_its_events_are_repartitioned() {
+        let events = hydra_by_account();
+        let inputs: Vec<Input<'_>> = events
+            .iter()
+            .zip(0i64..)
+            .map(|((p, e), offset)| Input {
+                forwarded: None,
+                ..Input::sequence(*p, offset, [e.as_slice()])[0]
+            })
+            .collect();
+        // One stage: each partition counts its 6 accounts, and the range stays quiet.
+        let mut whole = Output::default();
+        processor()
+            .process(&inputs, NOW, &mut whole)
+            .expect("process");
+        assert!(whole.alerts.is_empty(), "{:?}", whole.alerts);
+
+        // The input stage keeps the account table and forwards every event for its /24.
+        let mut first = staged(Stage::Source {
+            input_entity: input_entity(),
+        });
+        let mut out = Output::default();
+        first.process(&inputs, NOW, &mut out).expect("process");
+        assert!(out.alerts.is_empty());
+        assert_eq!(out.forwards.len(), 36);
+        assert_eq!(out.stats.forwarded, 36);
+        let names: Vec<String> = first.table_stats().into_iter().map(|t| t.name).collect();
+        assert_eq!(
+            names,
+            [first.plan().tables[0].name.clone()],
+            "the account table only"
+        );
+        assert!(names[0].starts_with("account_id/"), "{names:?}");
+        for f in &out.forwards {
+            assert_eq!(
+                f.keys,
+                [(
+                    "ip_prefix(ip, 24, 48)".to_owned(),
+                    "198.51.100.0/24".to_owned()
+                )]
+            );
+            let text = String::from_utf8(f.payload.clone()).expect("utf-8");
+            assert!(
+                !text.contains("prompt\""),
+                "no raw prompt forwarded: {text}"
+            );
+            assert!(
+                text.contains("template_fp"),
+                "its fingerprints instead: {text}"
+            );
+        }
+        // Every event, in input order per partition.
+        let mut sent: Vec<(i32, i64)> = inputs.iter().map(|i| (i.partition, i.offset)).collect();
+        sent.sort_unstable();
+        assert_eq!(
+            out.forwards
+                .iter()
+                .map(|f| (f.partition, f.offset))
+                .collect::<Vec<_>>(),
+            sent
+        );
+
+        // The repartition stage sees the whole range in one partition, and it fires.
+        let mut second = staged(Stage::Repartitioned {
+            input_entity: input_entity(),
+        });
+        let mut fired = Output::default();
+        second
+            .process(&repartition_inputs(&out.forwards, 0), NOW, &mut fired)
+            .expect("process");
+        let hydra: Vec<&AlertRecord> = fired.alerts.iter().collect();
+        assert_eq!(hydra.len(), 1, "{:?}", fired.alerts);
+        assert_eq!(hydra[0].alert.rule.id, "t.hydra");
+        assert_eq!(hydra[0].key, "198.51.100.0/24");
+        assert_eq!(hydra[0].alert.event_count, 36);
+        assert_eq!(fired.stats.events, 36);
+        assert!(
+            second
+                .table_stats()
+                .iter()
+                .all(|t| t.name.starts_with("ip_prefix"))
+        );
+
+        // The input stage restarts from a checkpoint and forwards the same events again, at
+        // later offsets of the repartition topic: none is counted twice, in this process or
+        // in one restored from the repartition stage's checkpoint.
+        let mut again = Output::default();
+        second
+            .process(&repartition_inputs(&out.forwards, 36), NOW, &mut again)
+            .expect("process");
+        assert_eq!((again.stats.replayed, again.stats.events), (36, 0));
+        assert!(again.alerts.is_empty());
+        let ckpt = second.checkpoint(0, meta()).expect("checkpoint");
+        let mut restored = staged(Stage::Repartitioned {
+            input_entity: input_entity(),
+        });
+        restored.restore(Checkpoint::decode(&ckpt).expect("decode"));
+        let mut after = Output::default();
+        restored
+            .process(&repartition_inputs(&out.forwards, 72), NOW, &mut after)
+            .expect("process");
+        assert_eq!((after.stats.replayed, after.stats.events), (36, 0));
+        let window = restored
+            .peek(1, "198.51.100.0/24")
+            .expect("the range's window");
+        assert_eq!(window.events, 36, "counted once");
+    }
+
+    #[test]
+    fn the_repartition_stage_dead_letters_messages_that_were_not_forwarded() {
+        let mut second = staged(Stage::Repartitioned {
+            input_entity: input_entity(),
+        });
+        let e = ev(T0, "acct-1", "198.51.100.7", "");
+        let mut out = Output::default();
+        second
+            .process(&Input::sequence(0, 5, [e.as_slice()]), NOW, &mut out)
+            .expect("process");
+        assert_eq!(out.stats.events, 0);
+        assert_eq!(out.dead_letters.len(), 1);
+        assert_eq!(out.dead_letters[0].reason, Reason::NotForwarded);
+        assert_eq!(out.dead_letters[0].offset, 5);
+        // One forwarded for an entity no rule groups by any more (a reload removed it) is
+        // skipped and counted.
+        let input = Input {
+            forwarded: Some(Forwarded {
+                entity: "payment_fp",
+                partition: 0,
+                offset: 1,
+            }),
+            ..Input::sequence(0, 6, [e.as_slice()])[0]
+        };
+        let mut out = Output::default();
+        second.process(&[input], NOW, &mut out).expect("process");
+        assert_eq!((out.stats.unrouted, out.stats.events), (1, 0));
+        assert!(out.dead_letters.is_empty());
+    }
+
     #[test]
     fn suppressed_entity_gets_one_update_per_later_window() {
         let mut p = processor();
@@ -2447,6 +2899,7 @@ condition: requests >= 1000
                 offset: i as i64,
                 key: None,
                 payload,
+                forwarded: None,
             })
             .collect();
         let mut out = Output::default();

@@ -122,6 +122,7 @@ pub fn run_case(rule: &Arc<CompiledRule>, test: &RuleTest) -> CaseReport {
                 offset: *line as i64,
                 key: None,
                 payload,
+                forwarded: None,
             })
             .collect();
         let mut out = Output::default();

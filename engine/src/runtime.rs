@@ -34,8 +34,11 @@ use crate::checkpoint::{
 use crate::config::{Config, FutureEvents, SinkFormat};
 use crate::gate::Status;
 use crate::http::{Health, HttpServer};
-use crate::metrics::Metrics;
-use crate::processor::{CoreConfig, Input, Output, Processor};
+use crate::metrics::{Metrics, Scope};
+use crate::processor::{
+    CoreConfig, Forwarded, HEADER_FORWARD_ENTITY, HEADER_FORWARD_OFFSET, HEADER_FORWARD_PARTITION,
+    Input, Output, Processor, Stage,
+};
 use crate::reload::RuleWatch;
 use anyhow::Context;
 use cordon_connectors::{
@@ -45,6 +48,7 @@ use cordon_connectors::{
 use cordon_rules::RuleSet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -139,21 +143,167 @@ pub fn run(config: &Config, rules: &RuleSet, shutdown: &AtomicBool) -> anyhow::R
     metrics.rules_loaded(rules);
     health.set_rules_loaded(rules.len());
     let server = HttpServer::start(&config.http.listen, metrics.clone(), health.clone())?;
-    let result = run_loop(config, rules, shutdown, &metrics, &health);
+    let result = match &config.repartition.topic {
+        None => run_loop(
+            config,
+            &StageRun::whole(config),
+            rules,
+            Reloads::Watch(RuleWatch::new(&config.rules.paths)?, None),
+            Stop::new(shutdown, None),
+            &metrics,
+            &health,
+        ),
+        Some(topic) => run_stages(config, topic, rules, shutdown, &metrics, &health),
+    };
     // Not ready from here on; the server answers until the loop has returned.
     health.set_consuming(false);
     server.stop();
     result
 }
 
-/// The checkpoint store `config` asks for: object storage (`state.object_store_url`), which
-/// must answer a listing now, or `state.dir`. Errors name the config key at fault.
-fn checkpoint_store(config: &Config) -> anyhow::Result<CheckpointStore> {
+/// Runs the two stages of `repartition.topic`: the input stage on this thread, the
+/// repartition stage on a thread of its own. When either stops, for whatever reason, the other
+/// stops too (cleanly: it flushes, checkpoints and commits). The input stage watches the rule
+/// files and hands each set that loads to the other, so both run the same rules.
+fn run_stages(
+    config: &Config,
+    topic: &str,
+    rules: &RuleSet,
+    shutdown: &AtomicBool,
+    metrics: &Metrics,
+    health: &Health,
+) -> anyhow::Result<RunTotals> {
+    let watch = RuleWatch::new(&config.rules.paths)?;
+    let (to_second, from_first) = std::sync::mpsc::channel();
+    let second_health = Arc::new(Health::new());
+    second_health.set_rules_loaded(rules.len());
+    health.attach(second_health.clone());
+    let halt = AtomicBool::new(false);
+    let (first, second) = std::thread::scope(|scope| {
+        let second = std::thread::Builder::new()
+            .name("cordon-repartition".into())
+            .spawn_scoped(scope, || {
+                let r = run_loop(
+                    config,
+                    &StageRun::repartitioned(config, topic),
+                    rules,
+                    Reloads::From(from_first),
+                    Stop::new(shutdown, Some(&halt)),
+                    metrics,
+                    &second_health,
+                );
+                halt.store(true, Ordering::Relaxed);
+                second_health.set_consuming(false);
+                r
+            });
+        let first = run_loop(
+            config,
+            &StageRun::source(config, topic),
+            rules,
+            Reloads::Watch(watch, Some(to_second)),
+            Stop::new(shutdown, Some(&halt)),
+            metrics,
+            health,
+        );
+        halt.store(true, Ordering::Relaxed);
+        let second = match second {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the repartition stage panicked"))),
+            Err(e) => Err(anyhow::Error::from(e).context("starting the repartition stage")),
+        };
+        (first, second)
+    });
+    let (first, second) = (
+        first.context("the input stage")?,
+        second.context("the repartition stage")?,
+    );
+    Ok(RunTotals {
+        messages: first.messages,
+        events: first.events,
+        alerts: first.alerts + second.alerts,
+        dead_letters: first.dead_letters + second.dead_letters,
+    })
+}
+
+/// What one loop reads and does: the whole engine, or one of the two stages of
+/// `repartition.topic` ([`Stage`]).
+struct StageRun {
+    stage: Stage,
+    scope: Scope,
+    /// The topic it reads.
+    topic: String,
+    /// Its consumer group.
+    group: String,
+    /// Where the input stage forwards events (the repartition topic).
+    forward_to: Option<String>,
+}
+
+impl StageRun {
+    fn whole(config: &Config) -> Self {
+        Self {
+            stage: Stage::Whole,
+            scope: Scope::Input,
+            topic: config.source.topic.clone(),
+            group: config.source.group_id.clone(),
+            forward_to: None,
+        }
+    }
+
+    fn source(config: &Config, repartition_topic: &str) -> Self {
+        Self {
+            stage: Stage::Source {
+                input_entity: config.repartition.input_entity.clone(),
+            },
+            forward_to: Some(repartition_topic.to_owned()),
+            ..Self::whole(config)
+        }
+    }
+
+    fn repartitioned(config: &Config, repartition_topic: &str) -> Self {
+        Self {
+            stage: Stage::Repartitioned {
+                input_entity: config.repartition.input_entity.clone(),
+            },
+            scope: Scope::Repartition,
+            topic: repartition_topic.to_owned(),
+            group: config.repartition_group(),
+            forward_to: None,
+        }
+    }
+}
+
+/// Where a loop's rule reloads come from.
+enum Reloads {
+    /// The rule files and SIGHUP; each set that loads also goes to the repartition stage.
+    Watch(RuleWatch, Option<Sender<RuleSet>>),
+    /// The sets the input stage loaded.
+    From(Receiver<RuleSet>),
+}
+
+/// When a loop stops: on SIGTERM or SIGINT, or when the other stage has stopped.
+#[derive(Clone, Copy)]
+struct Stop<'a> {
+    signal: &'a AtomicBool,
+    other: Option<&'a AtomicBool>,
+}
+
+impl<'a> Stop<'a> {
+    fn new(signal: &'a AtomicBool, other: Option<&'a AtomicBool>) -> Self {
+        Self { signal, other }
+    }
+
+    fn asked(&self) -> bool {
+        self.signal.load(Ordering::Relaxed) || self.other.is_some_and(|o| o.load(Ordering::Relaxed))
+    }
+}
+
+/// The checkpoint store `config` asks for, for `topic`'s partitions: object storage
+/// (`state.object_store_url`), which must answer a listing now, or `state.dir`. Errors name
+/// the config key at fault.
+fn checkpoint_store(config: &Config, topic: &str) -> anyhow::Result<CheckpointStore> {
     let Some(url) = &config.state.object_store_url else {
-        return Ok(CheckpointStore::new(
-            &config.state.dir,
-            &config.source.topic,
-        ));
+        return Ok(CheckpointStore::new(&config.state.dir, topic));
     };
     let objects = ObjectStorage::open(url, &config.state.object_store_options).map_err(|e| {
         let key = match &e {
@@ -162,7 +312,7 @@ fn checkpoint_store(config: &Config) -> anyhow::Result<CheckpointStore> {
         };
         anyhow::anyhow!("config key `{key}`: {e}")
     })?;
-    let store = CheckpointStore::objects(&objects, &config.source.topic);
+    let store = CheckpointStore::objects(&objects, topic);
     store.check().with_context(|| {
         format!(
             "config key `state.object_store_url`: cannot list {}",
@@ -178,11 +328,11 @@ fn checkpoint_store(config: &Config) -> anyhow::Result<CheckpointStore> {
 /// false when shutdown was asked for first.
 fn wait_for_topics(
     check: impl Fn(Duration) -> Result<(), ConnectorError>,
-    shutdown: &AtomicBool,
+    stop: Stop<'_>,
 ) -> anyhow::Result<bool> {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
-        if shutdown.load(Ordering::Relaxed) {
+        if stop.asked() {
             return Ok(false);
         }
         match check(Duration::from_secs(1)) {
@@ -212,6 +362,8 @@ type Loaded = Arc<Mutex<BTreeMap<i32, Result<Option<(Checkpoint, usize)>, String
 /// thread, and the partition's offset is committed when the writer reports the file written.
 struct Checkpoints {
     writer: CheckpointWriter,
+    /// Which stage's checkpoints, for `cordon_checkpoint_age_seconds`.
+    scope: Scope,
     topic: String,
     alerts_topic: String,
     interval: Duration,
@@ -440,7 +592,7 @@ impl Checkpoints {
             .min()
             .copied()
             .unwrap_or_else(Instant::now);
-        metrics.checkpoint_current(as_of);
+        metrics.checkpoint_current(self.scope, as_of);
         health.checkpoint_current(as_of);
     }
 
@@ -615,8 +767,9 @@ fn take_over(
         ckpts.taken.insert(p, at);
         ckpts.durable.insert(p, now);
     }
-    metrics.state(&processor.table_stats());
+    metrics.state(ckpts.scope, &processor.table_stats());
     tracing::info!(
+        topic = %ckpts.topic,
         partitions = ?assigned,
         restored_keys = keys,
         alerts_read_back = records.len(),
@@ -662,15 +815,18 @@ impl ReadAlert {
     }
 }
 
+/// One loop: the whole engine, or one stage of two (`run`). Its rule reloads come from
+/// `reloads`, whose watch the caller creates first, so that a SIGHUP during start-up reloads
+/// rather than kills (its default action).
 fn run_loop(
     config: &Config,
+    run: &StageRun,
     rules: &RuleSet,
-    shutdown: &AtomicBool,
+    mut reloads: Reloads,
+    stop: Stop<'_>,
     metrics: &Metrics,
     health: &Health,
 ) -> anyhow::Result<RunTotals> {
-    // First, so a SIGHUP during start-up reloads rather than kills (its default action).
-    let mut rule_watch = RuleWatch::new(&config.rules.paths)?;
     let settings = ClientSettings {
         brokers: config.source.brokers.clone(),
         properties: config.source.properties.clone(),
@@ -681,17 +837,15 @@ fn run_loop(
         .extend(config.sink.properties.clone());
 
     // Before Kafka, so that a wrong store fails start-up at once, naming its key.
-    let store = checkpoint_store(config)?;
-    let source = KafkaSource::new(&settings, &config.source.group_id, &config.source.topic)
-        .context("config key `source.properties`")?;
+    let store = checkpoint_store(config, &run.topic)?;
+    let source = KafkaSource::new(&settings, &run.group, &run.topic)
+        .context("config key `source.properties`")?
+        .read_headers(run.scope == Scope::Repartition);
     let sink = KafkaSink::new(&sink_settings).context("config key `sink.properties`")?;
-    let topics_ready = wait_for_topics(
-        |t| source.check_topics(&[&config.source.topic], t),
-        shutdown,
-    )? && wait_for_topics(
-        |t| sink.check_topics(&[&config.sink.topic, &config.dead_letter.topic], t),
-        shutdown,
-    )?;
+    let mut outputs = vec![config.sink.topic.as_str(), &config.dead_letter.topic];
+    outputs.extend(run.forward_to.as_deref());
+    let topics_ready = wait_for_topics(|t| source.check_topics(&[&run.topic], t), stop)?
+        && wait_for_topics(|t| sink.check_topics(&outputs, t), stop)?;
     if !topics_ready {
         tracing::info!("shut down before Kafka answered");
         return Ok(RunTotals::default());
@@ -721,8 +875,9 @@ fn run_loop(
     source.subscribe()?;
     health.set_consuming(true);
     tracing::info!(
-        topic = %config.source.topic,
-        group = %config.source.group_id,
+        topic = %run.topic,
+        group = %run.group,
+        forward_to = run.forward_to.as_deref().unwrap_or(""),
         state_dir = %config.state.dir.display(),
         "cordon started"
     );
@@ -737,11 +892,13 @@ fn run_loop(
         sketch_seed: store
             .sketch_seed()
             .context("config key `state.dir`: the sketch seed")?,
+        stage: run.stage.clone(),
     };
     let mut processor = Processor::new(rules, core);
     let mut ckpts = Checkpoints {
         writer: CheckpointWriter::new(store)?,
-        topic: config.source.topic.clone(),
+        scope: run.scope,
+        topic: run.topic.clone(),
         alerts_topic: config.sink.topic.clone(),
         interval: config.state.checkpoint_interval,
         positions: BTreeMap::new(),
@@ -758,9 +915,9 @@ fn run_loop(
     let mut reported = RunTotals::default();
     let mut last_tick = Instant::now();
     let mut state_stats = Walk::new(STATE_STATS_INTERVAL);
-    metrics.state(&processor.table_stats());
+    metrics.state(run.scope, &processor.table_stats());
 
-    while !shutdown.load(Ordering::Relaxed) {
+    while !stop.asked() {
         health.heartbeat();
         records.clear();
         source.poll_batch(
@@ -774,8 +931,8 @@ fn run_loop(
         records.retain(|r| r.offset >= ckpts.positions.get(&r.partition).copied().unwrap_or(-1));
         if !records.is_empty() {
             let started = Instant::now();
-            let out = process_batch(&mut processor, &records, config, &sink, metrics)?;
-            metrics.batch_done(&out, started.elapsed());
+            let out = process_batch(&mut processor, &records, config, run, &sink, metrics)?;
+            metrics.batch_done(run.scope, &out, started.elapsed());
             health.batch_done();
             health.set_assigned(source.assigned_partitions());
             totals.messages += records.len() as u64;
@@ -813,25 +970,44 @@ fn run_loop(
             health.set_assigned(source.assigned_partitions());
         }
         ckpts.step(&mut processor, &source, &sink, metrics)?;
-        if let Some(reloaded) = rule_watch.poll() {
-            match reloaded {
-                Ok(set) => {
+        match &mut reloads {
+            Reloads::Watch(watch, to_second) => match watch.poll() {
+                Some(Ok(set)) => {
                     let summary = processor.replace_rules(&set);
                     metrics.rule_reload_succeeded(&set, &summary);
-                    metrics.state(&processor.table_stats());
+                    metrics.state(run.scope, &processor.table_stats());
                     health.set_rules_loaded(set.len());
                     health.set_rules_error(None);
+                    // The repartition stage takes it between its batches; a closed channel
+                    // means it has stopped, and so will this loop.
+                    if let Some(to) = to_second {
+                        let _ = to.send(set);
+                    }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     metrics.rule_reload_failed(&e);
                     health.set_rules_error(Some(e));
+                }
+                None => {}
+            },
+            Reloads::From(from_first) => {
+                if let Some(set) = from_first.try_iter().last() {
+                    let summary = processor.replace_rules(&set);
+                    tracing::info!(
+                        kept = summary.kept.len(),
+                        fresh = summary.fresh.len(),
+                        removed = summary.removed.len(),
+                        "repartition stage: rules reloaded"
+                    );
+                    metrics.state(run.scope, &processor.table_stats());
+                    health.set_rules_loaded(set.len());
                 }
             }
         }
         expiry.run(|| processor.expire_idle());
-        state_stats.run(|| metrics.state(&processor.table_stats()));
+        state_stats.run(|| metrics.state(run.scope, &processor.table_stats()));
         if last_tick.elapsed() >= TICK_INTERVAL {
-            metrics.consumer_lag(&source.consumer_lag());
+            metrics.consumer_lag(&run.topic, &source.consumer_lag());
             health.set_assigned(source.assigned_partitions());
             // An instance that owns no partition has nothing on disk to fall behind.
             ckpts.report_age(metrics, health);
@@ -859,6 +1035,7 @@ fn run_loop(
     let owned: Vec<i32> = ckpts.positions.keys().copied().collect();
     ckpts.write_now(&mut processor, &owned, &source, &sink, metrics, true)?;
     tracing::info!(
+        topic = %run.topic,
         messages = totals.messages,
         events = totals.events,
         alerts = totals.alerts,
@@ -877,6 +1054,7 @@ fn process_batch(
     processor: &mut Processor,
     records: &[SourceRecord],
     config: &Config,
+    run: &StageRun,
     sink: &KafkaSink,
     metrics: &Metrics,
 ) -> anyhow::Result<Output> {
@@ -887,6 +1065,7 @@ fn process_batch(
             offset: r.offset,
             key: r.key.as_deref(),
             payload: &r.payload,
+            forwarded: forwarded_from(r),
         })
         .collect();
     let mut out = Output::default();
@@ -910,7 +1089,7 @@ fn process_batch(
             (HEADER_RULE_ID, a.alert.rule.id.as_bytes()),
             (HEADER_RULE_VERSION, version.as_bytes()),
             (HEADER_WINDOW_END, end.as_bytes()),
-            (HEADER_SOURCE_TOPIC, config.source.topic.as_bytes()),
+            (HEADER_SOURCE_TOPIC, run.topic.as_bytes()),
             (HEADER_SOURCE_PARTITION, partition.as_bytes()),
         ];
         sink.send(
@@ -927,7 +1106,7 @@ fn process_batch(
         let mut headers: Vec<(&str, &[u8])> = vec![
             ("cordon.reason", d.reason.as_str().as_bytes()),
             ("cordon.detail", d.detail.as_bytes()),
-            ("cordon.source.topic", config.source.topic.as_bytes()),
+            ("cordon.source.topic", run.topic.as_bytes()),
             ("cordon.source.partition", partition.as_bytes()),
             ("cordon.source.offset", offset.as_bytes()),
         ];
@@ -942,10 +1121,44 @@ fn process_batch(
         )
         .inspect_err(|e| metrics.sink_error("a dead letter", e))?;
     }
+    if let Some(topic) = &run.forward_to {
+        for f in &out.forwards {
+            let partition = f.partition.to_string();
+            let offset = f.offset.to_string();
+            for (entity, value) in &f.keys {
+                let headers: [(&str, &[u8]); 3] = [
+                    (HEADER_FORWARD_ENTITY, entity.as_bytes()),
+                    (HEADER_FORWARD_PARTITION, partition.as_bytes()),
+                    (HEADER_FORWARD_OFFSET, offset.as_bytes()),
+                ];
+                sink.send(topic, Some(value.as_bytes()), &f.payload, &headers)
+                    .inspect_err(|e| metrics.sink_error("a forwarded event", e))?;
+            }
+        }
+    }
     // No flush here: the broker acknowledges while the next batches are processed, and the
     // next checkpoint waits for every acknowledgement before it covers this batch.
     sink.poll();
     Ok(out)
+}
+
+/// What the input stage forwarded a record of the repartition topic for, from its headers
+/// (`None` for a record without them, or from another source).
+fn forwarded_from(r: &SourceRecord) -> Option<Forwarded<'_>> {
+    if r.headers.is_empty() {
+        return None;
+    }
+    let h = |name: &str| {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    };
+    Some(Forwarded {
+        entity: h(HEADER_FORWARD_ENTITY)?,
+        partition: h(HEADER_FORWARD_PARTITION)?.parse().ok()?,
+        offset: h(HEADER_FORWARD_OFFSET)?.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
