@@ -10,7 +10,8 @@
 use std::{collections::BTreeMap, fs, time::Duration};
 
 use cordon_tests::{
-    Broker, Engine, EngineConfig, Record, S3Server, TEST_RULES, Topics, wait_for, wait_until,
+    Broker, Engine, EngineConfig, Record, S3Server, TEST_RULES, Topics, unique_topic, wait_for,
+    wait_until,
 };
 use serde_json::{Value, json};
 
@@ -63,6 +64,30 @@ fn hydra(start: i64, accounts: i64) -> Messages {
         .collect()
 }
 
+/// The range of [`split_hydra`].
+const SPLIT_RANGE: &str = "198.18.7.0/24";
+
+/// A hydra cluster of `accounts` accounts in [`SPLIT_RANGE`], two requests each from `start`,
+/// its accounts alternately in partition 0 and 1 (the input keyed by account): neither
+/// partition alone holds the 20 accounts the rule asks for, so it raises an alert only when
+/// its events meet through the repartition topic.
+fn split_hydra(start: i64, accounts: i64) -> [Messages; 2] {
+    let mut parts = [Vec::new(), Vec::new()];
+    for i in 0..accounts * 2 {
+        let a = i % accounts;
+        let account = format!("acct-split-{a}");
+        let event = json!({
+            "ts": T0_MS + (start + i) * 1000,
+            "account_id": account,
+            "ip": format!("198.18.7.{}", 10 + a),
+            "request_id": format!("req-split-{i}"),
+            "status": 200,
+        });
+        parts[(a % 2) as usize].push((account, event.to_string().into_bytes()));
+    }
+    parts
+}
+
 /// Benign users: a few requests each, far below every threshold.
 fn benign(prefix: &str, start: i64, users: i64) -> Messages {
     (0..users * 3)
@@ -93,20 +118,28 @@ fn by_time(mut parts: Vec<Messages>) -> Messages {
 }
 
 /// Three chunks of input per partition, 20 minutes of event time each, campaigns in each;
-/// `acct-long` keeps going across chunks (a `new`, then `update`s of the same alert).
+/// `acct-long` keeps going across chunks (a `new`, then `update`s of the same alert); the
+/// middle chunk holds a hydra cluster split across the partitions ([`split_hydra`]).
 fn chunks() -> Vec<[Messages; 2]> {
     (0..3)
         .map(|c| {
             let base = c * 1200;
+            let [s0, s1] = if c == 1 {
+                split_hydra(base + 700, 24)
+            } else {
+                [Vec::new(), Vec::new()]
+            };
             let p0 = by_time(vec![
                 cot_campaign(&format!("acct-cot-{c}a"), base, 90),
                 cot_campaign("acct-long", base + 400, 60),
                 benign(&format!("b{c}"), base, 20),
+                s0,
             ]);
             let p1 = by_time(vec![
                 cot_campaign(&format!("acct-cot-{c}b"), base + 100, 80),
                 hydra(base + 600, 22),
                 benign(&format!("c{c}"), base + 30, 20),
+                s1,
             ]);
             [p0, p1]
         })
@@ -131,6 +164,8 @@ fn alert_keys(records: &[Record]) -> BTreeMap<(String, String, String), usize> {
 struct Run {
     topics: Topics,
     config: EngineConfig,
+    /// `repartition.topic`, when the run has the repartition stage.
+    repartition: Option<String>,
 }
 
 fn new_run(broker: &Broker, name: &str, interval: &str) -> Run {
@@ -143,7 +178,21 @@ fn new_run(broker: &Broker, name: &str, interval: &str) -> Run {
     config
         .source_properties
         .insert("session.timeout.ms".into(), "6000".into());
-    Run { topics, config }
+    Run {
+        topics,
+        config,
+        repartition: None,
+    }
+}
+
+/// [`new_run`] with the repartition stage, through a topic of two partitions.
+fn new_repartitioned_run(broker: &Broker, name: &str, interval: &str) -> Run {
+    let mut run = new_run(broker, name, interval);
+    let topic = unique_topic(&format!("{name}-repartition"));
+    broker.create_topic(&topic, 2);
+    run.config.extra_yaml = format!("repartition:\n  topic: {}\n", Value::from(topic.as_str()));
+    run.repartition = Some(topic);
+    run
 }
 
 fn produce_chunk(broker: &Broker, topic: &str, chunk: &[Messages; 2]) {
@@ -152,6 +201,9 @@ fn produce_chunk(broker: &Broker, topic: &str, chunk: &[Messages; 2]) {
     }
 }
 
+/// Waits until the group has committed the input's end and, with the repartition stage, the
+/// stage's group the repartition topic's end (which the input stage has written all of once
+/// its own commit covers the input).
 #[track_caller]
 fn wait_caught_up(broker: &Broker, run: &Run, engine: &mut Engine) {
     let probe = broker.offsets(&run.config.group_id, &run.topics.input);
@@ -163,6 +215,17 @@ fn wait_caught_up(broker: &Broker, run: &Run, engine: &mut Engine) {
             probe.caught_up()
         },
     );
+    if let Some(topic) = &run.repartition {
+        let probe = broker.offsets(&format!("{}.repartition", run.config.group_id), topic);
+        wait_for(
+            CATCH_UP_TIMEOUT,
+            "the repartition stage to commit its topic's end",
+            || {
+                engine.assert_running();
+                probe.caught_up()
+            },
+        );
+    }
 }
 
 /// `run` wrote the clean run's alerts, none of them twice, and dead-lettered nothing.
@@ -190,21 +253,35 @@ fn assert_like_clean(
     );
 }
 
-/// The clean run's alerts over all chunks.
-fn clean_alerts(broker: &Broker) -> BTreeMap<(String, String, String), usize> {
-    let run = new_run(broker, "clean", "1s");
+/// The clean run's alerts over all chunks, with the repartition stage or without. The hydra
+/// cluster split across the partitions raises an alert with it, and none without.
+fn clean_alerts(broker: &Broker, repartition: bool) -> BTreeMap<(String, String, String), usize> {
+    let run = if repartition {
+        new_repartitioned_run(broker, "clean", "1s")
+    } else {
+        new_run(broker, "clean", "1s")
+    };
     for chunk in chunks() {
         produce_chunk(broker, &run.topics.input, &chunk);
     }
     let mut engine = Engine::start(&run.config.to_yaml());
     wait_caught_up(broker, &run, &mut engine);
     engine.stop();
-    let alerts = alert_keys(&broker.read_topic(&run.topics.alerts));
+    let records = broker.read_topic(&run.topics.alerts);
+    let split = records
+        .iter()
+        .filter(|r| r.json()["entity"]["value"] == SPLIT_RANGE)
+        .count();
+    assert_eq!(
+        split,
+        usize::from(repartition),
+        "alerts for the range split across partitions"
+    );
     assert!(
         broker.read_topic(&run.topics.dlq).is_empty(),
         "the fixture has no bad events"
     );
-    alerts
+    alert_keys(&records)
 }
 
 #[test]
@@ -224,10 +301,19 @@ fn sigkill_at_several_points_loses_and_duplicates_no_alert_with_checkpoints_in_s
     sigkill_at_several_points(&broker, &run, Some(&s3));
 }
 
+/// The same with the repartition stage: both stages die together, and the first forwards
+/// again what it replays, which the second must not count twice.
+#[test]
+fn sigkill_at_several_points_loses_and_duplicates_no_alert_with_repartitioning() {
+    let broker = Broker::start();
+    let run = new_repartitioned_run(&broker, "crash-rp", "1s");
+    sigkill_at_several_points(&broker, &run, None);
+}
+
 /// Kills `run`'s engine at several points of the fixture (checkpoints in `s3` when given,
 /// else in the state directory) and checks that it wrote the clean run's alerts, each once.
 fn sigkill_at_several_points(broker: &Broker, run: &Run, s3: Option<&S3Server>) {
-    let clean = clean_alerts(broker);
+    let clean = clean_alerts(broker, run.repartition.is_some());
     let news = clean.keys().filter(|k| k.1 == "new").count();
     let updates = clean.keys().filter(|k| k.1 == "update").count();
     // 6 harvests, acct-long, 3 hydra windows far apart... at least the harvests and updates.
@@ -284,14 +370,14 @@ fn sigkill_at_several_points(broker: &Broker, run: &Run, s3: Option<&S3Server>) 
     produce_chunk(broker, input, &chunks[1]);
     let mut engine = Engine::start(&run.config.to_yaml());
     wait_caught_up(broker, run, &mut engine);
-    // The first run's alerts were past its only checkpoint: this run read them back.
+    // The first run's alerts were past its only checkpoint: this run read them back (in each
+    // stage's take-over, with the repartition stage).
     let seeded: u64 = engine
         .stderr()
         .split("alerts_seeded=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
     assert!(
         seeded >= 3,
         "the restart seeded {seeded} alerts\n{}",
@@ -349,7 +435,7 @@ fn sigkill_at_several_points(broker: &Broker, run: &Run, s3: Option<&S3Server>) 
 #[test]
 fn a_minute_long_broker_outage_loses_nothing() {
     let broker = Broker::start();
-    let clean = clean_alerts(&broker);
+    let clean = clean_alerts(&broker, false);
     let mut run = new_run(&broker, "outage", "1s");
     // The consumer keeps its group session through the outage. (If the session expires on the
     // client side while tansu 0.6 is frozen, tansu keeps the old member as the group's leader

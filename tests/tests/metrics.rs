@@ -344,6 +344,133 @@ fn entities_split_across_partitions_are_counted_and_named() {
     engine.stop();
 }
 
+/// With `repartition.topic`, a hydra cluster whose 24 accounts are keyed onto two input
+/// partitions (12 each, short of the rule's 20) meets in the repartition stage and raises one
+/// alert; the repartition topic holds the events once per entity, without their prompt text;
+/// `/metrics` counts them and `/readyz` reports both stages.
+#[test]
+fn a_range_split_across_partitions_meets_in_the_repartition_stage() {
+    let setup = Setup::new("repart", 2);
+    let (broker, input) = (&setup.broker, &setup.input);
+    fs::write(setup.rules_dir.join("test.yaml"), TEST_RULES).expect("rules file");
+    let repartition = unique_topic("repart-repartition");
+    broker.create_topic(&repartition, 2);
+    let mut config = setup.config();
+    let addr = format!("127.0.0.1:{}", free_port());
+    config.http_listen = addr.clone();
+    config.extra_yaml = format!(
+        "repartition:\n  topic: {}\n",
+        Value::from(repartition.as_str())
+    );
+    let secret = "Summarise the confidential merger plan";
+    for partition in 0..2 {
+        let records: Vec<(String, Vec<u8>)> = (0..12)
+            .flat_map(|a| {
+                let account = format!("acct-rp-{partition}-{a}");
+                let ip = format!("198.18.7.{}", 2 * a + partition + 10);
+                (0..2).map(move |i| {
+                    let request = format!("req-rp-{partition}-{a}-{i}");
+                    let prompt = json!({"prompt": format!("{secret} {a} {i}")});
+                    (
+                        account.clone(),
+                        event(a * 10 + i, &account, &ip, &request, prompt),
+                    )
+                })
+            })
+            .collect();
+        broker.produce(input, partition as i32, &records);
+    }
+    let mut engine = Engine::start(&config.to_yaml());
+    for (group, topic) in [
+        (config.group_id.clone(), input),
+        (format!("{}.repartition", config.group_id), &repartition),
+    ] {
+        let probe = broker.offsets(&group, topic);
+        wait_for(
+            CATCH_UP_TIMEOUT,
+            "both stages to commit their input",
+            || {
+                engine.assert_running();
+                probe.caught_up()
+            },
+        );
+    }
+
+    let alerts = broker.read_topic(&setup.alerts);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = alerts[0].json();
+    assert_eq!(alert["rule"]["id"], "test.hydra");
+    assert_eq!(alert["entity"]["value"], "198.18.7.0/24");
+    assert_eq!(alert["features"]["accounts"], 24.0, "{alert}");
+    assert_eq!(
+        alerts[0].header("cordon.source.topic").as_deref(),
+        Some(repartition.as_str()),
+        "raised by the repartition stage"
+    );
+    let forwarded = broker.read_topic(&repartition);
+    assert_eq!(forwarded.len(), 48, "each event once, for its /24");
+    for r in &forwarded {
+        assert_eq!(r.key_str(), "198.18.7.0/24");
+        assert_eq!(
+            r.header("cordon.forward.entity").as_deref(),
+            Some("ip_prefix(ip, 24, 48)")
+        );
+        let text = String::from_utf8_lossy(r.payload.as_deref().unwrap_or_default());
+        assert!(
+            !text.contains(secret) && !text.contains("\"prompt\""),
+            "{text}"
+        );
+        assert!(text.contains("prompt_fp"), "{text}");
+    }
+
+    let samples = parse_scrape(&get_ok(&addr, "/metrics", 200));
+    let counted = |result: &str| {
+        value(
+            &samples,
+            "cordon_repartition_messages_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(counted("forwarded"), 48.0);
+    assert_eq!(counted("counted"), 48.0);
+    assert_eq!(counted("replayed"), 0.0);
+    assert_eq!(
+        value(&samples, "cordon_events_consumed_total", &[]),
+        48.0,
+        "each event consumed once"
+    );
+    wait_for(
+        PUBLISH_TIMEOUT,
+        "both stages' tables in cordon_state_keys",
+        || {
+            let samples = parse_scrape(&get_ok(&addr, "/metrics", 200));
+            let keys = |table: &str| {
+                find(&samples, "cordon_state_keys", &[])
+                    .iter()
+                    .filter(|s| s.labels["table"].starts_with(table))
+                    .map(|s| s.value)
+                    .sum::<f64>()
+            };
+            let (accounts, ranges) = (keys("account_id"), keys("ip_prefix"));
+            if accounts == 24.0 && ranges == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{accounts} accounts, {ranges} ranges"))
+            }
+        },
+    );
+    let ready: Value =
+        serde_json::from_str(&get_ok(&addr, "/readyz", 200)).expect("readyz is JSON");
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["repartition"]["ready"], true, "{ready}");
+    assert_eq!(
+        ready["repartition"]["assigned_partitions"],
+        json!([0, 1]),
+        "{ready}"
+    );
+    engine.stop();
+}
+
 #[test]
 fn metrics_and_health_after_traffic() {
     let setup = Setup::new("metrics", 2);
@@ -413,10 +540,14 @@ fn metrics_and_health_after_traffic() {
                 return Err(format!("status {status}: {text}"));
             }
             let samples = parse_scrape(&text);
-            let lag: Vec<(String, f64)> = find(&samples, "cordon_consumer_lag_messages", &[])
-                .iter()
-                .map(|s| (s.labels["partition"].clone(), s.value))
-                .collect();
+            let lag: Vec<(String, f64)> = find(
+                &samples,
+                "cordon_consumer_lag_messages",
+                &[("topic", input)],
+            )
+            .iter()
+            .map(|s| (s.labels["partition"].clone(), s.value))
+            .collect();
             let keys = sum(&samples, "cordon_state_keys");
             if keys > 0.0 && lag == [("0".to_owned(), 0.0), ("1".to_owned(), 0.0)] {
                 Ok(text)
@@ -530,7 +661,8 @@ fn metrics_and_health_after_traffic() {
             "rule",
             "severity",
             "status",
-            "table"
+            "table",
+            "topic"
         ])
     );
 
