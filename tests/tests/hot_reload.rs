@@ -5,7 +5,9 @@
 
 use std::{fs, path::Path, time::Duration};
 
-use cordon_tests::{Broker, Engine, Setup, TEST_RULES, free_port, http_get, wait_for};
+use cordon_tests::{
+    Broker, Engine, Setup, TEST_RULES, free_port, http_get, unique_topic, wait_for,
+};
 use serde_json::{Value, json};
 
 /// 2026-03-01T10:00:00Z in epoch milliseconds, on a 5-minute pane boundary.
@@ -216,5 +218,74 @@ fn rules_reload_in_place_and_a_broken_set_is_refused() {
             Err(r.to_string())
         }
     });
+    engine.stop();
+}
+
+/// With the repartition stage, a reload reaches both stages: a rule grouped by /24, added while
+/// the engine runs, makes the input stage forward from then on and the repartition stage count
+/// and alert.
+#[test]
+fn a_reload_reaches_the_repartition_stage() {
+    let setup = Setup::new("reload-rp", 1);
+    let (broker, input, alerts, rules_dir) =
+        (&setup.broker, &setup.input, &setup.alerts, &setup.rules_dir);
+    let repartition = unique_topic("reload-rp-repartition");
+    broker.create_topic(&repartition, 1);
+    let (cot_rule, hydra_rule) = TEST_RULES.split_once("---\n").expect("two rules");
+    write_rules(rules_dir, "cot.yaml", cot_rule);
+    let mut config = setup.config();
+    let addr = format!("127.0.0.1:{}", free_port());
+    config.http_listen = addr.clone();
+    config.extra_yaml = format!(
+        "repartition:\n  topic: {}\n",
+        Value::from(repartition.as_str())
+    );
+    let mut engine = Engine::start(&config.to_yaml());
+
+    // No rule groups by /24 yet: nothing is forwarded.
+    broker.produce(input, 0, &hydra(0, 12, 40));
+    wait_metric(&addr, "cordon_events_consumed_total", 12.0);
+    assert_eq!(
+        metric(
+            &addr,
+            "cordon_repartition_messages_total{result=\"forwarded\"}"
+        ),
+        Ok(0.0)
+    );
+
+    write_rules(
+        rules_dir,
+        "hydra.yaml",
+        &hydra_rule.replace("accounts >= 20", "accounts >= 10"),
+    );
+    wait_metric(&addr, "cordon_rule_reloads_total{result=\"success\"}", 1.0);
+    wait_for(TIMEOUT, "the repartition stage to run two rules", || {
+        let r = readyz(&addr);
+        if r["repartition"]["rules_loaded"] == json!(2) {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    });
+
+    broker.produce(input, 0, &hydra(15, 12, 80));
+    let hydra_alert = wait_alert(broker, alerts, "test.hydra", "198.51.100.0/24");
+    assert_eq!(
+        hydra_alert.3["accounts"],
+        json!(12),
+        "the accounts forwarded after the reload: {hydra_alert:?}"
+    );
+    let raised_by = broker
+        .read_topic(alerts)
+        .iter()
+        .find(|r| r.json()["rule"]["id"] == "test.hydra")
+        .and_then(|r| r.header("cordon.source.topic"));
+    assert_eq!(raised_by.as_deref(), Some(repartition.as_str()));
+    wait_metric(
+        &addr,
+        "cordon_repartition_messages_total{result=\"counted\"}",
+        12.0,
+    );
+    engine.assert_running();
     engine.stop();
 }

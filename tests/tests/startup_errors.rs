@@ -129,6 +129,12 @@ fn missing_topics_fail_start_up_naming_the_topic() {
     let missing_dlq = fixture([true, true, false]);
     let yaml = missing_dlq.config.to_yaml();
     assert_fails_naming(&yaml, &[&missing_dlq.config.dlq_topic]);
+
+    // The repartition topic, which the engine does not create either.
+    let mut missing_repartition = fixture([true, true, true]);
+    let topic = unique_topic("startup-repartition");
+    missing_repartition.config.extra_yaml = format!("repartition:\n  topic: {topic}\n");
+    assert_fails_naming(&missing_repartition.config.to_yaml(), &[&topic]);
 }
 
 #[test]
