@@ -413,7 +413,7 @@ mod tests {
             json,
             serde_json::json!({"ready": false, "consuming": false, "rules_loaded": 0,
                 "assigned_partitions": [], "last_batch_age_seconds": null,
-                "last_checkpoint_age_seconds": null, "rules_error": null})
+                "last_checkpoint_age_seconds": null, "rules_error": null, "repartition": null})
         );
 
         health.set_rules_loaded(3);
@@ -454,6 +454,30 @@ mod tests {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
             "still listening after stop"
         );
+    }
+
+    #[test]
+    fn with_a_repartition_stage_both_stages_must_be_ready() {
+        let first = Health::new();
+        first.set_rules_loaded(2);
+        first.set_consuming(true);
+        assert!(first.readiness().ready);
+        let second = Arc::new(Health::new());
+        second.set_rules_loaded(2);
+        first.attach(second.clone());
+        let r = first.readiness();
+        assert!(!r.ready, "the second stage is not consuming yet: {r:?}");
+        assert!(r.consuming, "the first is");
+        second.set_consuming(true);
+        second.set_assigned(vec![1]);
+        let r = first.readiness();
+        assert!(r.ready, "{r:?}");
+        assert_eq!(
+            r.repartition.map(|s| (s.ready, s.assigned_partitions)),
+            Some((true, vec![1]))
+        );
+        second.set_consuming(false);
+        assert!(!first.readiness().ready, "a stopped second stage");
     }
 
     #[test]

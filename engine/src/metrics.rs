@@ -598,7 +598,7 @@ fn log_split(state: &mut LogState, force: bool) {
         .collect();
     tracing::warn!(
         tables = ?tables,
-        "entities counted apart in several input partitions: state is kept per partition, and these tables' new keys were already held by another one; key the input topic by the entity, or use one partition (README: Entities split across partitions)"
+        "entities counted apart in several input partitions: state is kept per partition, and these tables' new keys were already held by another one; set repartition.topic, key the input topic by the entity, or use one partition (README: Entities split across partitions)"
     );
     state.last_split_log = Some(Instant::now());
 }
@@ -710,7 +710,7 @@ condition: requests >= 1000
             let decode = samples(&text, "cordon_decode_failures_total");
             assert_eq!(
                 decode.contains_key(&labels),
-                !matches!(reason, Reason::Late | Reason::Future),
+                !matches!(reason, Reason::Late | Reason::Future | Reason::NotForwarded),
                 "{labels}"
             );
         }
@@ -856,7 +856,7 @@ condition: requests >= 1000
             value(
                 &text,
                 "cordon_consumer_lag_messages",
-                "topic=\"requests\",partition=\"0\""
+                "partition=\"0\",topic=\"requests\""
             ),
             7.0
         );
@@ -864,7 +864,7 @@ condition: requests >= 1000
             value(
                 &text,
                 "cordon_consumer_lag_messages",
-                "topic=\"requests\",partition=\"3\""
+                "partition=\"3\",topic=\"requests\""
             ),
             0.0
         );
@@ -887,6 +887,66 @@ condition: requests >= 1000
             .values()
             .sum();
         assert_eq!(evicted, 7.0);
+    }
+
+    #[test]
+    fn two_stages_report_their_own_tables_lag_and_traffic() {
+        let m = Metrics::new().expect("metrics");
+        let table = |name: &str, keys: u64, bytes: u64| TableStats {
+            name: name.into(),
+            keys,
+            evictions: 0,
+            bytes,
+        };
+        m.state(Scope::Input, &[table("account_id/1h/5m", 10, 1000)]);
+        m.state(Scope::Repartition, &[table("ip/1h/5m", 3, 500)]);
+        m.state(Scope::Input, &[table("account_id/1h/5m", 12, 1200)]);
+        let text = m.encode().expect("encode");
+        let keys = samples(&text, "cordon_state_keys");
+        assert_eq!(keys.get("table=\"account_id/1h/5m\""), Some(&12.0));
+        assert_eq!(keys.get("table=\"ip/1h/5m\""), Some(&3.0), "{keys:?}");
+        assert_eq!(value(&text, "cordon_state_bytes", ""), 1700.0);
+        m.state(Scope::Repartition, &[]);
+        let text = m.encode().expect("encode");
+        assert_eq!(samples(&text, "cordon_state_keys").len(), 1);
+        assert_eq!(value(&text, "cordon_state_bytes", ""), 1200.0);
+
+        m.consumer_lag("requests", &BTreeMap::from([(0, 4)]));
+        m.consumer_lag("repartition", &BTreeMap::from([(0, 9), (1, 0)]));
+        m.consumer_lag("requests", &BTreeMap::from([(0, 2)]));
+        let text = m.encode().expect("encode");
+        let lag = samples(&text, "cordon_consumer_lag_messages");
+        assert_eq!(
+            lag,
+            BTreeMap::from([
+                ("partition=\"0\",topic=\"repartition\"".to_owned(), 9.0),
+                ("partition=\"0\",topic=\"requests\"".to_owned(), 2.0),
+                ("partition=\"1\",topic=\"repartition\"".to_owned(), 0.0),
+            ])
+        );
+
+        let mut out = Output::default();
+        out.stats.events = 5;
+        out.stats.forwarded = 9;
+        m.batch_done(Scope::Input, &out, Duration::from_millis(1));
+        out.stats = crate::processor::BatchStats {
+            events: 7,
+            replayed: 2,
+            ..crate::processor::BatchStats::default()
+        };
+        m.batch_done(Scope::Repartition, &out, Duration::from_millis(1));
+        let text = m.encode().expect("encode");
+        assert_eq!(value(&text, "cordon_events_consumed_total", ""), 5.0);
+        let traffic = samples(&text, "cordon_repartition_messages_total");
+        assert_eq!(
+            traffic,
+            BTreeMap::from([
+                ("result=\"counted\"".to_owned(), 7.0),
+                ("result=\"forwarded\"".to_owned(), 9.0),
+                ("result=\"replayed\"".to_owned(), 2.0),
+                ("result=\"unrouted\"".to_owned(), 0.0),
+            ])
+        );
     }
 
     #[test]

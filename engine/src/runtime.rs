@@ -1168,6 +1168,42 @@ mod tests {
     const INTERVAL: Duration = Duration::from_secs(30);
 
     #[test]
+    fn a_forwarded_record_says_where_its_event_came_from_through_its_headers() {
+        let record = |headers: &[(&str, &str)]| SourceRecord {
+            partition: 1,
+            offset: 40,
+            key: Some(b"198.51.100.0/24".to_vec()),
+            payload: b"{}".to_vec(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+        };
+        let all = [
+            (HEADER_FORWARD_ENTITY, "ip_prefix(ip, 24, 48)"),
+            (HEADER_FORWARD_PARTITION, "3"),
+            (HEADER_FORWARD_OFFSET, "1234"),
+        ];
+        let r = record(&all);
+        assert_eq!(
+            forwarded_from(&r),
+            Some(Forwarded {
+                entity: "ip_prefix(ip, 24, 48)",
+                partition: 3,
+                offset: 1234,
+            })
+        );
+        assert_eq!(forwarded_from(&record(&all[..2])), None, "no offset");
+        let bad = [all[0], all[1], (HEADER_FORWARD_OFFSET, "x")];
+        assert_eq!(
+            forwarded_from(&record(&bad)),
+            None,
+            "an offset that is no number"
+        );
+        assert_eq!(forwarded_from(&record(&[])), None);
+    }
+
+    #[test]
     fn partitions_taken_over_together_are_due_one_after_another_over_an_interval() {
         let now = Instant::now();
         let taken: BTreeMap<i32, Instant> = spread(&[0, 1, 2, 3, 4, 5], now, INTERVAL)

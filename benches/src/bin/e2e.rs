@@ -38,8 +38,9 @@
 //!
 //! Build and run: `cargo build --release -p cordon-engine --bin cordon && cargo run --release
 //! -p cordon-benches --bin e2e -- [--events N] [--partitions N] [--latency-secs S]
-//! [--state-accounts N] [--checkpoint-interval SECS] [--json FILE]
-//! [--source-property KEY=VALUE]...` (the last sets librdkafka properties of the engine's
+//! [--state-accounts N] [--checkpoint-interval SECS] [--repartition] [--json FILE]
+//! [--source-property KEY=VALUE]...` (`--repartition` runs the engines with the repartition
+//! stage; the last sets librdkafka properties of the engine's
 //! consumer, `source.properties`, and of the bare consumer alike, to see what a setting
 //! changes; by default both run with librdkafka's defaults, as `cordon run` does).
 //! The engine binary is taken from env `CORDON_BIN`, else `cordon` beside this executable.
@@ -94,6 +95,11 @@ struct Args {
     /// consumer too so that both read alike; repeatable.
     #[arg(long = "source-property", value_name = "KEY=VALUE", value_parser = key_value)]
     source_properties: Vec<(String, String)>,
+    /// Run the engines of (b) and (c) with the repartition stage (`repartition.topic`, a topic
+    /// of `--partitions` partitions each): (b) then also reports the rate through both stages,
+    /// to the last forwarded event counted.
+    #[arg(long)]
+    repartition: bool,
     /// Also write the table to this file as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -428,6 +434,7 @@ impl Engine {
         dlq: &str,
         checkpoint_interval: Option<u64>,
         source_properties: &[(String, String)],
+        repartition: Option<&str>,
     ) -> Result<Self> {
         let http = format!("127.0.0.1:{}", free_port()?);
         let q = |s: &str| serde_json::Value::from(s).to_string();
@@ -445,7 +452,7 @@ impl Engine {
              rules:\n  paths: [{}]\n\
              state:\n  dir: {}\n{}\
              time:\n  allowed_lateness: 5m\n  max_future_skew: 1m\n\
-             http:\n  listen: {}\n",
+             http:\n  listen: {}\n{}",
             q(bootstrap),
             q(input),
             q(&unique("bench-cordon")),
@@ -458,6 +465,9 @@ impl Engine {
                 .map(|secs| format!("  checkpoint_interval: {secs}s\n"))
                 .unwrap_or_default(),
             q(&http),
+            repartition
+                .map(|topic| format!("repartition:\n  topic: {}\n", q(topic)))
+                .unwrap_or_default(),
         );
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(&config, yaml)?;
@@ -663,6 +673,7 @@ fn run() -> Result<()> {
         state_accounts,
         checkpoint_interval,
         source_properties: props,
+        repartition,
         json,
     } = <Args as clap::Parser>::parse();
     let home = std::env::var_os("CARGO_HOME")
@@ -765,6 +776,15 @@ fn run() -> Result<()> {
     }
 
     // (b) The engine on the same topic.
+    let repartition_topic = |prefix: &str| -> Result<Option<String>> {
+        if !repartition {
+            return Ok(None);
+        }
+        let topic = unique(prefix);
+        tansu.create_topic(&topic, partitions)?;
+        Ok(Some(topic))
+    };
+    let rp = repartition_topic("bench-repartition")?;
     let mut engine = Engine::start(
         &cordon_bin,
         dir.path(),
@@ -775,6 +795,7 @@ fn run() -> Result<()> {
         &dlq,
         None,
         &props,
+        rp.as_deref(),
     )?;
     let (t1, c1) = engine.wait_consumed(1, Duration::from_secs(60))?;
     let (cpu1, batch1) = (
@@ -787,6 +808,30 @@ fn run() -> Result<()> {
         engine.loop_cpu_ns(),
         engine.metric_sum("cordon_batch_duration_seconds_sum")?,
     );
+    // With the repartition stage: until it has counted every event forwarded.
+    let through_both = if rp.is_some() {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let forwarded =
+                engine.metric_sum("cordon_repartition_messages_total{result=\"forwarded\"}")?;
+            let counted =
+                engine.metric_sum("cordon_repartition_messages_total{result=\"counted\"}")?;
+            let replayed =
+                engine.metric_sum("cordon_repartition_messages_total{result=\"replayed\"}")?;
+            if counted + replayed >= forwarded {
+                break Some((Instant::now(), forwarded));
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the repartition stage counted {counted} of {forwarded} forwarded events within {timeout:?}; the log:\n{}",
+                    tail(&engine.proc.log)
+                );
+            }
+            std::thread::sleep(SAMPLE_EVERY);
+        }
+    } else {
+        None
+    };
     let batches = engine.metric_sum("cordon_batch_duration_seconds_count")?;
     let alerts_out = engine.metric_sum("cordon_alerts_total")?;
     let dead = engine.metric_sum("cordon_dead_letters_total")?;
@@ -802,6 +847,19 @@ fn run() -> Result<()> {
     );
     t.num("engine_events_per_s", rate);
     t.num("engine_share_of_bare", rate / bare);
+    if let Some((t3, forwarded)) = through_both {
+        let both = (events - c1) as f64 / (t3 - t1).as_secs_f64().max(1e-9);
+        t.row(
+            "(b) through both stages, to the last forwarded event counted",
+            format!(
+                "{both:.0} events/s = {:.1}% of (a); {:.2} forwarded an event",
+                100.0 * both / bare,
+                forwarded / events as f64
+            ),
+        );
+        t.num("engine_both_stages_events_per_s", both);
+        t.num("forwarded_per_event", forwarded / events as f64);
+    }
     // Where the engine's time went: its loop thread's CPU and the time inside batches
     // (processing and waiting for the broker to acknowledge alerts and dead letters).
     let cpu = match (cpu1, cpu2) {
@@ -829,6 +887,7 @@ fn run() -> Result<()> {
         &lat_dlq,
         checkpoint_interval,
         &props,
+        repartition_topic("bench-lat-repartition")?.as_deref(),
     )?;
     let p = producer(&bootstrap)?;
     let restamp = |e: &SimEvent| {
