@@ -21,6 +21,13 @@
 //! that loads ([`Processor::replace_rules`]); a set that does not load is reported and the
 //! running rules stay.
 //!
+//! With `repartition.topic`, two such loops run, one per stage ([`Stage`]): the input stage on
+//! the calling thread, which also forwards events to the repartition topic, and the
+//! repartition stage on a thread of its own, reading that topic in a consumer group of its own.
+//! Each has its own consumer, producer, processor and checkpoints; they share the HTTP port,
+//! the metrics and the rule files (the input stage hands each set it loads to the other), and
+//! when one stops the other does too.
+//!
 //! Before it touches Kafka, the runtime binds the HTTP port ([`crate::http`]), so `/healthz`
 //! answers while the brokers are still unreachable; the server stops after the loop returns.
 //! The loop reports to [`Metrics`] once per batch and to [`Health`] once per iteration; the
@@ -707,6 +714,7 @@ fn take_over(
     let mut read_from: BTreeMap<i32, i64> = BTreeMap::new();
     let mut keys = 0u64;
     let mut fresh = Vec::new();
+    let mut restored_offsets = BTreeMap::new();
     for (p, c) in found {
         processor.drop_partition(p);
         match c {
@@ -719,6 +727,9 @@ fn take_over(
                     seed_from.insert(p, c.meta.alerts_end.clone());
                 }
                 ckpts.positions.insert(p, c.meta.next_offset);
+                if c.meta.next_offset >= 0 {
+                    restored_offsets.insert(p, c.meta.next_offset);
+                }
                 tracing::info!(
                     partition = p,
                     next_offset = c.meta.next_offset,
@@ -760,6 +771,13 @@ fn take_over(
     for (p, end) in ends {
         let e = ckpts.alerts_end.entry(p).or_insert(end);
         *e = (*e).max(end);
+    }
+    // The restored checkpoints' offsets, committed now: an engine that died between writing a
+    // checkpoint and committing its offset left the group's commit behind the state, and a
+    // partition without new input is not checkpointed (nor committed) again, so its lag would
+    // count messages the state already holds until new ones came.
+    if let Err(e) = source.commit(&restored_offsets, false) {
+        tracing::warn!(error = %e, "committing the restored checkpoints' offsets failed; the next checkpoint retries");
     }
     ckpts.write_now(processor, &fresh, source, sink, metrics, false)?;
     let now = Instant::now();

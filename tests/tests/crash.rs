@@ -13,6 +13,10 @@ use cordon_tests::{
     Broker, Engine, EngineConfig, Record, S3Server, TEST_RULES, Topics, unique_topic, wait_for,
     wait_until,
 };
+use rdkafka::{
+    Offset, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer as _},
+};
 use serde_json::{Value, json};
 
 /// 2026-03-01T10:00:00Z in epoch ms, on a pane boundary.
@@ -464,4 +468,48 @@ fn a_minute_long_broker_outage_loses_nothing() {
     engine.stop();
 
     assert_like_clean(&broker, &run, &clean, "the run through the outage");
+}
+
+/// An engine that dies between writing a checkpoint and committing its offset leaves the
+/// group's commit behind its state. The restart restores the checkpoint and commits its offset
+/// at once, even when no new input comes (before, a partition without new input was not
+/// checkpointed, nor committed, again, and its lag counted messages the state already held).
+#[test]
+fn a_restored_checkpoints_offset_is_committed_without_new_input() {
+    let broker = Broker::start();
+    let run = new_run(&broker, "recommit", "1s");
+    produce_chunk(&broker, &run.topics.input, &chunks()[0]);
+    let mut engine = Engine::start(&run.config.to_yaml());
+    wait_caught_up(&broker, &run, &mut engine);
+    engine.stop();
+    let alerts = alert_keys(&broker.read_topic(&run.topics.alerts));
+
+    // The commits a crash before them would have left: none past the start.
+    let consumer: BaseConsumer = broker
+        .client_config()
+        .set("group.id", &run.config.group_id)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer of the engine's group");
+    let mut rewind = TopicPartitionList::new();
+    for p in 0..2 {
+        rewind
+            .add_partition_offset(&run.topics.input, p, Offset::Offset(0))
+            .expect("partition");
+    }
+    consumer
+        .commit(&rewind, CommitMode::Sync)
+        .expect("rewind the group's commits");
+    drop(consumer);
+    let probe = broker.offsets(&run.config.group_id, &run.topics.input);
+    assert!(probe.caught_up().is_err(), "the commits are rewound");
+
+    let mut engine = Engine::start(&run.config.to_yaml());
+    wait_caught_up(&broker, &run, &mut engine);
+    engine.stop();
+    assert_eq!(
+        alert_keys(&broker.read_topic(&run.topics.alerts)),
+        alerts,
+        "the restart resumed from its checkpoint: no replay, no alert again"
+    );
 }
