@@ -1195,6 +1195,25 @@ impl EngineConfig {
         }
     }
 
+    /// Runs the engine with the repartition stage: creates a topic named after `prefix`
+    /// (unique) with `partitions` partitions on `broker`, sets `repartition.topic` to it (after
+    /// whatever [`extra_yaml`](Self::extra_yaml) holds), and returns its name.
+    #[track_caller]
+    pub fn repartition_through(
+        &mut self,
+        broker: &Broker,
+        prefix: &str,
+        partitions: i32,
+    ) -> String {
+        let topic = unique_topic(&format!("{prefix}-repartition"));
+        broker.create_topic(&topic, partitions);
+        self.extra_yaml.push_str(&format!(
+            "repartition:\n  topic: {}\n",
+            serde_json::Value::from(topic.as_str())
+        ));
+        topic
+    }
+
     /// The config as YAML. Strings are written as JSON strings, which YAML reads unchanged.
     pub fn to_yaml(&self) -> String {
         let q = |s: &str| serde_json::Value::from(s).to_string();

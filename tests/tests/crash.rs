@@ -10,8 +10,7 @@
 use std::{collections::BTreeMap, fs, time::Duration};
 
 use cordon_tests::{
-    Broker, Engine, EngineConfig, Record, S3Server, TEST_RULES, Topics, unique_topic, wait_for,
-    wait_until,
+    Broker, Engine, EngineConfig, Record, S3Server, TEST_RULES, Topics, wait_for, wait_until,
 };
 use rdkafka::{
     Offset, TopicPartitionList,
@@ -192,10 +191,7 @@ fn new_run(broker: &Broker, name: &str, interval: &str) -> Run {
 /// [`new_run`] with the repartition stage, through a topic of two partitions.
 fn new_repartitioned_run(broker: &Broker, name: &str, interval: &str) -> Run {
     let mut run = new_run(broker, name, interval);
-    let topic = unique_topic(&format!("{name}-repartition"));
-    broker.create_topic(&topic, 2);
-    run.config.extra_yaml = format!("repartition:\n  topic: {}\n", Value::from(topic.as_str()));
-    run.repartition = Some(topic);
+    run.repartition = Some(run.config.repartition_through(broker, name, 2));
     run
 }
 

@@ -5,9 +5,7 @@
 
 use std::{fs, path::Path, time::Duration};
 
-use cordon_tests::{
-    Broker, Engine, Setup, TEST_RULES, free_port, http_get, unique_topic, wait_for,
-};
+use cordon_tests::{Broker, Engine, Setup, TEST_RULES, free_port, http_get, wait_for};
 use serde_json::{Value, json};
 
 /// 2026-03-01T10:00:00Z in epoch milliseconds, on a 5-minute pane boundary.
@@ -229,17 +227,12 @@ fn a_reload_reaches_the_repartition_stage() {
     let setup = Setup::new("reload-rp", 1);
     let (broker, input, alerts, rules_dir) =
         (&setup.broker, &setup.input, &setup.alerts, &setup.rules_dir);
-    let repartition = unique_topic("reload-rp-repartition");
-    broker.create_topic(&repartition, 1);
     let (cot_rule, hydra_rule) = TEST_RULES.split_once("---\n").expect("two rules");
     write_rules(rules_dir, "cot.yaml", cot_rule);
     let mut config = setup.config();
     let addr = format!("127.0.0.1:{}", free_port());
     config.http_listen = addr.clone();
-    config.extra_yaml = format!(
-        "repartition:\n  topic: {}\n",
-        Value::from(repartition.as_str())
-    );
+    let repartition = config.repartition_through(broker, "reload-rp", 1);
     let mut engine = Engine::start(&config.to_yaml());
 
     // No rule groups by /24 yet: nothing is forwarded.

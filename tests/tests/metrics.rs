@@ -353,15 +353,10 @@ fn a_range_split_across_partitions_meets_in_the_repartition_stage() {
     let setup = Setup::new("repart", 2);
     let (broker, input) = (&setup.broker, &setup.input);
     fs::write(setup.rules_dir.join("test.yaml"), TEST_RULES).expect("rules file");
-    let repartition = unique_topic("repart-repartition");
-    broker.create_topic(&repartition, 2);
     let mut config = setup.config();
     let addr = format!("127.0.0.1:{}", free_port());
     config.http_listen = addr.clone();
-    config.extra_yaml = format!(
-        "repartition:\n  topic: {}\n",
-        Value::from(repartition.as_str())
-    );
+    let repartition = config.repartition_through(broker, "repart", 2);
     let secret = "Summarise the confidential merger plan";
     for partition in 0..2 {
         let records: Vec<(String, Vec<u8>)> = (0..12)
