@@ -730,12 +730,19 @@ fn classify(payload: &[u8], e: &serde_json::Error) -> Rejection {
     }
 }
 
+/// Whether the bytes hold `"prompt"` (a raw prompt's key, or a value that says so), found with
+/// `memchr`'s vectorized search: a byte-by-byte scan of every forwarded event was 4% of the
+/// input stage's time with the repartition stage (perf, model-167 host).
+fn mentions_prompt(payload: &[u8]) -> bool {
+    memchr::memmem::find(payload, b"\"prompt\"").is_some()
+}
+
 /// The payload to put on the dead-letter topic: the original bytes, except that a raw prompt
 /// is never emitted. A JSON object's `prompt` value is replaced by a marker; bytes that mention
 /// `"prompt"` but cannot be parsed are withheld entirely. Returns the payload and whether it was
 /// redacted.
 pub fn dead_letter_payload(payload: &[u8]) -> (Cow<'_, [u8]>, bool) {
-    if !payload.windows(8).any(|w| w == b"\"prompt\"") {
+    if !mentions_prompt(payload) {
         return (Cow::Borrowed(payload), false);
     }
     match serde_json::from_slice::<serde_json::Value>(payload) {
@@ -758,7 +765,7 @@ pub fn dead_letter_payload(payload: &[u8]) -> (Cow<'_, [u8]>, bool) {
 /// the prompt text never reaches Kafka again. For events the decoder accepted (JSON objects);
 /// anything else is passed as it is.
 pub fn forward_payload(payload: &[u8]) -> Cow<'_, [u8]> {
-    if !payload.windows(8).any(|w| w == b"\"prompt\"") {
+    if !mentions_prompt(payload) {
         return Cow::Borrowed(payload);
     }
     let Ok(serde_json::Value::Object(mut map)) =

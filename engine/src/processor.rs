@@ -26,6 +26,7 @@ use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::DataFusionError;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -45,12 +46,10 @@ pub struct Input<'a> {
     pub forwarded: Option<Forwarded<'a>>,
 }
 
-/// Header of a forwarded event: the entity it was forwarded for ([`Forwarded::entity`]).
-pub const HEADER_FORWARD_ENTITY: &str = "cordon.forward.entity";
-/// Header of a forwarded event: its input partition ([`Forwarded::partition`]).
-pub const HEADER_FORWARD_PARTITION: &str = "cordon.forward.partition";
-/// Header of a forwarded event: its input offset ([`Forwarded::offset`]).
-pub const HEADER_FORWARD_OFFSET: &str = "cordon.forward.offset";
+/// The header of a forwarded event: `<input partition>:<input offset>:<entity>`
+/// ([`Forwarded::header`]). One header, not three: each costs the producer an allocation
+/// to make and one to free, for every message of the repartition topic.
+pub const HEADER_FORWARD: &str = "cordon.forward";
 
 /// Where a message of the repartition topic came from: the entity it was forwarded for and
 /// the input partition and offset of the event.
@@ -62,6 +61,27 @@ pub struct Forwarded<'a> {
     pub partition: i32,
     /// The event's offset there.
     pub offset: i64,
+}
+
+impl<'a> Forwarded<'a> {
+    /// The value of [`HEADER_FORWARD`] for an event of input `partition` at `offset` forwarded
+    /// for `entity`.
+    pub fn header(partition: i32, offset: i64, entity: &str) -> String {
+        format!("{partition}:{offset}:{entity}")
+    }
+
+    /// Reads a [`HEADER_FORWARD`] value; `None` when it is not one.
+    pub fn parse(header: &'a str) -> Option<Self> {
+        let mut parts = header.splitn(3, ':');
+        let partition = parts.next()?.parse().ok()?;
+        let offset = parts.next()?.parse().ok()?;
+        let entity = parts.next().filter(|e| !e.is_empty())?;
+        Some(Self {
+            entity,
+            partition,
+            offset,
+        })
+    }
 }
 
 /// Which part of the work a processor does. One process runs one [`Stage::Whole`], or, with
@@ -104,15 +124,18 @@ impl Stage {
 /// An event to forward to the repartition topic ([`Stage::Source`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
+    /// Its index in the messages given to [`Processor::process`].
+    pub input: usize,
     /// Input partition.
     pub partition: i32,
     /// Input offset.
     pub offset: i64,
-    /// The event, without raw prompt text ([`crate::decode::forward_payload`]).
-    pub payload: Vec<u8>,
+    /// The event rewritten without its raw prompt text ([`crate::decode::forward_payload`]);
+    /// `None` when it had none, and goes as it came (the input's payload).
+    pub payload: Option<Vec<u8>>,
     /// Per entity it goes to: the entity expression ([`Forwarded::entity`]) and the event's
     /// value of it, the message key.
-    pub keys: Vec<(String, String)>,
+    pub keys: Vec<(Arc<str>, String)>,
 }
 
 impl<'a> Input<'a> {
@@ -348,8 +371,8 @@ pub struct Processor {
     plan: Plan,
     /// Per table, whether this stage keeps it ([`Stage`]).
     owned: Vec<bool>,
-    /// The entity columns the events are forwarded for ([`Stage::Source`]).
-    forward: Vec<usize>,
+    /// The entity columns the events are forwarded for, with their text ([`Stage::Source`]).
+    forward: Vec<(usize, Arc<str>)>,
     kinds: Vec<Vec<SlotKind>>,
     partitions: HashMap<i32, PartitionState>,
     config: CoreConfig,
@@ -384,6 +407,10 @@ pub const SPLIT_SAMPLE: u64 = 64;
 /// Key slots a checkpoint under way encodes between two questions of whether to go on
 /// ([`Processor::continue_checkpoint_while`]): about a millisecond's worth.
 pub const CHECKPOINT_CHUNK: usize = 4096;
+
+/// The messages of one partition (and, in the repartition stage, one entity) of a batch, each
+/// with its index in the batch.
+type Group<'i, 'a> = Vec<(usize, &'i Input<'a>)>;
 
 /// A finished checkpoint: its partition and its body's parts, or why it could not be encoded.
 pub type CheckpointParts = (i32, Result<Vec<Vec<u8>>, CodecError>);
@@ -1057,8 +1084,12 @@ impl Processor {
         // A key's batch slot has room for this many keys per table, and a table touches at
         // most one key per message: a larger batch goes through in parts.
         if inputs.len() > MAX_BATCH_SLOT as usize {
-            for part in inputs.chunks(MAX_BATCH_SLOT as usize) {
+            for (k, part) in inputs.chunks(MAX_BATCH_SLOT as usize).enumerate() {
+                let first = out.forwards.len();
                 self.process(part, now_ms, out)?;
+                for f in &mut out.forwards[first..] {
+                    f.input += k * MAX_BATCH_SLOT as usize;
+                }
             }
             return Ok(());
         }
@@ -1066,13 +1097,13 @@ impl Processor {
         self.batch_seq = self.batch_seq.checked_add(1).unwrap_or(1);
         // Forwarded events update only their entity's tables: they go through per entity.
         let repartitioned = matches!(self.config.stage, Stage::Repartitioned { .. });
-        let mut by_partition: BTreeMap<(i32, Option<&str>), Vec<&Input<'_>>> = BTreeMap::new();
-        for input in inputs {
+        let mut by_partition: BTreeMap<(i32, Option<&str>), Group<'_, '_>> = BTreeMap::new();
+        for (i, input) in inputs.iter().enumerate() {
             let entity = input.forwarded.filter(|_| repartitioned).map(|f| f.entity);
             by_partition
                 .entry((input.partition, entity))
                 .or_default()
-                .push(input);
+                .push((i, input));
         }
         for ((partition, entity), inputs) in by_partition {
             self.process_partition(partition, entity, &inputs, now_ms, out)?;
@@ -1101,14 +1132,14 @@ impl Processor {
         self.scratch.rows.sampled = sampled;
     }
 
-    /// Processes one partition's messages of a batch; with [`Stage::Repartitioned`], the ones
-    /// forwarded for `entity` (`None`: messages without the forwarding headers, which are
-    /// dead-lettered).
+    /// Processes one partition's messages of a batch, each with its index in the batch; with
+    /// [`Stage::Repartitioned`], the ones forwarded for `entity` (`None`: messages without the
+    /// forwarding header, which are dead-lettered).
     fn process_partition(
         &mut self,
         partition: i32,
         entity: Option<&str>,
-        inputs: &[&Input<'_>],
+        inputs: &[(usize, &Input<'_>)],
         now_ms: i64,
         out: &mut Output,
     ) -> Result<(), ProcessError> {
@@ -1150,11 +1181,11 @@ impl Processor {
             max_ts: now_ms.saturating_add(self.config.max_future_skew_ms),
             clamp_future: self.config.clamp_future,
         };
-        // Which messages decoded, row by row: only for forwarding.
+        // Which messages decoded (their places in `inputs`), row by row: only for forwarding.
         let forwarding = !self.forward.is_empty();
         let mut accepted = std::mem::take(&mut self.scratch.accepted);
         accepted.clear();
-        for (i, input) in inputs.iter().enumerate() {
+        for (pos, &(_, input)) in inputs.iter().enumerate() {
             let refused = if repartitioned {
                 match (entity, input.forwarded) {
                     (Some(e), Some(f)) => {
@@ -1172,8 +1203,7 @@ impl Processor {
                     _ => Some(Rejection {
                         reason: Reason::NotForwarded,
                         detail: format!(
-                            "a message on the repartition topic without the headers `{}`, `{}` and `{}` that Cordon forwards events with",
-                            HEADER_FORWARD_ENTITY, HEADER_FORWARD_PARTITION, HEADER_FORWARD_OFFSET
+                            "a message on the repartition topic without the header `{HEADER_FORWARD}` that Cordon forwards events with"
                         ),
                     }),
                 }
@@ -1187,7 +1217,7 @@ impl Processor {
             match result {
                 Ok(()) => {
                     if forwarding {
-                        accepted.push(i);
+                        accepted.push(pos);
                     }
                 }
                 Err(r) => {
@@ -1216,15 +1246,7 @@ impl Processor {
         out.stats.events += times.len() as u64;
         let cols = evaluate_columns(&self.plan, &decoded, &mut self.scratch.hashes)?;
         if forwarding {
-            forward_rows(
-                &self.plan,
-                &self.forward,
-                &cols,
-                inputs,
-                &accepted,
-                partition,
-                out,
-            );
+            forward_rows(&self.forward, &cols, inputs, &accepted, partition, out);
         }
         let mut candidates = std::mem::take(&mut self.scratch.candidates);
         candidates.resize_with(rules, Candidates::default);
@@ -1290,18 +1312,18 @@ impl Processor {
 }
 
 /// Per table, whether `stage` keeps it; and the entity columns (distinct) of the tables it does
-/// not keep, which a [`Stage::Source`] forwards events for.
-fn roles(plan: &Plan, stage: &Stage) -> (Vec<bool>, Vec<usize>) {
+/// not keep, with their text, which a [`Stage::Source`] forwards events for.
+fn roles(plan: &Plan, stage: &Stage) -> (Vec<bool>, Vec<(usize, Arc<str>)>) {
     let owned: Vec<bool> = plan
         .tables
         .iter()
         .map(|t| stage.owns(&t.entity_text))
         .collect();
-    let mut forward = Vec::new();
+    let mut forward: Vec<(usize, Arc<str>)> = Vec::new();
     if matches!(stage, Stage::Source { .. }) {
         for (t, spec) in plan.tables.iter().enumerate() {
-            if !owned[t] && !forward.contains(&spec.entity) {
-                forward.push(spec.entity);
+            if !owned[t] && !forward.iter().any(|(e, _)| *e == spec.entity) {
+                forward.push((spec.entity, plan.exprs[spec.entity].text.as_str().into()));
             }
         }
     }
@@ -1316,23 +1338,22 @@ fn forwarded_list(forwarded: &BTreeMap<(String, i32), i64>) -> Vec<(String, i32,
         .collect()
 }
 
-/// Queues the batch's decoded events (`accepted` holds their indices in `inputs`, row by row)
+/// Queues the batch's decoded events (`accepted` holds their places in `inputs`, row by row)
 /// for the repartition topic, once per entity of `forward` they have a value for.
 fn forward_rows(
-    plan: &Plan,
-    forward: &[usize],
+    forward: &[(usize, Arc<str>)],
     cols: &[Col],
-    inputs: &[&Input<'_>],
+    inputs: &[(usize, &Input<'_>)],
     accepted: &[usize],
     partition: i32,
     out: &mut Output,
 ) {
     for (row, &i) in accepted.iter().enumerate() {
-        let keys: Vec<(String, String)> = forward
+        let keys: Vec<(Arc<str>, String)> = forward
             .iter()
-            .filter_map(|&e| match &cols[e] {
+            .filter_map(|(e, text)| match &cols[*e] {
                 Col::Text(values, _) if values.is_valid(row) => {
-                    Some((plan.exprs[e].text.clone(), values.value(row).to_owned()))
+                    Some((text.clone(), values.value(row).to_owned()))
                 }
                 _ => None,
             })
@@ -1340,11 +1361,16 @@ fn forward_rows(
         if keys.is_empty() {
             continue;
         }
+        let (index, input) = inputs[i];
         out.stats.forwarded += keys.len() as u64;
         out.forwards.push(Forward {
+            input: index,
             partition,
-            offset: inputs[i].offset,
-            payload: forward_payload(inputs[i].payload).into_owned(),
+            offset: input.offset,
+            payload: match forward_payload(input.payload) {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(rewritten) => Some(rewritten),
+            },
             keys,
         });
     }
@@ -2423,9 +2449,13 @@ condition: requests >= 1000
         "account_id".into()
     }
 
-    /// The messages of the repartition topic for `forwards`, all in its partition 0 from
-    /// offset `first`.
-    fn repartition_inputs(forwards: &[Forward], first: i64) -> Vec<Input<'_>> {
+    /// The messages of the repartition topic for `forwards` of the input stage's `sources`, all
+    /// in its partition 0 from offset `first`.
+    fn repartition_inputs<'a>(
+        forwards: &'a [Forward],
+        sources: &[Input<'a>],
+        first: i64,
+    ) -> Vec<Input<'a>> {
         forwards
             .iter()
             .flat_map(|f| f.keys.iter().map(move |(entity, value)| (f, entity, value)))
@@ -2434,7 +2464,7 @@ condition: requests >= 1000
                 partition: 0,
                 offset,
                 key: Some(value.as_bytes()),
-                payload: &f.payload,
+                payload: f.payload.as_deref().unwrap_or(sources[f.input].payload),
                 forwarded: Some(Forwarded {
                     entity,
                     partition: f.partition,
@@ -2471,6 +2501,19 @@ condition: requests >= 1000
         assert!(out.alerts.is_empty());
         assert_eq!(out.forwards.len(), 36);
         assert_eq!(out.stats.forwarded, 36);
+        // An event without a prompt goes as it came: no copy.
+        let plain = ev(T0 + 200, "acct-plain", "198.51.100.99", "");
+        let mut one = Output::default();
+        first
+            .process(&Input::sequence(0, 99, [plain.as_slice()]), NOW, &mut one)
+            .expect("process");
+        assert_eq!(
+            one.forwards
+                .iter()
+                .map(|f| (f.input, f.offset, f.payload.is_none()))
+                .collect::<Vec<_>>(),
+            [(0, 99, true)]
+        );
         let names: Vec<String> = first.table_stats().into_iter().map(|t| t.name).collect();
         assert_eq!(
             names,
@@ -2481,12 +2524,13 @@ condition: requests >= 1000
         for f in &out.forwards {
             assert_eq!(
                 f.keys,
-                [(
-                    "ip_prefix(ip, 24, 48)".to_owned(),
-                    "198.51.100.0/24".to_owned()
-                )]
+                [("ip_prefix(ip, 24, 48)".into(), "198.51.100.0/24".to_owned())]
             );
-            let text = String::from_utf8(f.payload.clone()).expect("utf-8");
+            assert_eq!(
+                (inputs[f.input].partition, inputs[f.input].offset),
+                (f.partition, f.offset)
+            );
+            let text = String::from_utf8(f.payload.clone().expect("rewritten")).expect("utf-8");
             assert!(
                 !text.contains("prompt\""),
                 "no raw prompt forwarded: {text}"
@@ -2513,7 +2557,11 @@ condition: requests >= 1000
         });
         let mut fired = Output::default();
         second
-            .process(&repartition_inputs(&out.forwards, 0), NOW, &mut fired)
+            .process(
+                &repartition_inputs(&out.forwards, &inputs, 0),
+                NOW,
+                &mut fired,
+            )
             .expect("process");
         let hydra: Vec<&AlertRecord> = fired.alerts.iter().collect();
         assert_eq!(hydra.len(), 1, "{:?}", fired.alerts);
@@ -2533,7 +2581,11 @@ condition: requests >= 1000
         // in one restored from the repartition stage's checkpoint.
         let mut again = Output::default();
         second
-            .process(&repartition_inputs(&out.forwards, 36), NOW, &mut again)
+            .process(
+                &repartition_inputs(&out.forwards, &inputs, 36),
+                NOW,
+                &mut again,
+            )
             .expect("process");
         assert_eq!((again.stats.replayed, again.stats.events), (36, 0));
         assert!(again.alerts.is_empty());
@@ -2544,7 +2596,11 @@ condition: requests >= 1000
         restored.restore(Checkpoint::decode(&ckpt).expect("decode"));
         let mut after = Output::default();
         restored
-            .process(&repartition_inputs(&out.forwards, 72), NOW, &mut after)
+            .process(
+                &repartition_inputs(&out.forwards, &inputs, 72),
+                NOW,
+                &mut after,
+            )
             .expect("process");
         assert_eq!((after.stats.replayed, after.stats.events), (36, 0));
         let window = restored

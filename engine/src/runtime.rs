@@ -42,10 +42,7 @@ use crate::config::{Config, FutureEvents, SinkFormat};
 use crate::gate::Status;
 use crate::http::{Health, HttpServer};
 use crate::metrics::{Metrics, Scope};
-use crate::processor::{
-    CoreConfig, Forwarded, HEADER_FORWARD_ENTITY, HEADER_FORWARD_OFFSET, HEADER_FORWARD_PARTITION,
-    Input, Output, Processor, Stage,
-};
+use crate::processor::{CoreConfig, Forwarded, HEADER_FORWARD, Input, Output, Processor, Stage};
 use crate::reload::RuleWatch;
 use anyhow::Context;
 use cordon_connectors::{
@@ -1141,15 +1138,14 @@ fn process_batch(
     }
     if let Some(topic) = &run.forward_to {
         for f in &out.forwards {
-            let partition = f.partition.to_string();
-            let offset = f.offset.to_string();
+            let payload = match &f.payload {
+                Some(rewritten) => rewritten.as_slice(),
+                None => records[f.input].payload.as_slice(),
+            };
             for (entity, value) in &f.keys {
-                let headers: [(&str, &[u8]); 3] = [
-                    (HEADER_FORWARD_ENTITY, entity.as_bytes()),
-                    (HEADER_FORWARD_PARTITION, partition.as_bytes()),
-                    (HEADER_FORWARD_OFFSET, offset.as_bytes()),
-                ];
-                sink.send(topic, Some(value.as_bytes()), &f.payload, &headers)
+                let header = Forwarded::header(f.partition, f.offset, entity);
+                let headers: [(&str, &[u8]); 1] = [(HEADER_FORWARD, header.as_bytes())];
+                sink.send(topic, Some(value.as_bytes()), payload, &headers)
                     .inspect_err(|e| metrics.sink_error("a forwarded event", e))?;
             }
         }
@@ -1160,23 +1156,11 @@ fn process_batch(
     Ok(out)
 }
 
-/// What the input stage forwarded a record of the repartition topic for, from its headers
-/// (`None` for a record without them, or from another source).
+/// What the input stage forwarded a record of the repartition topic for, from its header
+/// (`None` for a record without it, or from another source).
 fn forwarded_from(r: &SourceRecord) -> Option<Forwarded<'_>> {
-    if r.headers.is_empty() {
-        return None;
-    }
-    let h = |name: &str| {
-        r.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-    };
-    Some(Forwarded {
-        entity: h(HEADER_FORWARD_ENTITY)?,
-        partition: h(HEADER_FORWARD_PARTITION)?.parse().ok()?,
-        offset: h(HEADER_FORWARD_OFFSET)?.parse().ok()?,
-    })
+    let (_, value) = r.headers.iter().find(|(k, _)| k == HEADER_FORWARD)?;
+    Forwarded::parse(std::str::from_utf8(value).ok()?)
 }
 
 #[cfg(test)]
@@ -1197,12 +1181,8 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
                 .collect(),
         };
-        let all = [
-            (HEADER_FORWARD_ENTITY, "ip_prefix(ip, 24, 48)"),
-            (HEADER_FORWARD_PARTITION, "3"),
-            (HEADER_FORWARD_OFFSET, "1234"),
-        ];
-        let r = record(&all);
+        let header = Forwarded::header(3, 1234, "ip_prefix(ip, 24, 48)");
+        let r = record(&[("other", "x"), (HEADER_FORWARD, &header)]);
         assert_eq!(
             forwarded_from(&r),
             Some(Forwarded {
@@ -1211,13 +1191,19 @@ mod tests {
                 offset: 1234,
             })
         );
-        assert_eq!(forwarded_from(&record(&all[..2])), None, "no offset");
-        let bad = [all[0], all[1], (HEADER_FORWARD_OFFSET, "x")];
+        // An entity may hold the separator; partition and offset may not.
+        let header = Forwarded::header(0, 7, "attrs['a:b']");
         assert_eq!(
-            forwarded_from(&record(&bad)),
-            None,
-            "an offset that is no number"
+            forwarded_from(&record(&[(HEADER_FORWARD, &header)])).map(|f| f.entity),
+            Some("attrs['a:b']")
         );
+        for bad in ["3:1234", "3:x:ip", "x:1:ip", "3:1234:", ""] {
+            assert_eq!(
+                forwarded_from(&record(&[(HEADER_FORWARD, bad)])),
+                None,
+                "{bad:?}"
+            );
+        }
         assert_eq!(forwarded_from(&record(&[])), None);
     }
 

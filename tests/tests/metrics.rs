@@ -406,9 +406,15 @@ fn a_range_split_across_partitions_meets_in_the_repartition_stage() {
     assert_eq!(forwarded.len(), 48, "each event once, for its /24");
     for r in &forwarded {
         assert_eq!(r.key_str(), "198.18.7.0/24");
-        assert_eq!(
-            r.header("cordon.forward.entity").as_deref(),
-            Some("ip_prefix(ip, 24, 48)")
+        // `<input partition>:<input offset>:<entity>`
+        let header = r.header("cordon.forward").unwrap_or_default();
+        let mut parts = header.splitn(3, ':');
+        let (partition, offset) = (parts.next(), parts.next());
+        assert!(
+            partition.is_some_and(|p| ["0", "1"].contains(&p))
+                && offset.is_some_and(|o| o.parse::<i64>().is_ok())
+                && parts.next() == Some("ip_prefix(ip, 24, 48)"),
+            "{header}"
         );
         let text = String::from_utf8_lossy(r.payload.as_deref().unwrap_or_default());
         assert!(
