@@ -431,6 +431,8 @@ struct Scratch {
     tables: Vec<usize>,
     /// The indices of the messages that decoded, row by row.
     accepted: Vec<usize>,
+    /// Per planned expression, whether the batch's tables read it ([`needed_columns`]).
+    needed: Vec<bool>,
 }
 
 /// One table's view of a batch's rows, rebuilt for each table.
@@ -1244,7 +1246,15 @@ impl Processor {
         let decoded = self.builder.finish();
         let (batch, times) = (&decoded.batch, &decoded.times);
         out.stats.events += times.len() as u64;
-        let cols = evaluate_columns(&self.plan, &decoded, &mut self.scratch.hashes)?;
+        // A stage evaluates only what its tables here (and its forwarding) read.
+        let needed = match self.config.stage {
+            Stage::Whole => None,
+            _ => {
+                needed_columns(&self.plan, &tables, &self.forward, &mut self.scratch.needed);
+                Some(self.scratch.needed.as_slice())
+            }
+        };
+        let cols = evaluate_columns(&self.plan, &decoded, needed, &mut self.scratch.hashes)?;
         if forwarding {
             forward_rows(&self.forward, &cols, inputs, &accepted, partition, out);
         }
@@ -1330,6 +1340,35 @@ fn roles(plan: &Plan, stage: &Stage) -> (Vec<bool>, Vec<(usize, Arc<str>)>) {
     (owned, forward)
 }
 
+/// Marks in `needed`, per planned expression, whether `tables` (their entities, slot arguments
+/// and predicates) or the forwarded entities read it.
+fn needed_columns(
+    plan: &Plan,
+    tables: &[usize],
+    forward: &[(usize, Arc<str>)],
+    needed: &mut Vec<bool>,
+) {
+    needed.clear();
+    needed.resize(plan.exprs.len(), false);
+    let mut mark = |i: usize| {
+        if let Some(n) = needed.get_mut(i) {
+            *n = true;
+        }
+    };
+    for spec in tables.iter().filter_map(|&t| plan.tables.get(t)) {
+        mark(spec.entity);
+        for slot in &spec.slots {
+            slot.arg
+                .into_iter()
+                .chain(slot.preds.iter().copied())
+                .for_each(&mut mark);
+        }
+    }
+    for (e, _) in forward {
+        mark(*e);
+    }
+}
+
 /// The forwarding state of a partition as a checkpoint keeps it.
 fn forwarded_list(forwarded: &BTreeMap<(String, i32), i64>) -> Vec<(String, i32, i64)> {
     forwarded
@@ -1389,13 +1428,19 @@ fn eval_err(what: &'static str, text: &str, e: DataFusionError) -> ProcessError 
 fn evaluate_columns(
     plan: &Plan,
     decoded: &Decoded,
+    needed: Option<&[bool]>,
     pool: &mut Vec<Vec<Option<u64>>>,
 ) -> Result<Vec<Col>, ProcessError> {
     let batch = &decoded.batch;
     let addrs = &decoded.addrs;
     plan.exprs
         .iter()
-        .map(|e| {
+        .enumerate()
+        .map(|(i, e)| {
+            if needed.is_some_and(|n| !n.get(i).copied().unwrap_or(true)) {
+                // Read by no table this batch updates: an empty column stands in its place.
+                return Ok(Col::Bool(BooleanBuffer::new_unset(0)));
+            }
             let a = match e.addr_prefix {
                 Some((v4, v6)) if addrs.len() == batch.num_rows() => {
                     cordon_rules::udf::prefixes(addrs.iter().copied().map(Some), v4, v6)
@@ -2610,6 +2655,33 @@ condition: requests >= 1000
     }
 
     #[test]
+    fn the_input_stage_raises_its_entitys_alerts_as_one_stage_does() {
+        // The harvest with status codes (the rule's filter) and a second account's benign
+        // requests: the input stage evaluates only what the account table reads, and must
+        // alert exactly as the whole engine does.
+        let mut events = harvest(30);
+        events.push(ev(T0 + 40_000, "acct-7", "203.0.113.9", r#","status":500"#));
+        events.extend((0..5).map(|i| ev(T0 + i, "acct-8", "198.51.100.3", "")));
+        let alerts = |p: &mut Processor| -> Vec<(String, String, serde_json::Value)> {
+            run(p, std::slice::from_ref(&events))
+                .alerts
+                .iter()
+                .map(|a| {
+                    let features = serde_json::to_value(&a.alert.features).expect("json");
+                    (a.alert.alert_id.clone(), a.key.clone(), features)
+                })
+                .collect()
+        };
+        let whole = alerts(&mut processor());
+        let cot: Vec<_> = whole.iter().filter(|a| a.1 == "acct-7").collect();
+        assert_eq!(cot.len(), 1, "{whole:?}");
+        let mut first = staged(Stage::Source {
+            input_entity: input_entity(),
+        });
+        assert_eq!(alerts(&mut first), cot.into_iter().cloned().collect::<Vec<_>>());
+    }
+
+    #[test]
     fn the_repartition_stage_dead_letters_messages_that_were_not_forwarded() {
         let mut second = staged(Stage::Repartitioned {
             input_entity: input_entity(),
@@ -3124,7 +3196,7 @@ condition: errors >= 1000
         }
         let decoded = b.finish();
         assert_eq!(decoded.addrs.len(), ips.len());
-        let cols = evaluate_columns(p.plan(), &decoded, &mut Vec::new()).expect("evaluates");
+        let cols = evaluate_columns(p.plan(), &decoded, None, &mut Vec::new()).expect("evaluates");
         let mut compared = 0;
         for (e, col) in p.plan().exprs.iter().zip(&cols) {
             let Col::Text(fast, _) = col else { continue };
