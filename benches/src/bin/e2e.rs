@@ -71,6 +71,13 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 const HARVEST_REQUESTS: u64 = 350;
 /// One event in this many of the latency stream is a harvester's.
 const HARVEST_EVERY: u64 = 10;
+/// With `--repartition`, one event in this many of the latency stream (none of the
+/// harvesters') is a hydra cluster's, for `extraction.hydra-range`, a rule of the repartition
+/// stage.
+const HYDRA_EVERY: u64 = 20;
+/// Requests of each hydra cluster in the latency stream: 25 accounts behind one /24 sharing
+/// one template; the rule fires at its 200th.
+const HYDRA_REQUESTS: u64 = 220;
 
 /// Cordon end to end through a local tansu broker, beside a bare rdkafka consumer (see the
 /// module docs); prints one table.
@@ -538,6 +545,7 @@ impl Engine {
 /// An alert as read back: arrival wall clock, status, `last_seen` and `detected_at` in ms.
 struct Arrival {
     received: i64,
+    rule: String,
     status: String,
     last_seen: i64,
     detected: i64,
@@ -584,6 +592,7 @@ fn alert_reader(
             {
                 out.push(Arrival {
                     received,
+                    rule: v["rule"]["id"].as_str().unwrap_or("").to_owned(),
                     status: v["status"].as_str().unwrap_or("").to_owned(),
                     last_seen,
                     detected,
@@ -619,6 +628,27 @@ fn harvest_event(n: u64, ts: i64) -> (String, Vec<u8>) {
         "reasoning_tokens": 2000,
         "prompt_fp": format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&n.to_le_bytes())),
         "labels": ["cot_elicitation", "math"],
+    });
+    (account, serde_json::to_vec(&v).unwrap_or_default())
+}
+
+/// Request `n` of the hydra clusters of the latency stream (`HYDRA_REQUESTS` each): what
+/// `extraction.hydra-range` looks for, 25 accounts of one /24 sending prompts of one template.
+fn hydra_event(n: u64, ts: i64) -> (String, Vec<u8>) {
+    let cluster = n / HYDRA_REQUESTS;
+    let account = format!("bench-hydra-{cluster:05}-{:02}", n % 25);
+    let v = serde_json::json!({
+        "ts": ts,
+        "account_id": account,
+        "ip": format!("100.{}.{}.{}", 64 + (cluster / 256) % 64, cluster % 256, 1 + n % 25),
+        "request_id": format!("bench-hydra-{n}"),
+        "model": "frontier-1",
+        "endpoint": "/v1/messages",
+        "status": 200,
+        "input_tokens": 300,
+        "output_tokens": 700,
+        "template_fp": format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&cluster.to_le_bytes())),
+        "prompt_fp": format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&(n ^ 1 << 63).to_le_bytes())),
     });
     (account, serde_json::to_vec(&v).unwrap_or_default())
 }
@@ -929,7 +959,7 @@ fn run() -> Result<()> {
     let target = rate / 2.0;
     let measured_from = wall_ms();
     let started = Instant::now();
-    let (mut sent, mut harvest) = (0u64, 0u64);
+    let (mut sent, mut harvest, mut hydra) = (0u64, 0u64, 0u64);
     let run_for = Duration::from_secs(latency_secs);
     let mut background = sim.iter().cycle().skip(WARM as usize);
     while started.elapsed() < run_for {
@@ -938,6 +968,9 @@ fn run() -> Result<()> {
             let (k, v) = if sent % HARVEST_EVERY == 0 {
                 harvest += 1;
                 harvest_event(harvest - 1, wall_ms())
+            } else if repartition && sent % HYDRA_EVERY == HARVEST_EVERY / 2 {
+                hydra += 1;
+                hydra_event(hydra - 1, wall_ms())
             } else {
                 background
                     .next()
@@ -974,8 +1007,13 @@ fn run() -> Result<()> {
     t.row(
         "(c) latency stream",
         format!(
-            "{paced:.0} events/s paced (half of (b): {target:.0}) for {latency_secs} s, 10% from {} harvester accounts",
-            harvest.div_ceil(HARVEST_REQUESTS)
+            "{paced:.0} events/s paced (half of (b): {target:.0}) for {latency_secs} s, 10% from {} harvester accounts{}",
+            harvest.div_ceil(HARVEST_REQUESTS),
+            if repartition {
+                format!(", 5% from {} hydra clusters", hydra.div_ceil(HYDRA_REQUESTS))
+            } else {
+                String::new()
+            }
         ),
     );
     let every = checkpoint_interval.unwrap_or(30);
@@ -1020,6 +1058,39 @@ fn run() -> Result<()> {
             pct(&engine_side, 0.99)
         ),
     );
+    // With the repartition stage, each stage's alerts apart: the hydra clusters' come through
+    // the repartition topic.
+    if repartition {
+        for (what, rule) in [
+            (
+                "input stage, extraction.cot-harvest",
+                "extraction.cot-harvest",
+            ),
+            (
+                "repartition stage, extraction.hydra-range",
+                "extraction.hydra-range",
+            ),
+        ] {
+            let mut of_rule: Vec<i64> = measured
+                .iter()
+                .filter(|a| a.rule == rule)
+                .map(|a| a.received - a.last_seen)
+                .collect();
+            of_rule.sort_unstable();
+            t.row(
+                &format!("(c) latency, {what}: alerts, p50 / p90 / p99 / max"),
+                format!(
+                    "{}, {} / {} / {} / {} ms",
+                    of_rule.len(),
+                    pct(&of_rule, 0.5),
+                    pct(&of_rule, 0.9),
+                    pct(&of_rule, 0.99),
+                    of_rule.last().copied().unwrap_or(0)
+                ),
+            );
+            t.num(&format!("latency_ms_p99_{rule}"), pct(&of_rule, 0.99));
+        }
+    }
     t.num("latency_events_per_s", paced);
     t.num("latency_alerts", measured.len());
     for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
