@@ -2678,7 +2678,10 @@ condition: requests >= 1000
         let mut first = staged(Stage::Source {
             input_entity: input_entity(),
         });
-        assert_eq!(alerts(&mut first), cot.into_iter().cloned().collect::<Vec<_>>());
+        assert_eq!(
+            alerts(&mut first),
+            cot.into_iter().cloned().collect::<Vec<_>>()
+        );
     }
 
     #[test]

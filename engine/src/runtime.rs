@@ -910,6 +910,18 @@ fn run_loop(
         stage: run.stage.clone(),
     };
     let mut processor = Processor::new(rules, core);
+    if let Stage::Source { input_entity } = &run.stage
+        && !processor
+            .plan()
+            .tables
+            .iter()
+            .any(|t| t.entity_text.trim() == input_entity.trim())
+    {
+        tracing::warn!(
+            input_entity = %input_entity,
+            "no rule groups by repartition.input_entity: every rule runs in the repartition stage and every event is forwarded once per entity; set it to the entity the input topic is keyed by, as the rules write it"
+        );
+    }
     let mut ckpts = Checkpoints {
         writer: CheckpointWriter::new(store)?,
         scope: run.scope,

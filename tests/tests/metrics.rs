@@ -472,6 +472,32 @@ fn a_range_split_across_partitions_meets_in_the_repartition_stage() {
     engine.stop();
 }
 
+/// A `repartition.input_entity` that no rule groups by (a typo, or the wrong entity) would send
+/// every rule to the repartition stage and every event through it once per entity: the
+/// engine warns at start-up, naming the key.
+#[test]
+fn an_input_entity_no_rule_groups_by_is_warned_about() {
+    let setup = Setup::new("repart-typo", 1);
+    fs::write(setup.rules_dir.join("test.yaml"), TEST_RULES).expect("rules file");
+    let mut config = setup.config();
+    config.repartition_through(&setup.broker, "repart-typo", 1);
+    // Under the `repartition:` section the helper wrote last.
+    config.extra_yaml.push_str("  input_entity: acount_id\n");
+    let mut engine = Engine::start(&config.to_yaml());
+    wait_for(CATCH_UP_TIMEOUT, "the warning", || {
+        engine.assert_running();
+        let logs = engine.stderr();
+        match logs
+            .lines()
+            .find(|l| l.contains("repartition.input_entity"))
+        {
+            Some(line) if line.contains("acount_id") && line.contains("WARN") => Ok(()),
+            _ => Err(engine.logs(20)),
+        }
+    });
+    engine.stop();
+}
+
 #[test]
 fn metrics_and_health_after_traffic() {
     let setup = Setup::new("metrics", 2);
