@@ -19,7 +19,8 @@ use xxhash_rust::xxh3::xxh3_64;
 pub const MAGIC: &[u8; 4] = b"CRDN";
 /// Version of the encoded state format.
 /// Version 5 records what a partition of the repartition topic has counted of the events
-/// forwarded to it ([`crate::checkpoint::Checkpoint::forwarded`]). Version 4 records the sketch seed in a checkpoint
+/// forwarded to it ([`crate::checkpoint::Checkpoint::forwarded`]). Version 4 records the
+/// sketch seed in a checkpoint
 /// ([`crate::checkpoint::Checkpoint::sketch_seed`]). Version 3 added the body length and
 /// checksum to the header (version 2 changed the key state's layout; neither 1 nor 2 was ever
 /// written to disk by a released engine).
