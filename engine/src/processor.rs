@@ -331,8 +331,9 @@ struct PartitionState {
     /// restored one ([`Checkpoint::sketch_seed`]).
     sketch_seed: u64,
     /// The highest input offset counted per entity and input partition, of the events
-    /// forwarded to this partition ([`Stage::Repartitioned`]).
-    forwarded: BTreeMap<(String, i32), i64>,
+    /// forwarded to this partition ([`Stage::Repartitioned`]). By entity first, so that a
+    /// message finds its entry without allocating the entity's text.
+    forwarded: BTreeMap<String, BTreeMap<i32, i64>>,
     tables: Vec<KeyTable>,
     gates: Vec<Gate>,
 }
@@ -905,11 +906,13 @@ impl Processor {
             PartitionState {
                 watermark: c.meta.watermark,
                 sketch_seed: c.sketch_seed,
-                forwarded: c
-                    .forwarded
-                    .into_iter()
-                    .map(|(e, p, o)| ((e, p), o))
-                    .collect(),
+                forwarded: c.forwarded.into_iter().fold(
+                    BTreeMap::new(),
+                    |mut m: BTreeMap<String, BTreeMap<i32, i64>>, (e, p, o)| {
+                        m.entry(e).or_default().insert(p, o);
+                        m
+                    },
+                ),
                 tables,
                 gates,
             },
@@ -1191,10 +1194,11 @@ impl Processor {
             let refused = if repartitioned {
                 match (entity, input.forwarded) {
                     (Some(e), Some(f)) => {
-                        let seen = state
-                            .forwarded
-                            .entry((e.to_owned(), f.partition))
-                            .or_insert(-1);
+                        let by_partition = match state.forwarded.get_mut(e) {
+                            Some(m) => m,
+                            None => state.forwarded.entry(e.to_owned()).or_default(),
+                        };
+                        let seen = by_partition.entry(f.partition).or_insert(-1);
                         if f.offset <= *seen {
                             out.stats.replayed += 1;
                             continue;
@@ -1370,10 +1374,10 @@ fn needed_columns(
 }
 
 /// The forwarding state of a partition as a checkpoint keeps it.
-fn forwarded_list(forwarded: &BTreeMap<(String, i32), i64>) -> Vec<(String, i32, i64)> {
+fn forwarded_list(forwarded: &BTreeMap<String, BTreeMap<i32, i64>>) -> Vec<(String, i32, i64)> {
     forwarded
         .iter()
-        .map(|((e, p), o)| (e.clone(), *p, *o))
+        .flat_map(|(e, offsets)| offsets.iter().map(|(p, o)| (e.clone(), *p, *o)))
         .collect()
 }
 
