@@ -512,34 +512,55 @@ impl Engine {
     /// Sums every sample of a metric family (all label sets) on `/metrics`.
     fn metric_sum(&mut self, name: &str) -> Result<f64> {
         let (_, body) = http_get(&self.http, "/metrics")?;
-        Ok(body
-            .lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        Ok(sum_of(&body, name))
+    }
+
+    /// Polls `check` every [`SAMPLE_EVERY`] until it gives a value, for at most `timeout`;
+    /// returns when it did and the value. `check` answers `Err(state)` while waiting, and the
+    /// last state goes into the error (with the engine's log) when the time is up.
+    fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        mut check: impl FnMut(&mut Self) -> Result<std::result::Result<T, String>>,
+    ) -> Result<(Instant, T)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match check(self)? {
+                Ok(v) => return Ok((Instant::now(), v)),
+                Err(state) if Instant::now() >= deadline => bail!(
+                    "{state} within {timeout:?}; the engine's log:\n{}",
+                    tail(&self.proc.log)
+                ),
+                Err(_) => std::thread::sleep(SAMPLE_EVERY),
+            }
+        }
     }
 
     /// Waits (bounded) until the engine has consumed at least `n` events; returns when it saw
     /// them first and the count then.
     fn wait_consumed(&mut self, n: u64, timeout: Duration) -> Result<(Instant, u64)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let c = self.consumed()?.unwrap_or(0);
-            if c >= n {
-                return Ok((Instant::now(), c));
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the engine consumed {c} of {n} events within {timeout:?}; its log:\n{}",
-                    tail(&self.proc.log)
-                );
-            }
-            std::thread::sleep(SAMPLE_EVERY);
-        }
+        self.wait_for(timeout, |e| {
+            let c = e.consumed()?.unwrap_or(0);
+            Ok(if c >= n {
+                Ok(c)
+            } else {
+                Err(format!("the engine consumed {c} of {n} events"))
+            })
+        })
     }
+}
+
+/// The sum of every sample of metric family `name` (all label sets, or the one `name` spells
+/// out, `family{label="value"}`) in a `/metrics` scrape.
+fn sum_of(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// An alert as read back: arrival wall clock, status, `last_seen` and `detected_at` in ms.
@@ -840,25 +861,24 @@ fn run() -> Result<()> {
     );
     // With the repartition stage: until it has counted every event forwarded.
     let through_both = if rp.is_some() {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let forwarded =
-                engine.metric_sum("cordon_repartition_messages_total{result=\"forwarded\"}")?;
-            let counted =
-                engine.metric_sum("cordon_repartition_messages_total{result=\"counted\"}")?;
-            let replayed =
-                engine.metric_sum("cordon_repartition_messages_total{result=\"replayed\"}")?;
-            if counted + replayed >= forwarded {
-                break Some((Instant::now(), forwarded));
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the repartition stage counted {counted} of {forwarded} forwarded events within {timeout:?}; the log:\n{}",
-                    tail(&engine.proc.log)
-                );
-            }
-            std::thread::sleep(SAMPLE_EVERY);
-        }
+        Some(engine.wait_for(timeout, |e| {
+            let (_, scrape) = http_get(&e.http, "/metrics")?;
+            let result = |r: &str| {
+                sum_of(
+                    &scrape,
+                    &format!("cordon_repartition_messages_total{{result=\"{r}\"}}"),
+                )
+            };
+            let (forwarded, counted) =
+                (result("forwarded"), result("counted") + result("replayed"));
+            Ok(if counted >= forwarded {
+                Ok(forwarded)
+            } else {
+                Err(format!(
+                    "the repartition stage counted {counted} of {forwarded} forwarded events"
+                ))
+            })
+        })?)
     } else {
         None
     };
