@@ -476,11 +476,19 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Polls up to `max` messages, waiting at most `wait` in all. Transient consumer errors are
-    /// logged and skipped; librdkafka retries them.
-    pub fn poll_batch(&self, max: usize, wait: Duration, out: &mut Vec<SourceRecord>) {
+    /// Polls up to `max` messages, or until their payloads reach `max_bytes`, waiting at most
+    /// `wait` in all. Transient consumer errors are logged and skipped; librdkafka retries
+    /// them.
+    pub fn poll_batch(
+        &self,
+        max: usize,
+        max_bytes: usize,
+        wait: Duration,
+        out: &mut Vec<SourceRecord>,
+    ) {
         let deadline = Instant::now() + wait;
-        while out.len() < max {
+        let mut bytes = 0usize;
+        while out.len() < max && bytes < max_bytes {
             // Messages already fetched are taken without a timeout, and so without reading the
             // clock: one clock read per message (here and in librdkafka's timed poll) was a
             // tenth of the input stage's time with the repartition stage (perf, model-167
@@ -496,17 +504,21 @@ impl KafkaSource {
                 some => some,
             };
             match next {
-                Some(Ok(m)) => out.push(SourceRecord {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    headers: if self.read_headers {
-                        headers_of(&m)
-                    } else {
-                        Vec::new()
-                    },
-                }),
+                Some(Ok(m)) => {
+                    let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
+                    bytes = bytes.saturating_add(payload.len());
+                    out.push(SourceRecord {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload,
+                        headers: if self.read_headers {
+                            headers_of(&m)
+                        } else {
+                            Vec::new()
+                        },
+                    });
+                }
                 Some(Err(e)) => {
                     self.errors.report(&e);
                     if Instant::now() >= deadline {
@@ -726,10 +738,54 @@ impl KafkaSink {
         check_topics(self.producer.client(), &self.brokers, topics, timeout)
     }
 
-    /// Queues one message; waits while librdkafka's queue is full.
+    /// The number of partitions of `topic`.
+    pub fn partition_count(&self, topic: &str, timeout: Duration) -> Result<u32, ConnectorError> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|source| ConnectorError::Unreachable {
+                brokers: self.brokers.clone(),
+                source,
+            })?;
+        md.topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .and_then(|t| u32::try_from(t.partitions().len()).ok())
+            .filter(|&n| n > 0)
+            .ok_or_else(|| ConnectorError::MissingTopic {
+                topic: topic.to_owned(),
+                brokers: self.brokers.clone(),
+            })
+    }
+
+    /// Queues one message, to the partition librdkafka's partitioner picks from the key;
+    /// waits while librdkafka's queue is full.
     pub fn send(
         &self,
         topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<(), ConnectorError> {
+        self.send_record(topic, None, key, payload, headers)
+    }
+
+    /// Queues one message to `partition` of `topic`; waits while librdkafka's queue is full.
+    pub fn send_to(
+        &self,
+        topic: &str,
+        partition: i32,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<(), ConnectorError> {
+        self.send_record(topic, Some(partition), None, payload, headers)
+    }
+
+    fn send_record(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
         key: Option<&[u8]>,
         payload: &[u8],
         headers: &[(&str, &[u8])],
@@ -745,6 +801,9 @@ impl KafkaSink {
             BaseRecord::to(topic).payload(payload).headers(h);
         if let Some(k) = key {
             record = record.key(k);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
         }
         loop {
             match self.producer.send(record) {

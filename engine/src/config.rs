@@ -330,14 +330,21 @@ impl Default for HttpConfig {
 fn default_input_entity() -> String {
     "account_id".into()
 }
+/// librdkafka's default `message.max.bytes`, the largest message its producer sends.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+fn default_max_frame_bytes() -> usize {
+    crate::frame::DEFAULT_MAX_FRAME_BYTES
+}
 
 /// The repartition stage. State is kept per input partition, so an entity the input topic is
 /// not keyed by (an IP range, when the gateway keys by account) has its events counted apart
 /// in every partition it reaches. With `topic` set, the engine runs two stages: the first
 /// reads `source.topic`, keeps the rules whose entity is `input_entity`, and forwards each
-/// event to `topic` once for every other entity, keyed by that entity's value; the second
-/// reads `topic` in the consumer group `<source.group_id>.repartition` and keeps the other
-/// rules, each entity's events meeting in one partition. See the README's "Repartitioning".
+/// event to `topic` once for every other entity, to the partition that entity's value picks,
+/// packed in frames of a batch's events ([`crate::frame`]); the second reads `topic` in the
+/// consumer group `<source.group_id>.repartition` and keeps the other rules, each entity's
+/// events meeting in one partition. See the README's "Repartitioning".
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepartitionConfig {
@@ -349,6 +356,11 @@ pub struct RepartitionConfig {
     /// this entity stay in the first stage.
     #[serde(default = "default_input_entity")]
     pub input_entity: String,
+    /// The largest message the input stage packs forwarded events into, in bytes (an event
+    /// larger than that goes alone). At most the producer's `message.max.bytes`
+    /// (librdkafka's default 1,000,000), and the brokers' limit for the topic.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
 }
 
 impl Default for RepartitionConfig {
@@ -356,6 +368,7 @@ impl Default for RepartitionConfig {
         Self {
             topic: None,
             input_entity: default_input_entity(),
+            max_frame_bytes: default_max_frame_bytes(),
         }
     }
 }
@@ -556,6 +569,38 @@ impl Config {
         if self.repartition.input_entity.trim().is_empty() {
             return value("repartition.input_entity", "must not be empty".into());
         }
+        if self.repartition.max_frame_bytes == 0 {
+            return value("repartition.max_frame_bytes", "must be positive".into());
+        }
+        if self.repartition.topic.is_some() {
+            // The producer takes the source's properties, then the sink's over them.
+            let set = [
+                ("sink", &self.sink.properties),
+                ("source", &self.source.properties),
+            ]
+            .into_iter()
+            .find_map(|(section, props)| props.get("message.max.bytes").map(|v| (section, v)));
+            let producer_max = match set {
+                Some((section, v)) => match v.trim().parse::<usize>() {
+                    Ok(n) => n,
+                    Err(_) => {
+                        return value(
+                            &format!("{section}.properties.message.max.bytes"),
+                            format!("`{v}` is not a number of bytes"),
+                        );
+                    }
+                },
+                None => LIBRDKAFKA_MESSAGE_MAX_BYTES,
+            };
+            if self.repartition.max_frame_bytes > producer_max {
+                return value(
+                    "repartition.max_frame_bytes",
+                    format!(
+                        "must be at most the producer's message.max.bytes ({producer_max}; raise that in sink.properties first)"
+                    ),
+                );
+            }
+        }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return value(
                 "http.listen",
@@ -599,7 +644,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
         &["allowed_lateness", "max_future_skew", "future_events"],
     ),
     ("http", &["listen"]),
-    ("repartition", &["topic", "input_entity"]),
+    ("repartition", &["topic", "input_entity", "max_frame_bytes"]),
 ];
 
 /// Checks that an override variable names a real key, suggesting the closest one if not.
@@ -753,6 +798,48 @@ object_store_options: {aws_region: eu-west-1, aws_allow_http: true}\n";
             .expect_err("an entity")
             .to_string();
         assert!(msg.contains("repartition.input_entity"), "{msg}");
+    }
+
+    #[test]
+    fn a_frame_must_fit_the_producers_largest_message() {
+        let c = parse("source: {brokers: b:1}\nrepartition: {topic: r}\n").expect("valid");
+        assert_eq!(c.repartition.max_frame_bytes, 64 * 1024);
+        for (text, key) in [
+            (
+                "repartition: {topic: r, max_frame_bytes: 0}",
+                "repartition.max_frame_bytes",
+            ),
+            (
+                "repartition: {topic: r, max_frame_bytes: 1000001}",
+                "repartition.max_frame_bytes",
+            ),
+            (
+                "repartition: {topic: r, max_frame_bytes: 3000000}\nsink: {properties: {message.max.bytes: '2000000'}}",
+                "repartition.max_frame_bytes",
+            ),
+            (
+                "repartition: {topic: r}\nsink: {properties: {message.max.bytes: lots}}",
+                "sink.properties.message.max.bytes",
+            ),
+        ] {
+            let msg = parse(&format!("source: {{brokers: b:1}}\n{text}\n"))
+                .expect_err(text)
+                .to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
+        // The sink's property, or the source's, which the producer also takes, raises it.
+        let frame = "repartition: {topic: r, max_frame_bytes: 1500000}";
+        for text in [
+            format!(
+                "source: {{brokers: b:1}}\nsink: {{properties: {{message.max.bytes: '2000000'}}}}\n{frame}\n"
+            ),
+            format!(
+                "source: {{brokers: b:1, properties: {{message.max.bytes: '2000000'}}}}\n{frame}\n"
+            ),
+        ] {
+            let c = parse(&text).expect(&text);
+            assert_eq!(c.repartition.max_frame_bytes, 1_500_000);
+        }
     }
 
     #[test]

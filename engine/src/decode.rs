@@ -46,7 +46,7 @@ pub enum Reason {
     Late,
     /// Stamped further than `time.max_future_skew` ahead of the wall clock.
     Future,
-    /// On the repartition topic, without the header the engine forwards events with.
+    /// On the repartition topic, not a frame of forwarded events this build reads.
     NotForwarded,
 }
 

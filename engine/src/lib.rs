@@ -8,6 +8,7 @@
 //! The pure core does no I/O and is driven by tests with bytes in and alerts out:
 //! - [`decode`]: message bytes to Arrow batches of event schema v1, or dead letters.
 //! - [`fingerprint`]: raw prompt text to fingerprints (the text goes no further).
+//! - [`frame`]: the frames that carry forwarded events through the repartition topic.
 //! - [`agg`]: aggregates: per-pane partials, exact when small, sketches when large.
 //! - [`hll`]: the HyperLogLog sketch of `distinct()` (DataSketches' hash and wire format).
 //! - [`plan`]: shared state tables, slots and expressions of a rule set.
@@ -40,6 +41,7 @@ pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod fingerprint;
+pub mod frame;
 pub mod gate;
 pub mod hll;
 pub mod http;

@@ -42,17 +42,12 @@ pub struct Input<'a> {
     /// Message value.
     pub payload: &'a [u8],
     /// For a message of the repartition topic: what the first stage forwarded it for, from
-    /// its headers ([`Stage::Repartitioned`]); `None` elsewhere.
+    /// its frame ([`Stage::Repartitioned`], [`crate::frame`]); `None` elsewhere.
     pub forwarded: Option<Forwarded<'a>>,
 }
 
-/// The header of a forwarded event: `<input partition>:<input offset>:<entity>`
-/// ([`Forwarded::header`]). One header, not three: each costs the producer an allocation
-/// to make and one to free, for every message of the repartition topic.
-pub const HEADER_FORWARD: &str = "cordon.forward";
-
 /// Where a message of the repartition topic came from: the entity it was forwarded for and
-/// the input partition and offset of the event.
+/// the input partition and offset of the event (a record of a [`crate::frame`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forwarded<'a> {
     /// The entity expression, as the plan writes it ([`crate::plan::ExprCol::text`]).
@@ -61,27 +56,6 @@ pub struct Forwarded<'a> {
     pub partition: i32,
     /// The event's offset there.
     pub offset: i64,
-}
-
-impl<'a> Forwarded<'a> {
-    /// The value of [`HEADER_FORWARD`] for an event of input `partition` at `offset` forwarded
-    /// for `entity`.
-    pub fn header(partition: i32, offset: i64, entity: &str) -> String {
-        format!("{partition}:{offset}:{entity}")
-    }
-
-    /// Reads a [`HEADER_FORWARD`] value; `None` when it is not one.
-    pub fn parse(header: &'a str) -> Option<Self> {
-        let mut parts = header.splitn(3, ':');
-        let partition = parts.next()?.parse().ok()?;
-        let offset = parts.next()?.parse().ok()?;
-        let entity = parts.next().filter(|e| !e.is_empty())?;
-        Some(Self {
-            entity,
-            partition,
-            offset,
-        })
-    }
 }
 
 /// Which part of the work a processor does. One process runs one [`Stage::Whole`], or, with
@@ -134,7 +108,8 @@ pub struct Forward {
     /// `None` when it had none, and goes as it came (the input's payload).
     pub payload: Option<Vec<u8>>,
     /// Per entity it goes to: the entity expression ([`Forwarded::entity`]) and the event's
-    /// value of it, the message key.
+    /// value of it, which picks its partition of the repartition topic
+    /// ([`crate::frame::destination`]).
     pub keys: Vec<(Arc<str>, String)>,
 }
 
@@ -1139,7 +1114,7 @@ impl Processor {
 
     /// Processes one partition's messages of a batch, each with its index in the batch; with
     /// [`Stage::Repartitioned`], the ones forwarded for `entity` (`None`: messages without the
-    /// forwarding header, which are dead-lettered).
+    /// frame of forwarded events, which are dead-lettered).
     fn process_partition(
         &mut self,
         partition: i32,
@@ -1209,7 +1184,9 @@ impl Processor {
                     _ => Some(Rejection {
                         reason: Reason::NotForwarded,
                         detail: format!(
-                            "a message on the repartition topic without the header `{HEADER_FORWARD}` that Cordon forwards events with"
+                            "a message on the repartition topic that is not a frame of forwarded events (header `{}: {}`, a body of that form)",
+                            crate::frame::HEADER_FRAME,
+                            String::from_utf8_lossy(crate::frame::FRAME_VERSION),
                         ),
                     }),
                 }

@@ -39,10 +39,11 @@ use crate::checkpoint::{
     Checkpoint, CheckpointMeta, CheckpointStore, CheckpointWriter, WriteJob, Written,
 };
 use crate::config::{Config, FutureEvents, SinkFormat};
+use crate::frame::{self, Framer, HEADER_FRAME};
 use crate::gate::Status;
 use crate::http::{Health, HttpServer};
 use crate::metrics::{Metrics, Scope};
-use crate::processor::{CoreConfig, Forwarded, HEADER_FORWARD, Input, Output, Processor, Stage};
+use crate::processor::{CoreConfig, Input, Output, Processor, Stage};
 use crate::reload::RuleWatch;
 use anyhow::Context;
 use cordon_connectors::{
@@ -60,6 +61,10 @@ use std::time::{Duration, Instant};
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(310);
 /// How long start-up waits for the brokers to answer.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many bytes of frames the repartition stage takes in a batch (or
+/// `source.max_batch_messages` frames, whichever comes first): about as many events as a batch
+/// of the input topic, where a frame holds hundreds.
+pub const REPARTITION_BATCH_BYTES: usize = 4 << 20;
 /// Longest a takeover of partitions waits to read back the alerts topic.
 pub const SEED_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -865,6 +870,20 @@ fn run_loop(
         tracing::info!("shut down before Kafka answered");
         return Ok(RunTotals::default());
     }
+    // Read once: an entity's partition depends on the count, so adding partitions to the
+    // repartition topic takes a restart of every replica (README, "Repartitioning").
+    let mut forwarding = match &run.forward_to {
+        Some(topic) => {
+            let partitions = sink
+                .partition_count(topic, STARTUP_TIMEOUT)
+                .with_context(|| format!("config key `repartition.topic`: `{topic}`"))?;
+            Some(Forwarding {
+                topic: topic.clone(),
+                framer: Framer::new(partitions, config.repartition.max_frame_bytes),
+            })
+        }
+        None => None,
+    };
 
     let loaded: Loaded = Arc::default();
     {
@@ -893,6 +912,7 @@ fn run_loop(
         topic = %run.topic,
         group = %run.group,
         forward_to = run.forward_to.as_deref().unwrap_or(""),
+        forward_partitions = forwarding.as_ref().map_or(0, |f| f.framer.partitions()),
         state_dir = %config.state.dir.display(),
         "cordon started"
     );
@@ -949,6 +969,10 @@ fn run_loop(
         records.clear();
         source.poll_batch(
             config.source.max_batch_messages,
+            match run.scope {
+                Scope::Input => usize::MAX,
+                Scope::Repartition => REPARTITION_BATCH_BYTES,
+            },
             config.source.max_batch_wait,
             &mut records,
         );
@@ -958,7 +982,15 @@ fn run_loop(
         records.retain(|r| r.offset >= ckpts.positions.get(&r.partition).copied().unwrap_or(-1));
         if !records.is_empty() {
             let started = Instant::now();
-            let out = process_batch(&mut processor, &records, config, run, &sink, metrics)?;
+            let out = process_batch(
+                &mut processor,
+                &records,
+                config,
+                run,
+                &sink,
+                forwarding.as_mut(),
+                metrics,
+            )?;
             metrics.batch_done(run.scope, &out, started.elapsed());
             health.batch_done();
             health.set_assigned(source.assigned_partitions());
@@ -1083,18 +1115,10 @@ fn process_batch(
     config: &Config,
     run: &StageRun,
     sink: &KafkaSink,
+    forwarding: Option<&mut Forwarding>,
     metrics: &Metrics,
 ) -> anyhow::Result<Output> {
-    let inputs: Vec<Input<'_>> = records
-        .iter()
-        .map(|r| Input {
-            partition: r.partition,
-            offset: r.offset,
-            key: r.key.as_deref(),
-            payload: &r.payload,
-            forwarded: forwarded_from(r),
-        })
-        .collect();
+    let inputs = inputs_of(records, run.scope == Scope::Repartition);
     let mut out = Output::default();
     processor.process(&inputs, now_ms(), &mut out)?;
     for a in &out.alerts {
@@ -1148,19 +1172,29 @@ fn process_batch(
         )
         .inspect_err(|e| metrics.sink_error("a dead letter", e))?;
     }
-    if let Some(topic) = &run.forward_to {
+    if let Some(Forwarding { topic, framer }) = forwarding {
+        let headers: [(&str, &[u8]); 1] = [(HEADER_FRAME, frame::FRAME_VERSION)];
+        let mut emit = |partition: i32, bytes: &[u8]| {
+            sink.send_to(topic, partition, bytes, &headers)
+                .inspect_err(|e| metrics.sink_error("forwarded events", e))
+        };
         for f in &out.forwards {
             let payload = match &f.payload {
                 Some(rewritten) => rewritten.as_slice(),
                 None => records[f.input].payload.as_slice(),
             };
             for (entity, value) in &f.keys {
-                let header = Forwarded::header(f.partition, f.offset, entity);
-                let headers: [(&str, &[u8]); 1] = [(HEADER_FORWARD, header.as_bytes())];
-                sink.send(topic, Some(value.as_bytes()), payload, &headers)
-                    .inspect_err(|e| metrics.sink_error("a forwarded event", e))?;
+                framer.push(
+                    entity,
+                    value.as_bytes(),
+                    f.partition,
+                    f.offset,
+                    payload,
+                    &mut emit,
+                )?;
             }
         }
+        framer.finish(&mut emit)?;
     }
     // No flush here: the broker acknowledges while the next batches are processed, and the
     // next checkpoint waits for every acknowledgement before it covers this batch.
@@ -1168,11 +1202,58 @@ fn process_batch(
     Ok(out)
 }
 
-/// What the input stage forwarded a record of the repartition topic for, from its header
-/// (`None` for a record without it, or from another source).
-fn forwarded_from(r: &SourceRecord) -> Option<Forwarded<'_>> {
-    let (_, value) = r.headers.iter().find(|(k, _)| k == HEADER_FORWARD)?;
-    Forwarded::parse(std::str::from_utf8(value).ok()?)
+/// Where the input stage forwards events, and the frames it packs them in.
+struct Forwarding {
+    /// The repartition topic.
+    topic: String,
+    framer: Framer,
+}
+
+/// The processor's inputs for a batch of `records`. For the repartition stage
+/// (`repartitioned`), each frame's events, each with the frame's partition and offset; a
+/// record that is not a frame this build reads goes as it came, without
+/// [`Input::forwarded`], and the processor dead-letters it.
+fn inputs_of(records: &[SourceRecord], repartitioned: bool) -> Vec<Input<'_>> {
+    let mut inputs = Vec::with_capacity(records.len());
+    for r in records {
+        let version = r
+            .headers
+            .iter()
+            .find(|(k, _)| repartitioned && k == HEADER_FRAME)
+            .map(|(_, v)| v.as_slice());
+        if let Some(version) = version {
+            let first = inputs.len();
+            let read = frame::unpack(version, &r.payload, |forwarded, payload| {
+                inputs.push(Input {
+                    partition: r.partition,
+                    offset: r.offset,
+                    key: None,
+                    payload,
+                    forwarded: Some(forwarded),
+                });
+            });
+            match read {
+                Ok(()) => continue,
+                Err(e) => {
+                    inputs.truncate(first);
+                    tracing::warn!(
+                        partition = r.partition,
+                        offset = r.offset,
+                        error = %e,
+                        "a frame on the repartition topic does not read; it goes to the dead-letter topic whole"
+                    );
+                }
+            }
+        }
+        inputs.push(Input {
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key.as_deref(),
+            payload: &r.payload,
+            forwarded: None,
+        });
+    }
+    inputs
 }
 
 #[cfg(test)]
@@ -1182,41 +1263,65 @@ mod tests {
     const INTERVAL: Duration = Duration::from_secs(30);
 
     #[test]
-    fn a_forwarded_record_says_where_its_event_came_from_through_its_headers() {
-        let record = |headers: &[(&str, &str)]| SourceRecord {
+    fn the_repartition_stage_reads_each_frames_events_and_passes_other_records_whole() {
+        use crate::processor::Forwarded;
+        let record = |offset: i64, headers: &[(&str, &[u8])], payload: Vec<u8>| SourceRecord {
             partition: 1,
-            offset: 40,
-            key: Some(b"198.51.100.0/24".to_vec()),
-            payload: b"{}".to_vec(),
+            offset,
+            key: Some(b"k".to_vec()),
+            payload,
             headers: headers
                 .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+                .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
                 .collect(),
         };
-        let header = Forwarded::header(3, 1234, "ip_prefix(ip, 24, 48)");
-        let r = record(&[("other", "x"), (HEADER_FORWARD, &header)]);
-        assert_eq!(
-            forwarded_from(&r),
+        let entity: Arc<str> = "ip_prefix(ip, 24, 48)".into();
+        let mut framer = Framer::new(1, frame::DEFAULT_MAX_FRAME_BYTES);
+        let mut body = Vec::new();
+        let mut keep = |_: i32, frame: &[u8]| -> Result<(), std::convert::Infallible> {
+            body = frame.to_vec();
+            Ok(())
+        };
+        for (offset, payload) in [(1234, b"{\"a\":1}"), (1235, b"{\"a\":2}")] {
+            let Ok(()) = framer.push(&entity, b"198.51.100.0/24", 3, offset, payload, &mut keep);
+        }
+        let Ok(()) = framer.finish(&mut keep);
+        let frame_header: [(&str, &[u8]); 2] =
+            [("other", b"x"), (HEADER_FRAME, frame::FRAME_VERSION)];
+        let mut damaged = body.clone();
+        damaged.pop();
+        let records = [
+            record(40, &frame_header, body.clone()),
+            record(41, &[], b"{}".to_vec()),
+            record(42, &frame_header, damaged),
+            record(43, &[(HEADER_FRAME, b"9")], body.clone()),
+        ];
+        let inputs = inputs_of(&records, true);
+        let seen: Vec<_> = inputs
+            .iter()
+            .map(|i| (i.offset, i.forwarded, i.payload.len()))
+            .collect();
+        let from = |offset| {
             Some(Forwarded {
                 entity: "ip_prefix(ip, 24, 48)",
                 partition: 3,
-                offset: 1234,
+                offset,
             })
-        );
-        // An entity may hold the separator; partition and offset may not.
-        let header = Forwarded::header(0, 7, "attrs['a:b']");
+        };
         assert_eq!(
-            forwarded_from(&record(&[(HEADER_FORWARD, &header)])).map(|f| f.entity),
-            Some("attrs['a:b']")
+            seen,
+            [
+                (40, from(1234), 7),
+                (40, from(1235), 7),
+                (41, None, 2),
+                (42, None, body.len() - 1),
+                (43, None, body.len()),
+            ]
         );
-        for bad in ["3:1234", "3:x:ip", "x:1:ip", "3:1234:", ""] {
-            assert_eq!(
-                forwarded_from(&record(&[(HEADER_FORWARD, bad)])),
-                None,
-                "{bad:?}"
-            );
-        }
-        assert_eq!(forwarded_from(&record(&[])), None);
+        // The input stage reads no frames: a record is an event, whatever its headers.
+        let inputs = inputs_of(&records[..1], false);
+        assert_eq!(inputs.len(), 1);
+        assert_eq!(inputs[0].forwarded, None);
     }
 
     #[test]
