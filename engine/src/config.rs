@@ -374,6 +374,28 @@ impl Default for RepartitionConfig {
 }
 
 impl Config {
+    /// The largest message the producer sends (alerts, dead letters, frames): its
+    /// `message.max.bytes`, from `sink.properties` or else `source.properties` (the producer
+    /// takes both, the sink's over the source's), librdkafka's 1,000,000 by default.
+    pub fn producer_message_max(&self) -> Result<usize, ConfigError> {
+        let set = [
+            ("sink", &self.sink.properties),
+            ("source", &self.source.properties),
+        ]
+        .into_iter()
+        .find_map(|(section, props)| props.get("message.max.bytes").map(|v| (section, v)));
+        match set {
+            Some((section, v)) => match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(ConfigError::Value {
+                    key: format!("{section}.properties.message.max.bytes"),
+                    message: format!("`{v}` is not a positive number of bytes"),
+                }),
+            },
+            None => Ok(LIBRDKAFKA_MESSAGE_MAX_BYTES),
+        }
+    }
+
     /// The consumer group of the repartition stage.
     pub fn repartition_group(&self) -> String {
         format!("{}.repartition", self.source.group_id)
@@ -572,34 +594,14 @@ impl Config {
         if self.repartition.max_frame_bytes == 0 {
             return value("repartition.max_frame_bytes", "must be positive".into());
         }
-        if self.repartition.topic.is_some() {
-            // The producer takes the source's properties, then the sink's over them.
-            let set = [
-                ("sink", &self.sink.properties),
-                ("source", &self.source.properties),
-            ]
-            .into_iter()
-            .find_map(|(section, props)| props.get("message.max.bytes").map(|v| (section, v)));
-            let producer_max = match set {
-                Some((section, v)) => match v.trim().parse::<usize>() {
-                    Ok(n) => n,
-                    Err(_) => {
-                        return value(
-                            &format!("{section}.properties.message.max.bytes"),
-                            format!("`{v}` is not a number of bytes"),
-                        );
-                    }
-                },
-                None => LIBRDKAFKA_MESSAGE_MAX_BYTES,
-            };
-            if self.repartition.max_frame_bytes > producer_max {
-                return value(
-                    "repartition.max_frame_bytes",
-                    format!(
-                        "must be at most the producer's message.max.bytes ({producer_max}; raise that in sink.properties first)"
-                    ),
-                );
-            }
+        let producer_max = self.producer_message_max()?;
+        if self.repartition.topic.is_some() && self.repartition.max_frame_bytes > producer_max {
+            return value(
+                "repartition.max_frame_bytes",
+                format!(
+                    "must be at most the producer's message.max.bytes ({producer_max}; raise that in sink.properties first)"
+                ),
+            );
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return value(

@@ -264,6 +264,10 @@ pub struct CoreConfig {
     pub sketch_seed: u64,
     /// Which tables it keeps, and whether it forwards ([`Stage`]).
     pub stage: Stage,
+    /// The largest event [`Stage::Source`] forwards (after its prompt is replaced by
+    /// fingerprints): a larger one would not fit in a message of the repartition topic, and is
+    /// dead-lettered as `too_large` instead (its input stage's tables have counted it).
+    pub max_forward_bytes: usize,
 }
 
 impl Default for CoreConfig {
@@ -277,6 +281,7 @@ impl Default for CoreConfig {
             clamp_future: false,
             sketch_seed: 0,
             stage: Stage::Whole,
+            max_forward_bytes: usize::MAX,
         }
     }
 }
@@ -1237,7 +1242,15 @@ impl Processor {
         };
         let cols = evaluate_columns(&self.plan, &decoded, needed, &mut self.scratch.hashes)?;
         if forwarding {
-            forward_rows(&self.forward, &cols, inputs, &accepted, partition, out);
+            forward_rows(
+                &self.forward,
+                &cols,
+                inputs,
+                &accepted,
+                partition,
+                self.config.max_forward_bytes,
+                out,
+            );
         }
         let mut candidates = std::mem::take(&mut self.scratch.candidates);
         candidates.resize_with(rules, Candidates::default);
@@ -1359,13 +1372,15 @@ fn forwarded_list(forwarded: &BTreeMap<String, BTreeMap<i32, i64>>) -> Vec<(Stri
 }
 
 /// Queues the batch's decoded events (`accepted` holds their places in `inputs`, row by row)
-/// for the repartition topic, once per entity of `forward` they have a value for.
+/// for the repartition topic, once per entity of `forward` they have a value for. An event
+/// larger than `max_bytes` is dead-lettered instead.
 fn forward_rows(
     forward: &[(usize, Arc<str>)],
     cols: &[Col],
     inputs: &[(usize, &Input<'_>)],
     accepted: &[usize],
     partition: i32,
+    max_bytes: usize,
     out: &mut Output,
 ) {
     for (row, &i) in accepted.iter().enumerate() {
@@ -1382,12 +1397,30 @@ fn forward_rows(
             continue;
         }
         let (index, input) = inputs[i];
+        let payload = forward_payload(input.payload);
+        if payload.len() > max_bytes {
+            *out.stats.rejected.entry(Reason::TooLarge).or_default() += 1;
+            let (dead, redacted) = dead_letter_payload(input.payload);
+            out.dead_letters.push(DeadLetter {
+                partition,
+                offset: input.offset,
+                key: input.key.map(<[u8]>::to_vec),
+                payload: dead.into_owned(),
+                redacted,
+                reason: Reason::TooLarge,
+                detail: format!(
+                    "{} bytes: too large to forward to the repartition topic (at most {max_bytes}; raise the producer's message.max.bytes); the rules of repartition.input_entity counted it",
+                    payload.len()
+                ),
+            });
+            continue;
+        }
         out.stats.forwarded += keys.len() as u64;
         out.forwards.push(Forward {
             input: index,
             partition,
             offset: input.offset,
-            payload: match forward_payload(input.payload) {
+            payload: match payload {
                 Cow::Borrowed(_) => None,
                 Cow::Owned(rewritten) => Some(rewritten),
             },
@@ -2693,6 +2726,48 @@ condition: requests >= 1000
         second.process(&[input], NOW, &mut out).expect("process");
         assert_eq!((out.stats.unrouted, out.stats.events), (1, 0));
         assert!(out.dead_letters.is_empty());
+    }
+
+    #[test]
+    fn an_event_too_large_to_forward_is_dead_lettered_and_still_counted_by_the_input_stage() {
+        let rules =
+            cordon_rules::load_sources(&[("t.yaml".into(), RULES.into())]).expect("rules load");
+        let small = ev(T0, "acct-1", "198.51.100.7", "");
+        let padding = "p".repeat(2_000);
+        let large = ev(
+            T0 + 1,
+            "acct-1",
+            "198.51.100.8",
+            &format!(r#","attrs":{{"pad":"{padding}"}}"#),
+        );
+        let limit = (small.len() + large.len()) / 2;
+        let mut first = Processor::new(
+            &rules,
+            CoreConfig {
+                stage: Stage::Source {
+                    input_entity: input_entity(),
+                },
+                max_forward_bytes: limit,
+                ..CoreConfig::default()
+            },
+        );
+        let mut out = Output::default();
+        first
+            .process(
+                &Input::sequence(0, 10, [small.as_slice(), large.as_slice()]),
+                NOW,
+                &mut out,
+            )
+            .expect("process");
+        assert_eq!(out.stats.events, 2, "both count in the input stage");
+        let offsets: Vec<i64> = out.forwards.iter().map(|f| f.offset).collect();
+        assert_eq!(offsets, [10], "only the small one is forwarded");
+        assert_eq!(out.dead_letters.len(), 1);
+        let dead = &out.dead_letters[0];
+        assert_eq!((dead.reason, dead.offset), (Reason::TooLarge, 11));
+        assert!(dead.detail.contains("repartition topic"), "{}", dead.detail);
+        assert_eq!(dead.payload, large);
+        assert_eq!(out.stats.rejected.get(&Reason::TooLarge), Some(&1));
     }
 
     #[test]

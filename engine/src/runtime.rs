@@ -65,6 +65,9 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// `source.max_batch_messages` frames, whichever comes first): about as many events as a batch
 /// of the input topic, where a frame holds hundreds.
 pub const REPARTITION_BATCH_BYTES: usize = 4 << 20;
+/// What a message's key, headers and framing may take beside its payload: a dead letter's
+/// payload, or a forwarded event, is held to the producer's `message.max.bytes` less this.
+pub const MESSAGE_HEADROOM: usize = 16 << 10;
 /// Longest a takeover of partitions waits to read back the alerts topic.
 pub const SEED_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -879,7 +882,14 @@ fn run_loop(
                 .with_context(|| format!("config key `repartition.topic`: `{topic}`"))?;
             Some(Forwarding {
                 topic: topic.clone(),
-                framer: Framer::new(partitions, config.repartition.max_frame_bytes),
+                // A frame also carries a header: held to the budget, not to the bare limit.
+                framer: Framer::new(
+                    partitions,
+                    config
+                        .repartition
+                        .max_frame_bytes
+                        .min(message_budget(config)?),
+                ),
             })
         }
         None => None,
@@ -928,6 +938,7 @@ fn run_loop(
             .sketch_seed()
             .context("config key `state.dir`: the sketch seed")?,
         stage: run.stage.clone(),
+        max_forward_bytes: message_budget(config)?,
     };
     let mut processor = Processor::new(rules, core);
     if let Stage::Source { input_entity } = &run.stage
@@ -1119,6 +1130,7 @@ fn process_batch(
     metrics: &Metrics,
 ) -> anyhow::Result<Output> {
     let inputs = inputs_of(records, run.scope == Scope::Repartition);
+    let budget = message_budget(config)?;
     let mut out = Output::default();
     processor.process(&inputs, now_ms(), &mut out)?;
     for a in &out.alerts {
@@ -1164,13 +1176,13 @@ fn process_batch(
         if d.redacted {
             headers.push(("cordon.redacted", b"prompt"));
         }
-        sink.send(
-            &config.dead_letter.topic,
-            d.key.as_deref(),
-            &d.payload,
-            &headers,
-        )
-        .inspect_err(|e| metrics.sink_error("a dead letter", e))?;
+        let (key, payload, cut) = fit(d.key.as_deref(), &d.payload, budget);
+        let whole = cut.map(|n| n.to_string());
+        if let Some(n) = &whole {
+            headers.push(("cordon.truncated", n.as_bytes()));
+        }
+        sink.send(&config.dead_letter.topic, key, payload, &headers)
+            .inspect_err(|e| metrics.sink_error("a dead letter", e))?;
     }
     if let Some(Forwarding { topic, framer }) = forwarding {
         let headers: [(&str, &[u8]); 1] = [(HEADER_FRAME, frame::FRAME_VERSION)];
@@ -1200,6 +1212,32 @@ fn process_batch(
     // next checkpoint waits for every acknowledgement before it covers this batch.
     sink.poll();
     Ok(out)
+}
+
+/// What a dead letter's key and payload, or a forwarded event, may take: the producer's
+/// `message.max.bytes` less [`MESSAGE_HEADROOM`].
+fn message_budget(config: &Config) -> anyhow::Result<usize> {
+    Ok(config
+        .producer_message_max()?
+        .saturating_sub(MESSAGE_HEADROOM)
+        .max(1))
+}
+
+/// A dead letter's key and payload held to `budget` bytes together, so that a message too
+/// large for the producer is still dead-lettered (its start) instead of failing the send and
+/// stopping the engine on every restart. Returns the payload's whole length when it was cut.
+fn fit<'a>(
+    key: Option<&'a [u8]>,
+    payload: &'a [u8],
+    budget: usize,
+) -> (Option<&'a [u8]>, &'a [u8], Option<usize>) {
+    let key = key.map(|k| &k[..k.len().min(budget)]);
+    let room = budget - key.map_or(0, <[u8]>::len);
+    if payload.len() <= room {
+        (key, payload, None)
+    } else {
+        (key, &payload[..room], Some(payload.len()))
+    }
 }
 
 /// Where the input stage forwards events, and the frames it packs them in.
@@ -1261,6 +1299,37 @@ mod tests {
     use super::*;
 
     const INTERVAL: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_dead_letter_too_large_for_the_producer_is_cut_to_fit() {
+        let payload = vec![b'x'; 100];
+        assert_eq!(
+            fit(Some(b"key"), &payload, 200),
+            (Some(&b"key"[..]), &payload[..], None)
+        );
+        let (key, cut, whole) = fit(Some(b"key"), &payload, 50);
+        assert_eq!((key, cut.len(), whole), (Some(&b"key"[..]), 47, Some(100)));
+        assert_eq!(fit(None, &payload, 100), (None, &payload[..], None));
+        assert_eq!(fit(None, &payload, 99).2, Some(100));
+        // A key larger than the budget is cut too, and the payload goes empty.
+        let key = vec![b'k'; 80];
+        let (k, p, whole) = fit(Some(&key), &payload, 60);
+        assert_eq!(
+            (k.map(<[u8]>::len), p.len(), whole),
+            (Some(60), 0, Some(100))
+        );
+        // The budget: the producer's limit less the headroom.
+        let config = Config::from_yaml(
+            "source: {brokers: b:1}\nsink: {properties: {message.max.bytes: '100000'}}\n",
+            "f",
+            Vec::new(),
+        )
+        .expect("valid");
+        assert_eq!(
+            message_budget(&config).expect("a budget"),
+            100_000 - MESSAGE_HEADROOM
+        );
+    }
 
     #[test]
     fn the_repartition_stage_reads_each_frames_events_and_passes_other_records_whole() {

@@ -536,6 +536,9 @@ impl Broker {
             .set("max.in.flight.requests.per.connection", "1")
             .set("linger.ms", "5")
             .set("acks", "all")
+            // Past the 1,000,000 of librdkafka's default, which the engine's producer keeps:
+            // tests produce messages larger than the engine can write again.
+            .set("message.max.bytes", "10000000")
             .create_with_context(context)
             .unwrap_or_else(|e| panic!("cannot create a Kafka producer: {e}"));
         for (index, (key, payload)) in records.iter().enumerate() {

@@ -912,6 +912,84 @@ fn detects_campaigns_and_dead_letters_malformed_events() {
     assert_no_prompt_in_files(&setup.config.state_dir);
 }
 
+/// Messages larger than the engine's producer can write (librdkafka's 1,000,000 bytes) are
+/// dead-lettered cut to fit, with their whole size in `cordon.truncated`, instead of failing
+/// the send and stopping the engine at every restart: one past `source.max_message_bytes`
+/// (`too_large`), and, with the repartition stage, one the input stage accepts and counts but
+/// cannot forward (`too_large`, said so in its detail). The events after them still alert,
+/// through the repartition stage.
+#[test]
+fn messages_too_large_for_the_producer_are_dead_lettered_cut_and_the_engine_goes_on() {
+    let mut setup = setup("oversize");
+    setup.config.max_message_bytes = 2 << 20;
+    setup
+        .config
+        .repartition_through(&setup.broker, "oversize", 1);
+    let padded = |secs: i64, account: &str, pad: usize| {
+        json!({"ts": ts(secs), "account_id": account, "ip": "198.51.100.9",
+               "attrs": {"pad": "x".repeat(pad)}})
+    };
+    let unforwardable = Message::valid("acct-big", &padded(1, "acct-big", 1_500_000));
+    let too_large = Message::bad(
+        "acct-huge",
+        "too_large",
+        padded(2, "acct-huge", 2_500_000).to_string(),
+    );
+    let hydra = hydra_cluster(25);
+    let mut p0 = vec![unforwardable.clone(), too_large.clone()];
+    p0.extend(hydra.iter().cloned());
+    let produced = produce_all(&setup.broker, &setup.input, &[(0, p0)]);
+
+    let mut engine = Engine::start(&setup.config.to_yaml());
+    wait_caught_up(&setup, &mut engine);
+    let alerts_topic = setup.alerts.clone();
+    wait_for(CATCH_UP_TIMEOUT, "the hydra cluster's alert", || {
+        engine.assert_running();
+        let alerts = setup.broker.read_topic(&alerts_topic);
+        if alerts
+            .iter()
+            .any(|a| a.json()["rule"]["id"] == "test.hydra")
+        {
+            Ok(())
+        } else {
+            Err(format!("{} alerts", alerts.len()))
+        }
+    });
+    engine.stop();
+
+    let dead = setup.broker.read_topic(&setup.dlq);
+    let by_offset: BTreeMap<String, &Record> = dead
+        .iter()
+        .map(|r| (r.header("cordon.source.offset").unwrap_or_default(), r))
+        .collect();
+    assert_eq!(dead.len(), 2, "{:?}", by_offset.keys());
+    for (produced, detail) in [(&produced[0], "repartition topic"), (&produced[1], "bytes")] {
+        let record = by_offset
+            .get(&produced.offset.to_string())
+            .unwrap_or_else(|| panic!("no dead letter for offset {}", produced.offset));
+        assert_eq!(record.header("cordon.reason").as_deref(), Some("too_large"));
+        let whole = produced.message.payload.len();
+        assert_eq!(
+            record.header("cordon.truncated"),
+            Some(whole.to_string()),
+            "the whole size"
+        );
+        let payload = record.payload.as_deref().unwrap_or_default();
+        assert!(
+            payload.len() < 1_000_000 && payload.len() > 900_000,
+            "{}",
+            payload.len()
+        );
+        assert!(
+            produced.message.payload.starts_with(payload),
+            "the message's start"
+        );
+        assert_eq!(record.key_str(), produced.message.key);
+        let got = record.header("cordon.detail").unwrap_or_default();
+        assert!(got.contains(detail), "{got}");
+    }
+}
+
 #[test]
 fn restart_resumes_from_committed_offsets_without_repeating_alerts() {
     let setup = setup("restart");
