@@ -897,18 +897,27 @@ fn run() -> Result<()> {
     );
     t.num("engine_events_per_s", rate);
     t.num("engine_share_of_bare", rate / bare);
-    if let Some((t3, forwarded)) = through_both {
+    if let (Some((t3, forwarded)), Some(topic)) = (through_both, &rp) {
         let both = (events - c1) as f64 / (t3 - t1).as_secs_f64().max(1e-9);
+        // The repartition topic's messages: frames of forwarded events.
+        let c: BaseConsumer = client(&bootstrap).create()?;
+        let mut frames = 0i64;
+        for p in 0..partitions {
+            let (low, high) = c.fetch_watermarks(topic, p, REQUEST_TIMEOUT)?;
+            frames += high - low;
+        }
         t.row(
             "(b) through both stages, to the last forwarded event counted",
             format!(
-                "{both:.0} events/s = {:.1}% of (a); {:.2} forwarded an event",
+                "{both:.0} events/s = {:.1}% of (a); {:.2} forwarded an event, in {frames} messages ({:.0} events each)",
                 100.0 * both / bare,
-                forwarded / events as f64
+                forwarded / events as f64,
+                forwarded / frames.max(1) as f64
             ),
         );
         t.num("engine_both_stages_events_per_s", both);
         t.num("forwarded_per_event", forwarded / events as f64);
+        t.num("repartition_messages", frames as f64);
     }
     // Where the engine's time went: its loop thread's CPU and the time inside batches
     // (processing and waiting for the broker to acknowledge alerts and dead letters).
