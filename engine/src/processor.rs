@@ -1208,19 +1208,7 @@ impl Processor {
                         accepted.push(pos);
                     }
                 }
-                Err(r) => {
-                    *out.stats.rejected.entry(r.reason).or_default() += 1;
-                    let (payload, redacted) = dead_letter_payload(input.payload);
-                    out.dead_letters.push(DeadLetter {
-                        partition,
-                        offset: input.offset,
-                        key: input.key.map(<[u8]>::to_vec),
-                        payload: payload.into_owned(),
-                        redacted,
-                        reason: r.reason,
-                        detail: r.detail,
-                    });
-                }
+                Err(r) => dead_letter(out, partition, input, r),
             }
         }
         state.watermark = time.watermark;
@@ -1399,20 +1387,15 @@ fn forward_rows(
         let (index, input) = inputs[i];
         let payload = forward_payload(input.payload);
         if payload.len() > max_bytes {
-            *out.stats.rejected.entry(Reason::TooLarge).or_default() += 1;
-            let (dead, redacted) = dead_letter_payload(input.payload);
-            out.dead_letters.push(DeadLetter {
-                partition,
-                offset: input.offset,
-                key: input.key.map(<[u8]>::to_vec),
-                payload: dead.into_owned(),
-                redacted,
+            let detail = format!(
+                "{} bytes: too large to forward to the repartition topic (at most {max_bytes}; raise the producer's message.max.bytes); the rules of repartition.input_entity counted it",
+                payload.len()
+            );
+            let r = Rejection {
                 reason: Reason::TooLarge,
-                detail: format!(
-                    "{} bytes: too large to forward to the repartition topic (at most {max_bytes}; raise the producer's message.max.bytes); the rules of repartition.input_entity counted it",
-                    payload.len()
-                ),
-            });
+                detail,
+            };
+            dead_letter(out, partition, input, r);
             continue;
         }
         out.stats.forwarded += keys.len() as u64;
@@ -1427,6 +1410,22 @@ fn forward_rows(
             keys,
         });
     }
+}
+
+/// Counts `input` of `partition` as refused for `r` and queues it for the dead-letter topic,
+/// with any raw prompt redacted.
+fn dead_letter(out: &mut Output, partition: i32, input: &Input<'_>, r: Rejection) {
+    *out.stats.rejected.entry(r.reason).or_default() += 1;
+    let (payload, redacted) = dead_letter_payload(input.payload);
+    out.dead_letters.push(DeadLetter {
+        partition,
+        offset: input.offset,
+        key: input.key.map(<[u8]>::to_vec),
+        payload: payload.into_owned(),
+        redacted,
+        reason: r.reason,
+        detail: r.detail,
+    });
 }
 
 fn eval_err(what: &'static str, text: &str, e: DataFusionError) -> ProcessError {
