@@ -1274,7 +1274,9 @@ fn inputs_of(records: &[SourceRecord], repartitioned: bool) -> Vec<Input<'_>> {
                 Ok(()) => continue,
                 Err(e) => {
                     inputs.truncate(first);
-                    tracing::warn!(
+                    // Debug only: the dead-letter summary warns, at most every interval, with
+                    // the count of `not_forwarded`; this says why each frame did not read.
+                    tracing::debug!(
                         partition = r.partition,
                         offset = r.offset,
                         error = %e,
