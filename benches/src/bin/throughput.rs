@@ -26,12 +26,18 @@
 //! and, run with rule files left out (`benches/scripts/costs.sh`), what each of its state
 //! tables costs.
 //!
+//! `--stage source` runs the mix's processors as the input stage of `repartition.topic` does
+//! (the `account_id` rules counted, every event forwarded once per other entity): what the
+//! input stage's core costs per event, up to the forwards it hands to the runtime (packing
+//! them into frames and producing them is the runtime's, and not measured here).
+//!
 //! Run: `cargo run --release -p cordon-benches --bin throughput -- [--accounts N] [--ranges N]
-//! [--extra N] [--runs N] [--flood N] [--max-keys N] [--rules PATH] [--json FILE]`
+//! [--extra N] [--runs N] [--flood N] [--max-keys N] [--rules PATH] [--stage whole|source]
+//! [--json FILE]`
 
 use clap::Parser;
 use cordon_benches::pack_dir;
-use cordon_engine::processor::{CoreConfig, Input, Output, Processor};
+use cordon_engine::processor::{CoreConfig, Input, Output, Processor, Stage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
@@ -81,15 +87,16 @@ impl Gen {
     }
 }
 
-/// Feeds `payloads` in batches with the wall clock at `now`; returns seconds and alerts.
+/// Feeds `payloads` in batches with the wall clock at `now`; returns seconds, alerts and
+/// events forwarded ([`Stage::Source`]).
 fn run(
     processor: &mut Processor,
     payloads: &[Vec<u8>],
     now: i64,
     mut sample: impl FnMut(&Processor, usize),
-) -> (f64, usize) {
+) -> (f64, usize, u64) {
     let started = Instant::now();
-    let mut alerts = 0;
+    let (mut alerts, mut forwarded) = (0, 0);
     let mut offset = 0i64;
     for (i, chunk) in payloads.chunks(BATCH).enumerate() {
         let inputs = Input::sequence(0, offset + 1, chunk.iter().map(Vec::as_slice));
@@ -100,15 +107,16 @@ fn run(
             std::process::exit(1);
         }
         alerts += out.alerts.len();
+        forwarded += out.stats.forwarded;
         sample(processor, i);
     }
-    (started.elapsed().as_secs_f64(), alerts)
+    (started.elapsed().as_secs_f64(), alerts, forwarded)
 }
 
 /// The second hour's run, a function of its own and never inlined, so that callgrind can count
 /// the steady state apart (`SCOPE=steady benches/scripts/instructions.sh BIN`).
 #[inline(never)]
-fn steady_hour(processor: &mut Processor, payloads: &[Vec<u8>], now: i64) -> (f64, usize) {
+fn steady_hour(processor: &mut Processor, payloads: &[Vec<u8>], now: i64) -> (f64, usize, u64) {
     run(processor, payloads, now, |_, _| {})
 }
 
@@ -161,9 +169,19 @@ struct Args {
     /// A rule pack (file or directory) to run in place of the shipped one.
     #[arg(long = "rules")]
     pack: Option<PathBuf>,
+    /// Which processor the mix runs through: the whole engine, or the input stage of the
+    /// repartition stage (`account_id` kept, the rest forwarded).
+    #[arg(long, value_enum, default_value_t = StageArg::Whole)]
+    stage: StageArg,
     /// Also write the table to this file as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StageArg {
+    Whole,
+    Source,
 }
 
 fn main() {
@@ -175,6 +193,7 @@ fn main() {
         runs,
         max_keys,
         pack,
+        stage,
         json,
     } = Args::parse();
     let rules = match cordon_rules::load_paths(&[pack.clone().unwrap_or_else(pack_dir)]) {
@@ -200,10 +219,16 @@ fn main() {
     let rss_before = rss_bytes();
     let config = CoreConfig {
         max_keys: u64::MAX,
+        stage: match stage {
+            StageArg::Whole => Stage::Whole,
+            StageArg::Source => Stage::Source {
+                input_entity: "account_id".into(),
+            },
+        },
         ..CoreConfig::default()
     };
     let mut processor = Processor::new(&rules, config.clone());
-    let (secs, alerts) = run(&mut processor, &payloads, T0 + SPAN_MS, |_, _| {});
+    let (secs, alerts, forwarded) = run(&mut processor, &payloads, T0 + SPAN_MS, |_, _| {});
     let rss_after = rss_bytes();
     // The state walk `cordon run` makes every 5 s or more for its `cordon_state_*` metrics.
     let walked = Instant::now();
@@ -300,7 +325,7 @@ fn main() {
     let mut rates = vec![total as f64 / secs];
     for _ in 1..runs {
         let mut again = Processor::new(&rules, config.clone());
-        let (secs, _) = run(&mut again, &payloads, T0 + SPAN_MS, |_, _| {});
+        let (secs, ..) = run(&mut again, &payloads, T0 + SPAN_MS, |_, _| {});
         rates.push(total as f64 / secs);
     }
     drop(payloads);
@@ -318,6 +343,15 @@ fn main() {
             )
         ),
     );
+    if stage == StageArg::Source {
+        row(
+            "mix: stage",
+            format!(
+                "the input stage of repartition.topic (account_id kept): {:.2} forwarded an event",
+                forwarded as f64 / total as f64
+            ),
+        );
+    }
     row(
         "mix: events/s (one thread)",
         format!(
@@ -423,7 +457,7 @@ fn main() {
                     g.event(a, ip, ts)
                 })
                 .collect();
-            let (secs, _) = run(&mut processor, &payloads, T0 + SPAN_MS, |p, _| {
+            let (secs, ..) = run(&mut processor, &payloads, T0 + SPAN_MS, |p, _| {
                 peak_keys = peak_keys.max(p.live_keys())
             });
             elapsed += secs;
@@ -464,7 +498,7 @@ fn main() {
         run(&mut steady, &first, T0 + SPAN_MS, |_, _| {});
         drop(first);
         let second = mix(accounts, extra, ranges, T0 + SPAN_MS, 43);
-        let (secs, alerts) = steady_hour(&mut steady, &second, T0 + 2 * SPAN_MS);
+        let (secs, alerts, _) = steady_hour(&mut steady, &second, T0 + 2 * SPAN_MS);
         row(
             "mix, second hour (keys exist, windows slide): events/s (one thread)",
             format!("{:.0} ({alerts} alerts)", total as f64 / secs),
