@@ -49,13 +49,24 @@ const DESTINATION_SEED: u64 = 0x636f_7264_6f6e_5f72;
 /// Bytes of a record before its payload: entity, partition, offset, length.
 const RECORD_HEAD: usize = 2 + 4 + 8 + 4;
 
-/// The partition of the repartition topic (of `partitions`) that the events of entity value
-/// `value` go to. The same on every replica and version that writes this frame form: a change
-/// would split an entity's window between two partitions.
-pub fn destination(value: &[u8], partitions: u32) -> i32 {
-    let partitions = u64::from(partitions.max(1));
+/// The hash of an entity value that picks its partition ([`route`]): seeded xxh3, the same on
+/// every replica and version that writes this frame form (a change would split an entity's
+/// window between two partitions).
+pub fn value_hash(value: &[u8]) -> u64 {
+    xxh3_64_with_seed(value, DESTINATION_SEED)
+}
+
+/// The partition of the repartition topic (of `partitions`) for an entity value of hash
+/// `hash` ([`value_hash`]).
+pub fn route(hash: u64, partitions: u32) -> i32 {
     // Below `partitions`, a Kafka topic's partition count, which Kafka holds in an i32.
-    (xxh3_64_with_seed(value, DESTINATION_SEED) % partitions) as i32
+    (hash % u64::from(partitions.max(1))) as i32
+}
+
+/// The partition of the repartition topic (of `partitions`) that the events of entity value
+/// `value` go to.
+pub fn destination(value: &[u8], partitions: u32) -> i32 {
+    route(value_hash(value), partitions)
 }
 
 /// The frames of one batch being packed, one open frame per destination partition. A frame
@@ -137,17 +148,18 @@ impl Framer {
     }
 
     /// Adds the event of input `partition` at `offset` with `payload`, forwarded for `entity`
-    /// whose value in it is `value`. A frame this event does not fit goes to `emit` first.
+    /// whose value in it hashes to `hash` ([`value_hash`]). A frame this event does not fit
+    /// goes to `emit` first.
     pub fn push<E>(
         &mut self,
         entity: &Arc<str>,
-        value: &[u8],
+        hash: u64,
         partition: i32,
         offset: i64,
         payload: &[u8],
         emit: &mut impl FnMut(i32, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        let dest = destination(value, self.partitions);
+        let dest = route(hash, self.partitions);
         let Some(open) = usize::try_from(dest)
             .ok()
             .and_then(|d| self.open.get_mut(d))
@@ -341,7 +353,14 @@ mod tests {
         offset: i64,
         payload: &[u8],
     ) {
-        let Ok(()) = framer.push(entity, value, partition, offset, payload, &mut sent.emit());
+        let Ok(()) = framer.push(
+            entity,
+            value_hash(value),
+            partition,
+            offset,
+            payload,
+            &mut sent.emit(),
+        );
     }
 
     fn finish(framer: &mut Framer, sent: &mut Sent) {
@@ -449,11 +468,11 @@ mod tests {
         let mut framer = Framer::new(1, 100);
         let mut refuse = |_: i32, _: &[u8]| Err("queue full");
         assert_eq!(
-            framer.push(&entity, b"c", 0, 0, &[b'x'; 50], &mut refuse),
+            framer.push(&entity, value_hash(b"c"), 0, 0, &[b'x'; 50], &mut refuse),
             Ok(())
         );
         assert_eq!(
-            framer.push(&entity, b"c", 0, 1, &[b'x'; 50], &mut refuse),
+            framer.push(&entity, value_hash(b"c"), 0, 1, &[b'x'; 50], &mut refuse),
             Err("queue full")
         );
         assert_eq!(

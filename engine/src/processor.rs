@@ -107,10 +107,8 @@ pub struct Forward {
     /// The event rewritten without its raw prompt text ([`crate::decode::forward_payload`]);
     /// `None` when it had none, and goes as it came (the input's payload).
     pub payload: Option<Vec<u8>>,
-    /// Per entity it goes to: the entity expression ([`Forwarded::entity`]) and the event's
-    /// value of it, which picks its partition of the repartition topic
-    /// ([`crate::frame::destination`]).
-    pub keys: Vec<(Arc<str>, String)>,
+    /// Where in [`Output::forward_keys`] the entities it goes to are.
+    pub keys: std::ops::Range<usize>,
 }
 
 impl<'a> Input<'a> {
@@ -233,8 +231,22 @@ pub struct Output {
     pub dead_letters: Vec<DeadLetter>,
     /// Events for the repartition topic ([`Stage::Source`]), in input order per partition.
     pub forwards: Vec<Forward>,
+    /// Per forwarded event and entity ([`Forward::keys`]): the entity expression
+    /// ([`Forwarded::entity`]) and the hash of the event's value of it, which picks its
+    /// partition of the repartition topic ([`crate::frame::value_hash`]). One vector for the
+    /// batch, so that a forward costs no allocation of its own.
+    pub forward_keys: Vec<(Arc<str>, u64)>,
     /// Counters.
     pub stats: BatchStats,
+}
+
+impl Output {
+    /// The entities `forward` goes to, with its values' hashes ([`Output::forward_keys`]).
+    pub fn keys_of(&self, forward: &Forward) -> &[(Arc<str>, u64)] {
+        self.forward_keys
+            .get(forward.keys.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// Settings of the core that come from config.
@@ -1372,21 +1384,23 @@ fn forward_rows(
     out: &mut Output,
 ) {
     for (row, &i) in accepted.iter().enumerate() {
-        let keys: Vec<(Arc<str>, String)> = forward
-            .iter()
-            .filter_map(|(e, text)| match &cols[*e] {
-                Col::Text(values, _) if values.is_valid(row) => {
-                    Some((text.clone(), values.value(row).to_owned()))
-                }
-                _ => None,
-            })
-            .collect();
+        let first = out.forward_keys.len();
+        for (e, text) in forward {
+            if let Col::Text(values, _) = &cols[*e]
+                && values.is_valid(row)
+            {
+                let hash = crate::frame::value_hash(values.value(row).as_bytes());
+                out.forward_keys.push((text.clone(), hash));
+            }
+        }
+        let keys = first..out.forward_keys.len();
         if keys.is_empty() {
             continue;
         }
         let (index, input) = inputs[i];
         let payload = forward_payload(input.payload);
         if payload.len() > max_bytes {
+            out.forward_keys.truncate(first);
             let detail = format!(
                 "{} bytes: too large to forward to the repartition topic (at most {max_bytes}; raise the producer's message.max.bytes); the rules of repartition.input_entity counted it",
                 payload.len()
@@ -2510,18 +2524,18 @@ condition: requests >= 1000
     /// The messages of the repartition topic for `forwards` of the input stage's `sources`, all
     /// in its partition 0 from offset `first`.
     fn repartition_inputs<'a>(
-        forwards: &'a [Forward],
+        out: &'a Output,
         sources: &[Input<'a>],
         first: i64,
     ) -> Vec<Input<'a>> {
-        forwards
+        out.forwards
             .iter()
-            .flat_map(|f| f.keys.iter().map(move |(entity, value)| (f, entity, value)))
+            .flat_map(|f| out.keys_of(f).iter().map(move |(entity, _)| (f, entity)))
             .zip(first..)
-            .map(|((f, entity, value), offset)| Input {
+            .map(|((f, entity), offset)| Input {
                 partition: 0,
                 offset,
-                key: Some(value.as_bytes()),
+                key: None,
                 payload: f.payload.as_deref().unwrap_or(sources[f.input].payload),
                 forwarded: Some(Forwarded {
                     entity,
@@ -2580,10 +2594,8 @@ condition: requests >= 1000
         );
         assert!(names[0].starts_with("account_id/"), "{names:?}");
         for f in &out.forwards {
-            assert_eq!(
-                f.keys,
-                [("ip_prefix(ip, 24, 48)".into(), "198.51.100.0/24".to_owned())]
-            );
+            let range = crate::frame::value_hash(b"198.51.100.0/24");
+            assert_eq!(out.keys_of(f), [("ip_prefix(ip, 24, 48)".into(), range)]);
             assert_eq!(
                 (inputs[f.input].partition, inputs[f.input].offset),
                 (f.partition, f.offset)
@@ -2615,11 +2627,7 @@ condition: requests >= 1000
         });
         let mut fired = Output::default();
         second
-            .process(
-                &repartition_inputs(&out.forwards, &inputs, 0),
-                NOW,
-                &mut fired,
-            )
+            .process(&repartition_inputs(&out, &inputs, 0), NOW, &mut fired)
             .expect("process");
         let hydra: Vec<&AlertRecord> = fired.alerts.iter().collect();
         assert_eq!(hydra.len(), 1, "{:?}", fired.alerts);
@@ -2639,11 +2647,7 @@ condition: requests >= 1000
         // in one restored from the repartition stage's checkpoint.
         let mut again = Output::default();
         second
-            .process(
-                &repartition_inputs(&out.forwards, &inputs, 36),
-                NOW,
-                &mut again,
-            )
+            .process(&repartition_inputs(&out, &inputs, 36), NOW, &mut again)
             .expect("process");
         assert_eq!((again.stats.replayed, again.stats.events), (36, 0));
         assert!(again.alerts.is_empty());
@@ -2654,11 +2658,7 @@ condition: requests >= 1000
         restored.restore(Checkpoint::decode(&ckpt).expect("decode"));
         let mut after = Output::default();
         restored
-            .process(
-                &repartition_inputs(&out.forwards, &inputs, 72),
-                NOW,
-                &mut after,
-            )
+            .process(&repartition_inputs(&out, &inputs, 72), NOW, &mut after)
             .expect("process");
         assert_eq!((after.stats.replayed, after.stats.events), (36, 0));
         let window = restored
@@ -2761,6 +2761,11 @@ condition: requests >= 1000
         assert_eq!(out.stats.events, 2, "both count in the input stage");
         let offsets: Vec<i64> = out.forwards.iter().map(|f| f.offset).collect();
         assert_eq!(offsets, [10], "only the small one is forwarded");
+        assert_eq!(
+            out.keys_of(&out.forwards[0]).len(),
+            out.forward_keys.len(),
+            "no entity left behind by the one not forwarded"
+        );
         assert_eq!(out.dead_letters.len(), 1);
         let dead = &out.dead_letters[0];
         assert_eq!((dead.reason, dead.offset), (Reason::TooLarge, 11));

@@ -1195,15 +1195,8 @@ fn process_batch(
                 Some(rewritten) => rewritten.as_slice(),
                 None => records[f.input].payload.as_slice(),
             };
-            for (entity, value) in &f.keys {
-                framer.push(
-                    entity,
-                    value.as_bytes(),
-                    f.partition,
-                    f.offset,
-                    payload,
-                    &mut emit,
-                )?;
+            for (entity, hash) in out.keys_of(f) {
+                framer.push(entity, *hash, f.partition, f.offset, payload, &mut emit)?;
             }
         }
         framer.finish(&mut emit)?;
@@ -1354,7 +1347,8 @@ mod tests {
             Ok(())
         };
         for (offset, payload) in [(1234, b"{\"a\":1}"), (1235, b"{\"a\":2}")] {
-            let Ok(()) = framer.push(&entity, b"198.51.100.0/24", 3, offset, payload, &mut keep);
+            let hash = frame::value_hash(b"198.51.100.0/24");
+            let Ok(()) = framer.push(&entity, hash, 3, offset, payload, &mut keep);
         }
         let Ok(()) = framer.finish(&mut keep);
         let frame_header: [(&str, &[u8]); 2] =
