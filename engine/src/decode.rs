@@ -735,10 +735,15 @@ fn classify(payload: &[u8], e: &serde_json::Error) -> Rejection {
 /// input stage's time with the repartition stage (perf, model-167 host). The searcher is built
 /// once: `memmem::find` builds one per call, which was most of its 558 instructions an event
 /// (callgrind, `throughput --stage source`).
+///
+/// A key can also spell `prompt` with JSON escapes (`"pr\u006fmpt"`), which the decoder reads
+/// as the prompt like any other: bytes with a `\u` escape anywhere count as mentioning it, and
+/// take the parsing path, where keys are read unescaped.
 fn mentions_prompt(payload: &[u8]) -> bool {
     static PROMPT: LazyLock<memchr::memmem::Finder<'static>> =
         LazyLock::new(|| memchr::memmem::Finder::new(b"\"prompt\""));
     PROMPT.find(payload).is_some()
+        || memchr::memchr_iter(b'\\', payload).any(|i| payload.get(i + 1) == Some(&b'u'))
 }
 
 /// The payload to put on the dead-letter topic: the original bytes, except that a raw prompt
@@ -1198,6 +1203,40 @@ mod tests {
         assert_eq!(col("template_fp"), "mine");
         // Events without a prompt go as they are, without a copy.
         let plain = br#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1"}"#;
+        assert!(matches!(forward_payload(plain), Cow::Borrowed(p) if p == plain));
+    }
+
+    /// Regression: a prompt key written with escapes was decoded as the prompt, but the byte
+    /// search for `"prompt"` missed it, and the raw text went to the repartition topic (and
+    /// would have gone to the dead-letter topic) as it came.
+    #[test]
+    fn a_prompt_key_spelled_with_escapes_never_leaves_either() {
+        let secret = "secret words here";
+        let raw = format!(
+            r#"{{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1","pr\u006fmpt":"{secret}"}}"#
+        );
+        let mut b = EventBatchBuilder::new(1024);
+        b.push(raw.as_bytes(), &mut open_time()).expect("decodes");
+        let batch = b.finish().batch;
+        let fp = batch.column_by_name("prompt_fp").expect("prompt_fp");
+        assert!(!fp.is_null(0), "the decoder reads it as the prompt");
+        let forwarded = forward_payload(raw.as_bytes()).into_owned();
+        let text = String::from_utf8_lossy(&forwarded);
+        assert!(
+            !text.contains(secret) && text.contains("prompt_fp"),
+            "{text}"
+        );
+        let (dead, redacted) = dead_letter_payload(raw.as_bytes());
+        assert!(redacted);
+        assert!(!String::from_utf8_lossy(&dead).contains(secret));
+        // Unparseable with an escape: withheld, as for a literal "prompt".
+        let broken = format!(r#"{{"pr\u006fmpt":"{secret}", oops"#);
+        assert_eq!(
+            dead_letter_payload(broken.as_bytes()),
+            (Cow::Owned(Vec::new()), true)
+        );
+        // Other escapes go the same way; bytes without any stay as they came.
+        let plain = br#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1","user_agent":"a\\b"}"#;
         assert!(matches!(forward_payload(plain), Cow::Borrowed(p) if p == plain));
     }
 
