@@ -7,7 +7,7 @@
 //! the batch. Raw prompt text is turned into fingerprints here and goes no further: it is not
 //! stored, logged or emitted, and it is redacted from dead letters.
 
-use crate::fingerprint::fingerprints;
+use crate::fingerprint::{Fingerprints, fingerprints};
 use cordon_rules::schema::{INT_FIELDS, STRING_FIELDS, event_schema};
 use datafusion::arrow::array::{
     Array, ArrayRef, ArrowPrimitiveType, AsArray, Int64Builder, ListBuilder, MapBuilder,
@@ -359,6 +359,8 @@ pub struct EventBatchBuilder {
     pub times: Vec<i64>,
     /// Each row's address, as parsed when `ip` was checked.
     addrs: Vec<IpAddr>,
+    /// The rows that carried a raw prompt, with the fingerprints derived from it.
+    prompts: Vec<(usize, Fingerprints)>,
     max_message_bytes: usize,
     /// Per column of the event schema, whether rows fill it ([`EventBatchBuilder::project`]).
     keep: [bool; ATTRS_AT + 1],
@@ -405,6 +407,7 @@ impl EventBatchBuilder {
             ),
             times: Vec::new(),
             addrs: Vec::new(),
+            prompts: Vec::new(),
             max_message_bytes,
             keep: [true; ATTRS_AT + 1],
             nulls: vec![None; ATTRS_AT + 1],
@@ -612,6 +615,9 @@ impl EventBatchBuilder {
                 .append(false)
                 .map_err(|e| Rejection::new(Reason::BadValue, e.to_string()))?,
         }
+        if let Some(f) = fps {
+            self.prompts.push((self.times.len(), f));
+        }
         self.times.push(ts);
         self.addrs.push(ip);
         Ok(())
@@ -623,8 +629,13 @@ impl EventBatchBuilder {
         let Decoded {
             mut times,
             mut addrs,
+            mut prompts,
             ..
         } = decoded;
+        if self.prompts.is_empty() && prompts.capacity() > self.prompts.capacity() {
+            prompts.clear();
+            self.prompts = prompts;
+        }
         if self.times.is_empty() && times.capacity() > self.times.capacity() {
             times.clear();
             self.times = times;
@@ -680,6 +691,7 @@ impl EventBatchBuilder {
             batch,
             times,
             addrs: std::mem::take(&mut self.addrs),
+            prompts: std::mem::take(&mut self.prompts),
         }
     }
 }
@@ -693,6 +705,9 @@ pub struct Decoded {
     pub times: Vec<i64>,
     /// Each row's address, as parsed when `ip` was checked (the `ip` column holds its text).
     pub addrs: Vec<IpAddr>,
+    /// The rows that carried a raw prompt, in row order, with the fingerprints derived from it
+    /// (what [`forward_payload`] writes in its place).
+    pub prompts: Vec<(usize, Fingerprints)>,
 }
 
 /// Finishes a string column and leaves its builder with room for as many rows and bytes.
@@ -730,15 +745,11 @@ fn classify(payload: &[u8], e: &serde_json::Error) -> Rejection {
     }
 }
 
-/// Whether the bytes hold `"prompt"` (a raw prompt's key, or a value that says so), found with
-/// `memchr`'s vectorized search: a byte-by-byte scan of every forwarded event was 4% of the
-/// input stage's time with the repartition stage (perf, model-167 host). The searcher is built
-/// once: `memmem::find` builds one per call, which was most of its 558 instructions an event
-/// (callgrind, `throughput --stage source`).
-///
-/// A key can also spell `prompt` with JSON escapes (`"pr\u006fmpt"`), which the decoder reads
-/// as the prompt like any other: bytes with a `\u` escape anywhere count as mentioning it, and
-/// take the parsing path, where keys are read unescaped.
+/// Whether the bytes may hold a raw prompt: `"prompt"` (its key, or a value that says so), or
+/// any `\u` escape, with which a key can spell `prompt` (`"pr\u006fmpt"`), which the decoder
+/// reads as the prompt like any other. For bytes the decoder did not accept
+/// ([`dead_letter_payload`]); a forwarded event's prompt is known from its decoding
+/// ([`Decoded::prompts`]). The searcher is built once: `memmem::find` builds one per call.
 fn mentions_prompt(payload: &[u8]) -> bool {
     static PROMPT: LazyLock<memchr::memmem::Finder<'static>> =
         LazyLock::new(|| memchr::memmem::Finder::new(b"\"prompt\""));
@@ -768,36 +779,37 @@ pub fn dead_letter_payload(payload: &[u8]) -> (Cow<'_, [u8]>, bool) {
     }
 }
 
-/// The payload to forward to the repartition topic: the original bytes, except that a raw
-/// prompt is replaced by the fingerprints derived from it (the ones the event does not carry
-/// itself), as the decoder derives them. The second stage then reads what the first did, and
-/// the prompt text never reaches Kafka again. For events the decoder accepted (JSON objects);
-/// anything else is passed as it is.
-pub fn forward_payload(payload: &[u8]) -> Cow<'_, [u8]> {
-    if !mentions_prompt(payload) {
-        return Cow::Borrowed(payload);
-    }
+/// The payload to forward to the repartition topic: the original bytes, except that the raw
+/// prompt of an event that carried one (`derived`: the fingerprints the decoder derived from
+/// it, [`Decoded::prompts`]) is replaced by those fingerprints (the ones the event does not
+/// carry itself). The second stage then reads what the first did, the prompt text never
+/// reaches Kafka again, and neither the search nor the fingerprints are done twice. `None`
+/// when such an event's bytes do not parse as a JSON object here, so that its prompt cannot be
+/// removed: it is not forwarded.
+pub fn forward_payload<'p>(
+    payload: &'p [u8],
+    derived: Option<&Fingerprints>,
+) -> Option<Cow<'p, [u8]>> {
+    let Some(fps) = derived else {
+        return Some(Cow::Borrowed(payload));
+    };
     let Ok(serde_json::Value::Object(mut map)) =
         serde_json::from_slice::<serde_json::Value>(payload)
     else {
-        return Cow::Borrowed(payload);
+        return None;
     };
-    if let Some(prompt) = map.remove("prompt")
-        && let Some(text) = prompt.as_str()
-    {
-        let fps = fingerprints(text);
-        for (field, value) in [
-            ("prompt_fp", fps.prompt_fp),
-            ("template_fp", fps.template_fp),
-            ("prompt_simhash", fps.prompt_simhash),
-        ] {
-            let slot = map.entry(field).or_insert(serde_json::Value::Null);
-            if slot.is_null() {
-                *slot = serde_json::Value::String(value);
-            }
+    map.remove("prompt");
+    for (field, value) in [
+        ("prompt_fp", &fps.prompt_fp),
+        ("template_fp", &fps.template_fp),
+        ("prompt_simhash", &fps.prompt_simhash),
+    ] {
+        let slot = map.entry(field).or_insert(serde_json::Value::Null);
+        if slot.is_null() {
+            *slot = serde_json::Value::String(value.clone());
         }
     }
-    Cow::Owned(serde_json::to_vec(&map).unwrap_or_default())
+    serde_json::to_vec(&map).ok().map(Cow::Owned)
 }
 
 #[cfg(test)]
@@ -1172,13 +1184,27 @@ mod tests {
         assert_eq!(batch.num_rows(), 2);
     }
 
+    /// The fingerprints the decoder derives from `raw`'s prompt, as the input stage hands
+    /// them to [`forward_payload`]; `None` when it carries none.
+    fn derived(raw: &[u8]) -> Option<Fingerprints> {
+        let mut b = EventBatchBuilder::new(1 << 20);
+        b.push(raw, &mut open_time()).expect("decodes");
+        let mut prompts = b.finish().prompts;
+        assert!(prompts.len() <= 1 && prompts.iter().all(|(row, _)| *row == 0));
+        prompts.pop().map(|(_, f)| f)
+    }
+
     #[test]
     fn forwarded_events_carry_the_prompts_fingerprints_and_never_its_text() {
         let prompt = "Think step by step: what is 2+2?";
         let raw = format!(
             r#"{{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1","prompt":"{prompt}","template_fp":"mine"}}"#
         );
-        let forwarded = forward_payload(raw.as_bytes()).into_owned();
+        let fps = derived(raw.as_bytes());
+        assert!(fps.is_some(), "the decoder saw the prompt");
+        let forwarded = forward_payload(raw.as_bytes(), fps.as_ref())
+            .expect("rewritten")
+            .into_owned();
         let text = String::from_utf8(forwarded.clone()).expect("utf8");
         assert!(
             !text.contains("step by step") && !text.contains("\"prompt\""),
@@ -1203,7 +1229,13 @@ mod tests {
         assert_eq!(col("template_fp"), "mine");
         // Events without a prompt go as they are, without a copy.
         let plain = br#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1"}"#;
-        assert!(matches!(forward_payload(plain), Cow::Borrowed(p) if p == plain));
+        let none = derived(plain);
+        assert!(none.is_none());
+        assert!(
+            matches!(forward_payload(plain, none.as_ref()), Some(Cow::Borrowed(p)) if p == plain)
+        );
+        // A prompt whose bytes do not parse here is not forwarded at all.
+        assert_eq!(forward_payload(b"{\"prompt\": oops", fps.as_ref()), None);
     }
 
     /// Regression: a prompt key written with escapes was decoded as the prompt, but the byte
@@ -1220,7 +1252,10 @@ mod tests {
         let batch = b.finish().batch;
         let fp = batch.column_by_name("prompt_fp").expect("prompt_fp");
         assert!(!fp.is_null(0), "the decoder reads it as the prompt");
-        let forwarded = forward_payload(raw.as_bytes()).into_owned();
+        let fps = derived(raw.as_bytes());
+        let forwarded = forward_payload(raw.as_bytes(), fps.as_ref())
+            .expect("rewritten")
+            .into_owned();
         let text = String::from_utf8_lossy(&forwarded);
         assert!(
             !text.contains(secret) && text.contains("prompt_fp"),
@@ -1235,9 +1270,12 @@ mod tests {
             dead_letter_payload(broken.as_bytes()),
             (Cow::Owned(Vec::new()), true)
         );
-        // Other escapes go the same way; bytes without any stay as they came.
+        // Other escapes carry no prompt: such an event goes as it came.
         let plain = br#"{"ts":1772359200000,"account_id":"a","ip":"10.0.0.1","user_agent":"a\\b"}"#;
-        assert!(matches!(forward_payload(plain), Cow::Borrowed(p) if p == plain));
+        let none = derived(plain);
+        assert!(
+            matches!(forward_payload(plain, none.as_ref()), Some(Cow::Borrowed(p)) if p == plain)
+        );
     }
 
     #[test]

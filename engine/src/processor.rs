@@ -13,6 +13,7 @@ use crate::codec::{self, CodecError};
 use crate::decode::{
     Decoded, EventBatchBuilder, Reason, Rejection, TimeCheck, dead_letter_payload, forward_payload,
 };
+use crate::fingerprint::Fingerprints;
 use crate::gate::{
     ALERT_SCHEMA, Alert, AlertEngine, AlertEntity, AlertRule, AlertWindow, Decision, Gate, rfc3339,
 };
@@ -1247,7 +1248,7 @@ impl Processor {
                 &cols,
                 inputs,
                 &accepted,
-                partition,
+                &decoded.prompts,
                 self.config.max_forward_bytes,
                 out,
             );
@@ -1371,19 +1372,22 @@ fn forwarded_list(forwarded: &BTreeMap<String, BTreeMap<i32, i64>>) -> Vec<(Stri
         .collect()
 }
 
-/// Queues the batch's decoded events (`accepted` holds their places in `inputs`, row by row)
-/// for the repartition topic, once per entity of `forward` they have a value for. An event
-/// larger than `max_bytes` is dead-lettered instead.
+/// Queues the batch's decoded events (`accepted` holds their places in `inputs`, row by row;
+/// `prompts` the rows that carried a raw prompt, [`Decoded::prompts`]) for the repartition
+/// topic, once per entity of `forward` they have a value for. An event larger than `max_bytes`
+/// once its prompt is replaced, or whose prompt cannot be removed, is dead-lettered instead.
 fn forward_rows(
     forward: &[(usize, Arc<str>)],
     cols: &[Col],
     inputs: &[(usize, &Input<'_>)],
     accepted: &[usize],
-    partition: i32,
+    prompts: &[(usize, Fingerprints)],
     max_bytes: usize,
     out: &mut Output,
 ) {
+    let mut prompts = prompts.iter().peekable();
     for (row, &i) in accepted.iter().enumerate() {
+        let derived = prompts.next_if(|(r, _)| *r == row).map(|(_, f)| f);
         let first = out.forward_keys.len();
         for (e, text) in forward {
             if let Col::Text(values, _) = &cols[*e]
@@ -1398,31 +1402,35 @@ fn forward_rows(
             continue;
         }
         let (index, input) = inputs[i];
-        let payload = forward_payload(input.payload);
-        if payload.len() > max_bytes {
-            out.forward_keys.truncate(first);
-            let detail = format!(
-                "{} bytes: too large to forward to the repartition topic (at most {max_bytes}; raise the producer's message.max.bytes); the rules of repartition.input_entity counted it",
-                payload.len()
-            );
-            let r = Rejection {
+        let refused = match forward_payload(input.payload, derived) {
+            Some(payload) if payload.len() <= max_bytes => {
+                out.stats.forwarded += keys.len() as u64;
+                out.forwards.push(Forward {
+                    input: index,
+                    partition: input.partition,
+                    offset: input.offset,
+                    payload: match payload {
+                        Cow::Borrowed(_) => None,
+                        Cow::Owned(rewritten) => Some(rewritten),
+                    },
+                    keys,
+                });
+                continue;
+            }
+            Some(payload) => Rejection {
                 reason: Reason::TooLarge,
-                detail,
-            };
-            dead_letter(out, partition, input, r);
-            continue;
-        }
-        out.stats.forwarded += keys.len() as u64;
-        out.forwards.push(Forward {
-            input: index,
-            partition,
-            offset: input.offset,
-            payload: match payload {
-                Cow::Borrowed(_) => None,
-                Cow::Owned(rewritten) => Some(rewritten),
+                detail: format!(
+                    "{} bytes: too large to forward to the repartition topic (at most {max_bytes}; raise the producer's message.max.bytes); the rules of repartition.input_entity counted it",
+                    payload.len()
+                ),
             },
-            keys,
-        });
+            None => Rejection {
+                reason: Reason::InvalidJson,
+                detail: "its raw prompt cannot be removed for the repartition topic (the bytes do not parse as a JSON object there); the rules of repartition.input_entity counted it".into(),
+            },
+        };
+        out.forward_keys.truncate(first);
+        dead_letter(out, input.partition, input, refused);
     }
 }
 
