@@ -158,7 +158,7 @@ pub fn run(config: &Config, rules: &RuleSet, shutdown: &AtomicBool) -> anyhow::R
     let result = match &config.repartition.topic {
         None => run_loop(
             config,
-            &StageRun::whole(config),
+            &StageRun::whole(config)?,
             rules,
             Reloads::Watch(RuleWatch::new(&config.rules.paths)?, None),
             Stop::new(shutdown, None),
@@ -186,6 +186,10 @@ fn run_stages(
     health: &Health,
 ) -> anyhow::Result<RunTotals> {
     let watch = RuleWatch::new(&config.rules.paths)?;
+    let (source, repartitioned) = (
+        StageRun::source(config, topic)?,
+        StageRun::repartitioned(config, topic)?,
+    );
     let (to_second, from_first) = std::sync::mpsc::channel();
     let second_health = Arc::new(Health::new());
     second_health.set_rules_loaded(rules.len());
@@ -197,7 +201,7 @@ fn run_stages(
             .spawn_scoped(scope, || {
                 let r = run_loop(
                     config,
-                    &StageRun::repartitioned(config, topic),
+                    &repartitioned,
                     rules,
                     Reloads::From(from_first),
                     Stop::new(shutdown, Some(&halt)),
@@ -210,7 +214,7 @@ fn run_stages(
             });
         let first = run_loop(
             config,
-            &StageRun::source(config, topic),
+            &source,
             rules,
             Reloads::Watch(watch, Some(to_second)),
             Stop::new(shutdown, Some(&halt)),
@@ -242,45 +246,54 @@ fn run_stages(
 /// `repartition.topic` ([`Stage`]).
 struct StageRun {
     stage: Stage,
-    scope: Scope,
     /// The topic it reads.
     topic: String,
     /// Its consumer group.
     group: String,
     /// Where the input stage forwards events (the repartition topic).
     forward_to: Option<String>,
+    /// What a dead letter's key and payload, or a forwarded event, may take: the producer's
+    /// `message.max.bytes` less [`MESSAGE_HEADROOM`].
+    budget: usize,
 }
 
 impl StageRun {
-    fn whole(config: &Config) -> Self {
-        Self {
+    fn whole(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
             stage: Stage::Whole,
-            scope: Scope::Input,
             topic: config.source.topic.clone(),
             group: config.source.group_id.clone(),
             forward_to: None,
-        }
+            budget: message_budget(config)?,
+        })
     }
 
-    fn source(config: &Config, repartition_topic: &str) -> Self {
-        Self {
+    fn source(config: &Config, repartition_topic: &str) -> anyhow::Result<Self> {
+        Ok(Self {
             stage: Stage::Source {
                 input_entity: config.repartition.input_entity.clone(),
             },
             forward_to: Some(repartition_topic.to_owned()),
-            ..Self::whole(config)
-        }
+            ..Self::whole(config)?
+        })
     }
 
-    fn repartitioned(config: &Config, repartition_topic: &str) -> Self {
-        Self {
+    fn repartitioned(config: &Config, repartition_topic: &str) -> anyhow::Result<Self> {
+        Ok(Self {
             stage: Stage::Repartitioned {
                 input_entity: config.repartition.input_entity.clone(),
             },
-            scope: Scope::Repartition,
             topic: repartition_topic.to_owned(),
             group: config.repartition_group(),
-            forward_to: None,
+            ..Self::whole(config)?
+        })
+    }
+
+    /// Which stage's metrics and checkpoints it reports as.
+    fn scope(&self) -> Scope {
+        match self.stage {
+            Stage::Repartitioned { .. } => Scope::Repartition,
+            Stage::Whole | Stage::Source { .. } => Scope::Input,
         }
     }
 }
@@ -863,7 +876,7 @@ fn run_loop(
     let store = checkpoint_store(config, &run.topic)?;
     let source = KafkaSource::new(&settings, &run.group, &run.topic)
         .context("config key `source.properties`")?
-        .read_headers(run.scope == Scope::Repartition);
+        .read_headers(run.scope() == Scope::Repartition);
     let sink = KafkaSink::new(&sink_settings).context("config key `sink.properties`")?;
     let mut outputs = vec![config.sink.topic.as_str(), &config.dead_letter.topic];
     outputs.extend(run.forward_to.as_deref());
@@ -885,10 +898,7 @@ fn run_loop(
                 // A frame also carries a header: held to the budget, not to the bare limit.
                 framer: Framer::new(
                     partitions,
-                    config
-                        .repartition
-                        .max_frame_bytes
-                        .min(message_budget(config)?),
+                    config.repartition.max_frame_bytes.min(run.budget),
                 ),
             })
         }
@@ -938,7 +948,7 @@ fn run_loop(
             .sketch_seed()
             .context("config key `state.dir`: the sketch seed")?,
         stage: run.stage.clone(),
-        max_forward_bytes: message_budget(config)?,
+        max_forward_bytes: run.budget,
     };
     let mut processor = Processor::new(rules, core);
     if let Stage::Source { input_entity } = &run.stage
@@ -955,7 +965,7 @@ fn run_loop(
     }
     let mut ckpts = Checkpoints {
         writer: CheckpointWriter::new(store)?,
-        scope: run.scope,
+        scope: run.scope(),
         topic: run.topic.clone(),
         alerts_topic: config.sink.topic.clone(),
         interval: config.state.checkpoint_interval,
@@ -973,14 +983,14 @@ fn run_loop(
     let mut reported = RunTotals::default();
     let mut last_tick = Instant::now();
     let mut state_stats = Walk::new(STATE_STATS_INTERVAL);
-    metrics.state(run.scope, &processor.table_stats());
+    metrics.state(run.scope(), &processor.table_stats());
 
     while !stop.asked() {
         health.heartbeat();
         records.clear();
         source.poll_batch(
             config.source.max_batch_messages,
-            match run.scope {
+            match run.scope() {
                 Scope::Input => usize::MAX,
                 Scope::Repartition => REPARTITION_BATCH_BYTES,
             },
@@ -1002,7 +1012,7 @@ fn run_loop(
                 forwarding.as_mut(),
                 metrics,
             )?;
-            metrics.batch_done(run.scope, &out, started.elapsed());
+            metrics.batch_done(run.scope(), &out, started.elapsed());
             health.batch_done();
             health.set_assigned(source.assigned_partitions());
             totals.messages += records.len() as u64;
@@ -1045,7 +1055,7 @@ fn run_loop(
                 Some(Ok(set)) => {
                     let summary = processor.replace_rules(&set);
                     metrics.rule_reload_succeeded(&set, &summary);
-                    metrics.state(run.scope, &processor.table_stats());
+                    metrics.state(run.scope(), &processor.table_stats());
                     health.set_rules_loaded(set.len());
                     health.set_rules_error(None);
                     // The repartition stage takes it between its batches; a closed channel
@@ -1069,13 +1079,13 @@ fn run_loop(
                         removed = summary.removed.len(),
                         "repartition stage: rules reloaded"
                     );
-                    metrics.state(run.scope, &processor.table_stats());
+                    metrics.state(run.scope(), &processor.table_stats());
                     health.set_rules_loaded(set.len());
                 }
             }
         }
         expiry.run(|| processor.expire_idle());
-        state_stats.run(|| metrics.state(run.scope, &processor.table_stats()));
+        state_stats.run(|| metrics.state(run.scope(), &processor.table_stats()));
         if last_tick.elapsed() >= TICK_INTERVAL {
             metrics.consumer_lag(&run.topic, &source.consumer_lag());
             health.set_assigned(source.assigned_partitions());
@@ -1129,8 +1139,7 @@ fn process_batch(
     forwarding: Option<&mut Forwarding>,
     metrics: &Metrics,
 ) -> anyhow::Result<Output> {
-    let inputs = inputs_of(records, run.scope == Scope::Repartition);
-    let budget = message_budget(config)?;
+    let inputs = inputs_of(records, run.scope() == Scope::Repartition);
     let mut out = Output::default();
     processor.process(&inputs, now_ms(), &mut out)?;
     for a in &out.alerts {
@@ -1176,7 +1185,7 @@ fn process_batch(
         if d.redacted {
             headers.push(("cordon.redacted", b"prompt"));
         }
-        let (key, payload, cut) = fit(d.key.as_deref(), &d.payload, budget);
+        let (key, payload, cut) = fit(d.key.as_deref(), &d.payload, run.budget);
         let whole = cut.map(|n| n.to_string());
         if let Some(n) = &whole {
             headers.push(("cordon.truncated", n.as_bytes()));
@@ -1207,8 +1216,7 @@ fn process_batch(
     Ok(out)
 }
 
-/// What a dead letter's key and payload, or a forwarded event, may take: the producer's
-/// `message.max.bytes` less [`MESSAGE_HEADROOM`].
+/// [`StageRun::budget`] for `config`.
 fn message_budget(config: &Config) -> anyhow::Result<usize> {
     Ok(config
         .producer_message_max()?
