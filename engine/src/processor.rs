@@ -1095,15 +1095,31 @@ impl Processor {
         self.batch_seq = self.batch_seq.checked_add(1).unwrap_or(1);
         // Forwarded events update only their entity's tables: they go through per entity.
         let repartitioned = matches!(self.config.stage, Stage::Repartitioned { .. });
-        let mut by_partition: BTreeMap<(i32, Option<&str>), Group<'_, '_>> = BTreeMap::new();
+        // Grouped in a short list, the group of the message before checked first: messages
+        // come in runs of one partition, and a group's neighbours are the ones made last (a
+        // frame's entities). A map lookup for every message cost about 85 instructions an
+        // event (callgrind, the 40k mix).
+        let mut groups: Vec<((i32, Option<&str>), Group<'_, '_>)> = Vec::new();
+        let mut last = 0;
         for (i, input) in inputs.iter().enumerate() {
-            let entity = input.forwarded.filter(|_| repartitioned).map(|f| f.entity);
-            by_partition
-                .entry((input.partition, entity))
-                .or_default()
-                .push((i, input));
+            let key = (
+                input.partition,
+                input.forwarded.filter(|_| repartitioned).map(|f| f.entity),
+            );
+            if groups.get(last).is_none_or(|(k, _)| *k != key) {
+                last = match groups.iter().rposition(|(k, _)| *k == key) {
+                    Some(g) => g,
+                    None => {
+                        groups.push((key, Vec::new()));
+                        groups.len() - 1
+                    }
+                };
+            }
+            groups[last].1.push((i, input));
         }
-        for ((partition, entity), inputs) in by_partition {
+        // In the order of the keys, as before: partitions, then entities.
+        groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for ((partition, entity), inputs) in groups {
             self.process_partition(partition, entity, &inputs, now_ms, out)?;
             self.check_split_keys(partition, &mut out.stats);
         }
@@ -2338,6 +2354,65 @@ condition: requests >= 1000
             // Its next checkpoint records the seed it hashes with.
             let again = Checkpoint::decode(&q.checkpoint(0, meta()).expect("encode"));
             assert_eq!(again.expect("decode").sketch_seed, before);
+        }
+    }
+
+    #[test]
+    fn a_batch_alternating_between_partitions_is_taken_partition_by_partition_in_order() {
+        // A consumer's batch holds runs of several partitions, which can alternate message by
+        // message. Each partition's messages must reach its state, and its dead letters the
+        // output, in their order, partitions in ascending order.
+        let account = |name: &str| -> Vec<Vec<u8>> {
+            let mut events: Vec<Vec<u8>> = (0..30)
+                .map(|i| {
+                    ev(
+                        T0 + i * 1000,
+                        name,
+                        "203.0.113.9",
+                        &format!(r#","labels":["cot_elicitation"],"prompt_fp":"fp-{i}""#),
+                    )
+                })
+                .collect();
+            events.insert(7, b"not json".to_vec());
+            events.insert(19, br#"{"ts":1}"#.to_vec());
+            events
+        };
+        let (a, b, c) = (account("acct-a"), account("acct-b"), account("acct-c"));
+        let (a, b, c) = (
+            Input::sequence(2, 100, a.iter().map(Vec::as_slice)),
+            Input::sequence(0, 200, b.iter().map(Vec::as_slice)),
+            Input::sequence(1, 300, c.iter().map(Vec::as_slice)),
+        );
+        // a, b, c, a, b, c, ... then a, b, ... and a run of partition 1 alone.
+        let mut inputs = Vec::new();
+        for (n, (x, y)) in a.iter().zip(&b).enumerate() {
+            inputs.extend([*x, *y]);
+            inputs.extend(c.get(n).filter(|_| n < 20));
+        }
+        inputs.extend_from_slice(&c[20..]);
+        let mut p = processor();
+        let mut out = Output::default();
+        p.process(&inputs, NOW, &mut out).expect("process");
+
+        assert_eq!(out.stats.messages, 96);
+        let letters: Vec<(i32, i64)> = out
+            .dead_letters
+            .iter()
+            .map(|d| (d.partition, d.offset))
+            .collect();
+        assert_eq!(
+            letters,
+            [(0, 207), (0, 219), (1, 307), (1, 319), (2, 107), (2, 119)]
+        );
+        let mut alerts: Vec<(i32, &str)> = out
+            .alerts
+            .iter()
+            .map(|a| (a.partition, a.key.as_str()))
+            .collect();
+        alerts.sort_unstable();
+        assert_eq!(alerts, [(0, "acct-b"), (1, "acct-c"), (2, "acct-a")]);
+        for a in &out.alerts {
+            assert_eq!(a.alert.event_count, 30, "{}: every event counted", a.key);
         }
     }
 
