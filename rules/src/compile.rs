@@ -6,7 +6,8 @@
 //!
 //! The whitelist: columns, literals, operators, CASE, CAST, IN, LIKE, and the scalar functions
 //! DataFusion declares immutable (no `now()`, `random()`, `uuid()`) plus Cordon's own
-//! ([`crate::udf`]). Aggregates belong in `features`, never in expressions.
+//! ([`crate::udf`], which also puts its faster `array_has` in the place of DataFusion's, with
+//! the same answers). Aggregates belong in `features`, never in expressions.
 
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::rule::{AggKind, ExprCheck, ExprSrc, Rule};
