@@ -10,6 +10,8 @@
 //!   (filters, entities, feature arguments), over a decoded batch, converted as the processor
 //!   converts them (text cast to Utf8 and hashed with xxh3, numbers cast to Float64). Once all
 //!   together, then each alone, named by its SQL text.
+//! - `cordon_rules::udf::ArrayHas`: `array_has(labels, 'cot_elicitation')` over the same
+//!   batch, Cordon's own path against DataFusion's, which it replaces.
 //! - `cordon_rules::CompiledRule::condition`: each rule's condition over a batch of candidate
 //!   keys' features, including building the feature batch, as the processor does per rule and
 //!   micro-batch.
@@ -24,7 +26,10 @@ use cordon_engine::processor::{CoreConfig, Input, Output, Processor};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::common::ScalarValue;
+use datafusion::config::ConfigOptions;
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::hint::black_box;
@@ -147,6 +152,42 @@ fn process(c: &mut Criterion) {
         group.bench_function(format!("{:?}: {}", e.conv, e.text), |b| {
             b.iter(|| evaluate(e, &batch))
         });
+    }
+    group.finish();
+
+    // `array_has` over the batch's labels, Cordon's own path against DataFusion's, which
+    // Cordon's wraps and replaces (`cordon_rules::udf::ArrayHas`).
+    let mut group = c.benchmark_group("cordon_rules::udf::ArrayHas");
+    group.throughput(Throughput::Elements(batch.num_rows() as u64));
+    let labels = batch.column_by_name("labels").expect("labels").clone();
+    let ours = ScalarUDF::from(cordon_rules::udf::ArrayHas::default());
+    let theirs = datafusion::functions_nested::array_has::array_has_udf();
+    for (name, f) in [("cordon", &ours), ("datafusion", theirs.as_ref())] {
+        group.bench_function(
+            format!("{name}: array_has(labels, 'cot_elicitation')"),
+            |b| {
+                b.iter(|| {
+                    let args = ScalarFunctionArgs {
+                        args: vec![
+                            ColumnarValue::Array(labels.clone()),
+                            ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+                                "cot_elicitation".into(),
+                            ))),
+                        ],
+                        arg_fields: vec![
+                            Arc::new(Field::new("labels", labels.data_type().clone(), true)),
+                            Arc::new(Field::new("needle", DataType::Utf8, true)),
+                        ],
+                        number_rows: labels.len(),
+                        return_field: Arc::new(Field::new("has", DataType::Boolean, true)),
+                        config_options: Arc::new(ConfigOptions::default()),
+                    };
+                    f.invoke_with_args(args)
+                        .and_then(|v| v.into_array(labels.len()))
+                        .map_or(0, |a| a.as_boolean().true_count())
+                })
+            },
+        );
     }
     group.finish();
 
