@@ -284,11 +284,13 @@ pub fn run(rules: &RuleSet, opts: &BacktestOptions) -> anyhow::Result<Report> {
     let (head, tail) = messages.split_at(unsorted);
     let chunks = head.chunks(BATCH).chain(tail.chunks(BATCH));
     let mut offset = 0i64;
+    // One output for every batch, as `cordon run` keeps it ([`Output::clear`]).
+    let mut out = Output::default();
     for (i, chunk) in chunks.enumerate() {
         now = chunk.iter().filter_map(|m| m.ts).fold(now, i64::max);
         let inputs = Input::sequence(0, offset + 1, chunk.iter().map(|m| m.payload.as_slice()));
         offset += chunk.len() as i64;
-        let mut out = Output::default();
+        out.clear();
         processor.process(&inputs, now, &mut out)?;
         report.events += out.stats.events;
         for (reason, n) in &out.stats.rejected {
@@ -297,7 +299,7 @@ pub fn run(rules: &RuleSet, opts: &BacktestOptions) -> anyhow::Result<Report> {
                 .entry(reason.as_str().to_owned())
                 .or_default() += n;
         }
-        for a in out.alerts {
+        for a in out.alerts.drain(..) {
             if let Some(w) = out_file.as_mut() {
                 serde_json::to_writer(&mut *w, &a.alert)?;
                 w.write_all(b"\n")?;

@@ -985,6 +985,8 @@ fn run_loop(
     let mut state_stats = Walk::new(STATE_STATS_INTERVAL);
     metrics.state(run.scope(), &processor.table_stats());
 
+    // One output for every batch: it keeps its vectors' room ([`Output::clear`]).
+    let mut out = Output::default();
     while !stop.asked() {
         health.heartbeat();
         records.clear();
@@ -1003,7 +1005,7 @@ fn run_loop(
         records.retain(|r| r.offset >= ckpts.positions.get(&r.partition).copied().unwrap_or(-1));
         if !records.is_empty() {
             let started = Instant::now();
-            let out = process_batch(
+            process_batch(
                 &mut processor,
                 &records,
                 config,
@@ -1011,6 +1013,7 @@ fn run_loop(
                 &sink,
                 forwarding.as_mut(),
                 metrics,
+                &mut out,
             )?;
             metrics.batch_done(run.scope(), &out, started.elapsed());
             health.batch_done();
@@ -1126,10 +1129,13 @@ fn run_loop(
     Ok(totals)
 }
 
-/// Processes one batch and queues its output for the broker; the acknowledgements are awaited
-/// by the next checkpoint ([`Checkpoints::write`]).
+/// Processes one batch into `out`, emptied first, and queues the output for the broker; the
+/// acknowledgements are awaited by the next checkpoint ([`Checkpoints::write`]).
 /// Logging and counting the batch is the caller's ([`Metrics::batch_done`]), except for a
 /// failed write, which is counted here ([`Metrics::sink_error`]) before it stops the engine.
+/// Eight arguments: the loop's parts, each borrowed differently (the processor and the output
+/// mutably, the forwarding optionally); a struct of them would be built for this call alone.
+#[allow(clippy::too_many_arguments)]
 fn process_batch(
     processor: &mut Processor,
     records: &[SourceRecord],
@@ -1138,10 +1144,11 @@ fn process_batch(
     sink: &KafkaSink,
     forwarding: Option<&mut Forwarding>,
     metrics: &Metrics,
-) -> anyhow::Result<Output> {
+    out: &mut Output,
+) -> anyhow::Result<()> {
     let inputs = inputs_of(records, run.scope() == Scope::Repartition);
-    let mut out = Output::default();
-    processor.process(&inputs, now_ms(), &mut out)?;
+    out.clear();
+    processor.process(&inputs, now_ms(), out)?;
     for a in &out.alerts {
         let payload = match config.sink.format {
             SinkFormat::Native => serde_json::to_vec(&a.alert),
@@ -1213,7 +1220,7 @@ fn process_batch(
     // No flush here: the broker acknowledges while the next batches are processed, and the
     // next checkpoint waits for every acknowledgement before it covers this batch.
     sink.poll();
-    Ok(out)
+    Ok(())
 }
 
 /// [`StageRun::budget`] for `config`.

@@ -98,10 +98,12 @@ fn run(
     let started = Instant::now();
     let (mut alerts, mut forwarded) = (0, 0);
     let mut offset = 0i64;
+    // One output for every batch, as `cordon run` keeps it ([`Output::clear`]).
+    let mut out = Output::default();
     for (i, chunk) in payloads.chunks(BATCH).enumerate() {
         let inputs = Input::sequence(0, offset + 1, chunk.iter().map(Vec::as_slice));
         offset += chunk.len() as i64;
-        let mut out = Output::default();
+        out.clear();
         if let Err(e) = processor.process(&inputs, now, &mut out) {
             eprintln!("{e}");
             std::process::exit(1);
