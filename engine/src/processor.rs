@@ -244,8 +244,8 @@ pub struct Output {
 impl Output {
     /// Empties it for the next batch and keeps its vectors' room. A fresh output for every
     /// batch grew `forwards` and `forward_keys` from nothing each time, reallocating and
-    /// copying them a dozen times a batch and faulting in fresh pages: about 240 instructions
-    /// an event in the input stage (callgrind, `throughput --stage source`, the 40k mix).
+    /// copying them a dozen times a batch: about 100 instructions an event in the input stage
+    /// (callgrind, `throughput --stage source`, the 40k mix).
     pub fn clear(&mut self) {
         self.alerts.clear();
         self.dead_letters.clear();
@@ -509,7 +509,7 @@ struct Touched {
 
 /// Length of [`Touched::rows`]: the power of two from [`SAMPLE_IDS`] up, so that the ring's
 /// index is a mask where `% 3` was a multiplication and a subtraction for every row and table
-/// (about 20 instructions an event on the 40k mix, callgrind).
+/// (44 instructions an event on the 40k mix, callgrind).
 const ROW_RING: usize = SAMPLE_IDS.next_power_of_two();
 
 /// An expression evaluated over a batch, converted for its use.
