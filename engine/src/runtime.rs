@@ -999,6 +999,22 @@ fn run_loop(
             config.source.max_batch_wait,
             &mut records,
         );
+        // The repartition stage takes a set the input stage reloaded before the batch it
+        // polled: the input stage hands the set over before it forwards anything under it, so
+        // the batch's events for an entity the set adds are counted, not dropped as unrouted.
+        if let Reloads::From(from_first) = &reloads
+            && let Some(set) = from_first.try_iter().last()
+        {
+            let summary = processor.replace_rules(&set);
+            tracing::info!(
+                kept = summary.kept.len(),
+                fresh = summary.fresh.len(),
+                removed = summary.removed.len(),
+                "repartition stage: rules reloaded"
+            );
+            metrics.state(run.scope(), &processor.table_stats());
+            health.set_rules_loaded(set.len());
+        }
         // A rebalance ends a poll, so these records all come from partitions owned before it.
         // Records below a restored checkpoint's offset (a commit that did not land) are
         // already in the state.
@@ -1073,19 +1089,8 @@ fn run_loop(
                 }
                 None => {}
             },
-            Reloads::From(from_first) => {
-                if let Some(set) = from_first.try_iter().last() {
-                    let summary = processor.replace_rules(&set);
-                    tracing::info!(
-                        kept = summary.kept.len(),
-                        fresh = summary.fresh.len(),
-                        removed = summary.removed.len(),
-                        "repartition stage: rules reloaded"
-                    );
-                    metrics.state(run.scope(), &processor.table_stats());
-                    health.set_rules_loaded(set.len());
-                }
-            }
+            // Taken before each batch instead, above.
+            Reloads::From(_) => {}
         }
         expiry.run(|| processor.expire_idle());
         state_stats.run(|| metrics.state(run.scope(), &processor.table_stats()));

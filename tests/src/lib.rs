@@ -1151,6 +1151,9 @@ pub struct EngineConfig {
     pub source_properties: BTreeMap<String, String>,
     /// `source.max_message_bytes`.
     pub max_message_bytes: u64,
+    /// Lines appended verbatim under `source:` (indented two spaces), e.g.
+    /// `"  max_batch_wait: 10s\n"`.
+    pub source_yaml: String,
     /// `sink.topic`.
     pub alerts_topic: String,
     /// `dead_letter.topic`.
@@ -1187,6 +1190,7 @@ impl EngineConfig {
             group_id: unique_name("cordon-e2e"),
             source_properties: BTreeMap::new(),
             max_message_bytes: 2048,
+            source_yaml: String::new(),
             alerts_topic: alerts_topic.to_owned(),
             dlq_topic: dlq_topic.to_owned(),
             rules_dir: rules_dir.to_owned(),
@@ -1228,6 +1232,7 @@ impl EngineConfig {
                group_id: {group}\n  \
                properties: {props}\n  \
                max_message_bytes: {max}\n\
+             {source_extra}\
              sink:\n  \
                topic: {alerts}\n  \
                format: native\n\
@@ -1251,6 +1256,7 @@ impl EngineConfig {
             group = q(&self.group_id),
             props = serde_json::to_string(&self.source_properties).unwrap_or_default(),
             max = self.max_message_bytes,
+            source_extra = self.source_yaml,
             alerts = q(&self.alerts_topic),
             dlq = q(&self.dlq_topic),
             rules = p(&self.rules_dir),

@@ -771,6 +771,7 @@ fn config_without_kafka(dir: &tempfile::TempDir, http_listen: &str) -> EngineCon
         group_id: unique_name("metrics-group"),
         source_properties: Default::default(),
         max_message_bytes: 2048,
+        source_yaml: String::new(),
         alerts_topic: unique_topic("metrics-alerts"),
         dlq_topic: unique_topic("metrics-dlq"),
         rules_dir,

@@ -224,6 +224,7 @@ fn sigterm_while_waiting_for_kafka_exits_zero() {
         group_id: cordon_tests::unique_name("startup-group"),
         source_properties: Default::default(),
         max_message_bytes: 2048,
+        source_yaml: String::new(),
         alerts_topic: unique_topic("startup-alerts"),
         dlq_topic: unique_topic("startup-dlq"),
         rules_dir,
