@@ -5,7 +5,9 @@
 
 use std::{fs, path::Path, time::Duration};
 
-use cordon_tests::{Broker, Engine, Setup, TEST_RULES, free_port, http_get, wait_for};
+use cordon_tests::{
+    Broker, Engine, EngineConfig, Setup, TEST_RULES, free_port, http_get, wait_for,
+};
 use serde_json::{Value, json};
 
 /// 2026-03-01T10:00:00Z in epoch milliseconds, on a 5-minute pane boundary.
@@ -219,6 +221,17 @@ fn rules_reload_in_place_and_a_broken_set_is_refused() {
     engine.stop();
 }
 
+/// Only `test.cot-harvest` in `setup`'s rules directory: the engine's config with a free HTTP
+/// address, the address, and the text of `test.hydra` for a reload to add.
+fn cot_rule_alone(setup: &Setup) -> (EngineConfig, String, &'static str) {
+    let (cot_rule, hydra_rule) = TEST_RULES.split_once("---\n").expect("two rules");
+    write_rules(&setup.rules_dir, "cot.yaml", cot_rule);
+    let mut config = setup.config();
+    let addr = format!("127.0.0.1:{}", free_port());
+    config.http_listen = addr.clone();
+    (config, addr, hydra_rule)
+}
+
 /// With the repartition stage, a reload reaches both stages: a rule grouped by /24, added while
 /// the engine runs, makes the input stage forward from then on and the repartition stage count
 /// and alert.
@@ -227,11 +240,7 @@ fn a_reload_reaches_the_repartition_stage() {
     let setup = Setup::new("reload-rp", 1);
     let (broker, input, alerts, rules_dir) =
         (&setup.broker, &setup.input, &setup.alerts, &setup.rules_dir);
-    let (cot_rule, hydra_rule) = TEST_RULES.split_once("---\n").expect("two rules");
-    write_rules(rules_dir, "cot.yaml", cot_rule);
-    let mut config = setup.config();
-    let addr = format!("127.0.0.1:{}", free_port());
-    config.http_listen = addr.clone();
+    let (mut config, addr, hydra_rule) = cot_rule_alone(&setup);
     let repartition = config.repartition_through(broker, "reload-rp", 1);
     let mut engine = Engine::start(&config.to_yaml());
 
@@ -294,11 +303,7 @@ fn events_forwarded_right_after_a_reload_are_counted_by_the_repartition_stage() 
     let setup = Setup::new("reload-race", 1);
     let (broker, input, alerts, rules_dir) =
         (&setup.broker, &setup.input, &setup.alerts, &setup.rules_dir);
-    let (cot_rule, hydra_rule) = TEST_RULES.split_once("---\n").expect("two rules");
-    write_rules(rules_dir, "cot.yaml", cot_rule);
-    let mut config = setup.config();
-    let addr = format!("127.0.0.1:{}", free_port());
-    config.http_listen = addr.clone();
+    let (mut config, addr, hydra_rule) = cot_rule_alone(&setup);
     config.source_yaml = "  max_batch_messages: 1\n  max_batch_wait: 10s\n".into();
     // librdkafka's statistics end a poll early when served; none during the test.
     config
