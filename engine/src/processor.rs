@@ -437,8 +437,9 @@ struct Scratch {
     tables: Vec<usize>,
     /// The indices of the messages that decoded, row by row.
     accepted: Vec<usize>,
-    /// Per planned expression, whether the batch's tables read it ([`needed_columns`]).
-    needed: Vec<bool>,
+    /// Per planned expression, what the batch's tables and forwarding read of it
+    /// ([`needed_columns`]).
+    needed: Vec<Need>,
 }
 
 /// One table's view of a batch's rows, rebuilt for each table.
@@ -518,7 +519,8 @@ enum Col {
     /// per-row check is one bit.
     Bool(BooleanBuffer),
     Number(Float64Array),
-    /// Text and the 64-bit hash of each value ([`key_of`]).
+    /// Text and the 64-bit hash of each value ([`key_of`]); no hashes for a column read for
+    /// its values alone ([`Need::Values`]), so readers of the hashes check their length.
     Text(StringArray, Vec<Option<u64>>),
 }
 
@@ -1370,32 +1372,44 @@ fn roles(plan: &Plan, stage: &Stage) -> (Vec<bool>, Vec<(usize, Arc<str>)>) {
     (owned, forward)
 }
 
-/// Marks in `needed`, per planned expression, whether `tables` (their entities, slot arguments
-/// and predicates) or the forwarded entities read it.
+/// What a stage reads of a planned expression over a batch ([`needed_columns`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Need {
+    /// Nothing: an empty column stands in its place.
+    Nothing,
+    /// Its values, not its key hashes: an entity the input stage only forwards, whose values
+    /// are hashed for their destination instead ([`crate::frame::value_hash`]).
+    Values,
+    /// Its values and, for text, each value's key hash ([`key_of`]).
+    Keys,
+}
+
+/// Marks in `needed`, per planned expression, what `tables` (their entities, slot arguments
+/// and predicates) and the forwarded entities read of it.
 fn needed_columns(
     plan: &Plan,
     tables: &[usize],
     forward: &[(usize, Arc<str>)],
-    needed: &mut Vec<bool>,
+    needed: &mut Vec<Need>,
 ) {
     needed.clear();
-    needed.resize(plan.exprs.len(), false);
-    let mut mark = |i: usize| {
+    needed.resize(plan.exprs.len(), Need::Nothing);
+    let mut mark = |i: usize, need: Need| {
         if let Some(n) = needed.get_mut(i) {
-            *n = true;
+            *n = (*n).max(need);
         }
     };
     for spec in tables.iter().filter_map(|&t| plan.tables.get(t)) {
-        mark(spec.entity);
+        mark(spec.entity, Need::Keys);
         for slot in &spec.slots {
             slot.arg
                 .into_iter()
                 .chain(slot.preds.iter().copied())
-                .for_each(&mut mark);
+                .for_each(|i| mark(i, Need::Keys));
         }
     }
     for (e, _) in forward {
-        mark(*e);
+        mark(*e, Need::Values);
     }
 }
 
@@ -1493,12 +1507,15 @@ fn eval_err(what: &'static str, text: &str, e: DataFusionError) -> ProcessError 
     }
 }
 
-/// Evaluates every planned expression once over the batch; text columns' hashes go into
-/// vectors from `pool`.
+/// Evaluates every planned expression once over the batch (of those `needed` marks; all
+/// without it); text columns' key hashes go into vectors from `pool`. A column read for its
+/// values alone has none: the input stage hashed its forwarded entities twice, once for keys
+/// no table of its own looks up (about 50 instructions an event, callgrind, `--stage
+/// source`, the 40k mix).
 fn evaluate_columns(
     plan: &Plan,
     decoded: &Decoded,
-    needed: Option<&[bool]>,
+    needed: Option<&[Need]>,
     pool: &mut Vec<Vec<Option<u64>>>,
 ) -> Result<Vec<Col>, ProcessError> {
     let batch = &decoded.batch;
@@ -1507,7 +1524,8 @@ fn evaluate_columns(
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            if needed.is_some_and(|n| !n.get(i).copied().unwrap_or(true)) {
+            let need = needed.map_or(Need::Keys, |n| n.get(i).copied().unwrap_or(Need::Keys));
+            if need == Need::Nothing {
                 // Read by no table this batch updates: an empty column stands in its place.
                 return Ok(Col::Bool(BooleanBuffer::new_unset(0)));
             }
@@ -1544,7 +1562,11 @@ fn evaluate_columns(
                     let s = cast_to(&DataType::Utf8)?.as_string::<i32>().clone();
                     let mut hashes = pool.pop().unwrap_or_default();
                     hashes.clear();
-                    hashes.extend((0..s.len()).map(|i| s.is_valid(i).then(|| key_of(s.value(i)))));
+                    if need == Need::Keys {
+                        hashes.extend(
+                            (0..s.len()).map(|i| s.is_valid(i).then(|| key_of(s.value(i)))),
+                        );
+                    }
                     Col::Text(s, hashes)
                 }
             })
