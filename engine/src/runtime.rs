@@ -1069,8 +1069,10 @@ fn run_loop(
             health.set_assigned(source.assigned_partitions());
         }
         ckpts.step(&mut processor, &source, &sink, metrics)?;
-        match &mut reloads {
-            Reloads::Watch(watch, to_second) => match watch.poll() {
+        // The input stage (or the single one) reloads after its batch; the repartition stage
+        // takes the sets it hands over before its batches, above.
+        if let Reloads::Watch(watch, to_second) = &mut reloads {
+            match watch.poll() {
                 Some(Ok(set)) => {
                     let summary = processor.replace_rules(&set);
                     metrics.rule_reload_succeeded(&set, &summary);
@@ -1088,9 +1090,7 @@ fn run_loop(
                     health.set_rules_error(Some(e));
                 }
                 None => {}
-            },
-            // Taken before each batch instead, above.
-            Reloads::From(_) => {}
+            }
         }
         expiry.run(|| processor.expire_idle());
         state_stats.run(|| metrics.state(run.scope(), &processor.table_stats()));
