@@ -6,8 +6,8 @@
 //! stage's loop busy all the time, with 3.57 messages an event for the shipped pack. A frame
 //! carries a batch's events for one partition of the repartition topic, up to
 //! `repartition.max_frame_bytes`, so that work is paid per frame. The input stage picks the
-//! partition itself, from the entity's value ([`destination`]), so each entity's events still
-//! meet in one partition, and each input partition's events reach it in order.
+//! partition itself, from the entity's value ([`value_hash`], [`route`]), so each entity's
+//! events still meet in one partition, and each input partition's events reach it in order.
 //!
 //! A frame is a message with the header [`HEADER_FRAME`] set to [`FRAME_VERSION`], no key, and
 //! this body (integers little-endian):
@@ -61,12 +61,6 @@ pub fn value_hash(value: &[u8]) -> u64 {
 pub fn route(hash: u64, partitions: u32) -> i32 {
     // Below `partitions`, a Kafka topic's partition count, which Kafka holds in an i32.
     (hash % u64::from(partitions.max(1))) as i32
-}
-
-/// The partition of the repartition topic (of `partitions`) that the events of entity value
-/// `value` go to.
-pub fn destination(value: &[u8], partitions: u32) -> i32 {
-    route(value_hash(value), partitions)
 }
 
 /// The frames of one batch being packed, one open frame per destination partition. A frame
@@ -322,6 +316,12 @@ mod tests {
     use std::convert::Infallible;
 
     type Event = (String, i32, i64, Vec<u8>);
+
+    /// The partition of the repartition topic (of `partitions`) that the events of entity
+    /// value `value` go to.
+    fn destination(value: &[u8], partitions: u32) -> i32 {
+        route(value_hash(value), partitions)
+    }
 
     fn read(frame: &[u8]) -> Result<Vec<Event>, FrameError> {
         let mut events = Vec::new();
