@@ -7,7 +7,9 @@
 # The binaries land in target/pgo/ (cargo profile `pgo`, which is `release` under another
 # name, so a PGO build never mixes with target/release); the project's binaries not asked
 # for are removed from there, as their crates are built anew. Needs rustup's `llvm-tools`
-# component for `llvm-profdata` (`rustup component add llvm-tools`). The Docker image
+# component for `llvm-profdata` (`rustup component add llvm-tools`), or LLVM_PROFDATA naming
+# another (e.g. Debian's `llvm-19` package: LLVM_PROFDATA=/usr/lib/llvm-19/bin/llvm-profdata).
+# The Docker image
 # (engine/Dockerfile) is built this way.
 #
 # Only the project's crates are instrumented and optimized with the profile (see
@@ -27,9 +29,13 @@ cd "$root"
 bins=("$@")
 [[ ${#bins[@]} -gt 0 ]] || bins=(cordon)
 host=$(rustc -vV | sed -n 's/^host: //p')
-profdata=$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata
+# rustup's llvm-profdata, or another in LLVM_PROFDATA: one of an older LLVM may do, as long as
+# it reads the raw profiles of rustc's LLVM (Debian 12's llvm-19 reads those of Rust 1.95's
+# LLVM 22; its llvm-14 does not, and says "unsupported instrumentation profile format").
+profdata=${LLVM_PROFDATA:-$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata}
 if [[ ! -x $profdata ]]; then
-  echo "pgo: $profdata is missing; install it with: rustup component add llvm-tools" >&2
+  echo "pgo: $profdata is missing; install it with: rustup component add llvm-tools" \
+    "(or point LLVM_PROFDATA at an llvm-profdata that reads rustc's raw profiles)" >&2
   exit 2
 fi
 
