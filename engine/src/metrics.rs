@@ -26,8 +26,8 @@ use crate::processor::{Output, ReloadSummary, SplitChecks, TableStats};
 use cordon_connectors::ConnectorError;
 use cordon_rules::RuleSet;
 use prometheus::{
-    Encoder as _, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -63,6 +63,19 @@ pub enum Scope {
     Repartition,
 }
 
+impl Scope {
+    /// Both stages, as a label's values are registered at zero.
+    const ALL: [Scope; 2] = [Scope::Input, Scope::Repartition];
+
+    /// The stage as the `stage` label names it.
+    fn label(self) -> &'static str {
+        match self {
+            Scope::Input => "input",
+            Scope::Repartition => "repartition",
+        }
+    }
+}
+
 /// The results of `cordon_repartition_messages_total`, all registered at zero.
 const REPARTITION_RESULTS: [&str; 4] = ["forwarded", "counted", "replayed", "unrouted"];
 
@@ -92,7 +105,7 @@ pub struct Metrics {
     consumer_lag: IntGaugeVec,
     checkpoint_age: Gauge,
     rules_loaded: IntGauge,
-    batch_duration: Histogram,
+    batch_duration: HistogramVec,
     checkpoint_duration: Histogram,
     state: Mutex<LogState>,
 }
@@ -272,12 +285,18 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
-            batch_duration: histogram(
-                &r,
-                "cordon_batch_duration_seconds",
-                "Time to process one micro-batch and write its output: decode, evaluate, and wait for the broker to acknowledge its alerts and dead letters.",
-                BATCH_DURATION_BUCKETS,
-            )?,
+            batch_duration: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "cordon_batch_duration_seconds",
+                        "Time to process one micro-batch and write its output: decode, evaluate, and wait for the broker to acknowledge its alerts and dead letters; by the stage that read the batch (`input`, or `repartition` for the repartition topic's).",
+                    )
+                    .buckets(BATCH_DURATION_BUCKETS.to_vec()),
+                    &["stage"],
+                )?;
+                r.register(Box::new(h.clone()))?;
+                h
+            },
             checkpoint_duration: histogram(
                 &r,
                 "cordon_checkpoint_duration_seconds",
@@ -295,6 +314,9 @@ impl Metrics {
         }
         for result in ["success", "failure"] {
             m.rule_reloads.with_label_values(&[result]);
+        }
+        for scope in Scope::ALL {
+            m.batch_duration.with_label_values(&[scope.label()]);
         }
         for result in REPARTITION_RESULTS {
             m.repartition.with_label_values(&[result]);
@@ -425,7 +447,9 @@ impl Metrics {
                 .with_label_values(&[table, "alone"])
                 .inc_by(c.checked - c.split);
         }
-        self.batch_duration.observe(elapsed.as_secs_f64());
+        self.batch_duration
+            .with_label_values(&[scope.label()])
+            .observe(elapsed.as_secs_f64());
         tracing::debug!(
             messages = stats.messages,
             events = stats.events,
@@ -733,8 +757,13 @@ condition: requests >= 1000
         assert_eq!(value(&text, "cordon_rules_loaded", ""), 2.0);
         assert_eq!(value(&text, "cordon_checkpoint_age_seconds", ""), 0.0);
         let buckets = samples(&text, "cordon_batch_duration_seconds_bucket");
-        assert!(buckets.contains_key("le=\"0.0001\""), "{buckets:?}");
-        assert!(buckets.contains_key("le=\"10\""), "{buckets:?}");
+        for stage in ["input", "repartition"] {
+            for le in ["0.0001", "10"] {
+                let labels = format!("stage=\"{stage}\",le=\"{le}\"");
+                assert_eq!(buckets.get(&labels), Some(&0.0), "{labels}: {buckets:?}");
+            }
+        }
+        assert_eq!(buckets.len(), 2 * BATCH_DURATION_BUCKETS.len() + 2);
     }
 
     #[test]
@@ -831,12 +860,16 @@ condition: requests >= 1000
             .values()
             .sum();
         assert_eq!(suppressed, out.stats.suppressed as f64);
-        assert_eq!(value(&text, "cordon_batch_duration_seconds_count", ""), 1.0);
+        let input = "stage=\"input\"";
+        assert_eq!(
+            value(&text, "cordon_batch_duration_seconds_count", input),
+            1.0
+        );
         assert_eq!(
             value(
                 &text,
                 "cordon_batch_duration_seconds_bucket",
-                "le=\"0.005\""
+                "stage=\"input\",le=\"0.005\""
             ),
             1.0
         );
@@ -844,7 +877,7 @@ condition: requests >= 1000
             value(
                 &text,
                 "cordon_batch_duration_seconds_bucket",
-                "le=\"0.0025\""
+                "stage=\"input\",le=\"0.0025\""
             ),
             0.0
         );
@@ -934,9 +967,21 @@ condition: requests >= 1000
             replayed: 2,
             ..crate::processor::BatchStats::default()
         };
-        m.batch_done(Scope::Repartition, &out, Duration::from_millis(1));
+        m.batch_done(Scope::Repartition, &out, Duration::from_millis(30));
         let text = m.encode().expect("encode");
         assert_eq!(value(&text, "cordon_events_consumed_total", ""), 5.0);
+        // Each stage's batches in its own histogram: 1 ms for the input stage's, 30 ms for
+        // the repartition stage's.
+        let batches = samples(&text, "cordon_batch_duration_seconds_bucket");
+        for (labels, want) in [
+            ("stage=\"input\",le=\"0.0025\"", 1.0),
+            ("stage=\"input\",le=\"+Inf\"", 1.0),
+            ("stage=\"repartition\",le=\"0.025\"", 0.0),
+            ("stage=\"repartition\",le=\"0.05\"", 1.0),
+            ("stage=\"repartition\",le=\"+Inf\"", 1.0),
+        ] {
+            assert_eq!(batches.get(labels), Some(&want), "{labels}: {batches:?}");
+        }
         let traffic = samples(&text, "cordon_repartition_messages_total");
         assert_eq!(
             traffic,

@@ -39,7 +39,7 @@ METRICS: dict[str, dict[str, Any]] = {
     "cordon_consumer_lag_messages": {"type": "gauge", "labels": ["topic", "partition"]},
     "cordon_checkpoint_age_seconds": {"type": "gauge", "labels": []},
     "cordon_rules_loaded": {"type": "gauge", "labels": []},
-    "cordon_batch_duration_seconds": {"type": "histogram", "labels": []},
+    "cordon_batch_duration_seconds": {"type": "histogram", "labels": ["stage"]},
     "cordon_checkpoint_duration_seconds": {"type": "histogram", "labels": []},
 }
 

@@ -496,6 +496,15 @@ fn a_range_split_across_partitions_meets_in_the_repartition_stage() {
         48.0,
         "each event consumed once"
     );
+    // Each stage times its own batches.
+    for stage in ["input", "repartition"] {
+        let batches = value(
+            &samples,
+            "cordon_batch_duration_seconds_count",
+            &[("stage", stage)],
+        );
+        assert!(batches >= 1.0, "{stage}: {batches} batches");
+    }
     wait_for(
         PUBLISH_TIMEOUT,
         "both stages' tables in cordon_state_keys",
@@ -709,8 +718,19 @@ fn metrics_and_health_after_traffic() {
             value(&samples, "cordon_state_split_checks_total", &labels);
         }
     }
-    assert!(value(&samples, "cordon_batch_duration_seconds_count", &[]) > 0.0);
-    assert!(value(&samples, "cordon_batch_duration_seconds_sum", &[]) > 0.0);
+    // Batches by stage: this engine runs the input stage alone.
+    let input = [("stage", "input")];
+    assert!(value(&samples, "cordon_batch_duration_seconds_count", &input) > 0.0);
+    assert!(value(&samples, "cordon_batch_duration_seconds_sum", &input) > 0.0);
+    let repartition = [("stage", "repartition")];
+    assert_eq!(
+        value(
+            &samples,
+            "cordon_batch_duration_seconds_count",
+            &repartition
+        ),
+        0.0
+    );
     // The committed offsets caught up, which happens only at a checkpoint.
     assert!(value(&samples, "cordon_checkpoint_duration_seconds_count", &[]) > 0.0);
     assert!(value(&samples, "cordon_checkpoint_age_seconds", &[]) >= 0.0);
@@ -743,6 +763,7 @@ fn metrics_and_health_after_traffic() {
             "result",
             "rule",
             "severity",
+            "stage",
             "status",
             "table",
             "topic"
