@@ -315,7 +315,7 @@ pub fn run(rules: &RuleSet, opts: &BacktestOptions) -> anyhow::Result<Report> {
             }
         }
         if i % 64 == 63 {
-            processor.expire_idle();
+            processor.expire_idle(now);
         }
         report.peak_keys = report.peak_keys.max(processor.live_keys());
         bar.inc(chunk.len() as u64);

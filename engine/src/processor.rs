@@ -327,10 +327,28 @@ pub enum ProcessError {
     },
 }
 
+/// How long an input partition may send the repartition stage nothing before its clock stops
+/// holding back expiry there ([`Processor::expire_idle`]): one that is quiet is not behind.
+pub const SOURCE_IDLE_MS: i64 = 60_000;
+
+/// One input partition's events as the repartition stage has seen them: the newest event time,
+/// and the wall clock of the batch that brought its last event.
+#[derive(Debug, Clone, Copy)]
+struct SourceClock {
+    watermark: i64,
+    heard_ms: i64,
+}
+
 /// One partition's state: its watermark, its keys per table, its gate per rule.
 #[derive(Debug)]
 struct PartitionState {
     watermark: i64,
+    /// Per input partition, the events forwarded from it ([`Stage::Repartitioned`]): a key or
+    /// gate entry expires only past the slowest input partition still sending, so that one
+    /// that runs behind the others (a replica catching up) does not find its entities'
+    /// windows dropped for the faster ones' time. Not checkpointed: a restored partition
+    /// expires nothing until its inputs are heard from again.
+    sources: BTreeMap<i32, SourceClock>,
     /// The seed hashed into this partition's sketch values: the processor's
     /// [`CoreConfig::sketch_seed`] for a partition that starts empty, the checkpoint's for a
     /// restored one ([`Checkpoint::sketch_seed`]).
@@ -710,6 +728,7 @@ impl Processor {
     fn empty_partition(&self) -> PartitionState {
         PartitionState {
             watermark: i64::MIN,
+            sources: BTreeMap::new(),
             sketch_seed: self.config.sketch_seed,
             forwarded: BTreeMap::new(),
             tables: (0..self.plan.tables.len())
@@ -919,6 +938,7 @@ impl Processor {
             partition,
             PartitionState {
                 watermark: c.meta.watermark,
+                sources: BTreeMap::new(),
                 sketch_seed: c.sketch_seed,
                 forwarded: c.forwarded.into_iter().fold(
                     BTreeMap::new(),
@@ -1022,17 +1042,33 @@ impl Processor {
         })
     }
 
-    /// Drops keys whose windows have fully expired and gate entries past suppression.
-    pub fn expire_idle(&mut self) {
+    /// Drops keys whose windows have fully expired and gate entries past suppression, by each
+    /// partition's watermark. In the repartition stage that is the slowest input partition's
+    /// among those heard from in the last [`SOURCE_IDLE_MS`] before `now_ms` (wall clock, ms),
+    /// and a partition none of them was heard from keeps everything.
+    pub fn expire_idle(&mut self, now_ms: i64) {
+        let repartitioned = matches!(self.config.stage, Stage::Repartitioned { .. });
         let mut dropped = 0u64;
         for p in self.partitions.values_mut() {
+            let watermark = if repartitioned {
+                let active = p
+                    .sources
+                    .values()
+                    .filter(|c| c.heard_ms >= now_ms.saturating_sub(SOURCE_IDLE_MS));
+                match active.map(|c| c.watermark).min() {
+                    Some(w) => w,
+                    None => continue,
+                }
+            } else {
+                p.watermark
+            };
             for (spec, keys) in self.plan.tables.iter().zip(p.tables.iter_mut()) {
                 let before = keys.len();
-                keys.retain_states(|k| !k.expired(&spec.window, p.watermark));
+                keys.retain_states(|k| !k.expired(&spec.window, watermark));
                 dropped += (before - keys.len()) as u64;
             }
             for gate in &mut p.gates {
-                gate.expire(p.watermark);
+                gate.expire(watermark);
             }
         }
         self.live_keys -= dropped;
@@ -1248,9 +1284,26 @@ impl Processor {
             } else {
                 None
             };
-            let result = match refused {
-                Some(r) => Err(r),
-                None => self.builder.push(input.payload, &mut time),
+            let result = match (refused, input.forwarded) {
+                (Some(r), _) => Err(r),
+                // Each input partition's clock: the event's time is what its check leaves
+                // behind from a clock reset to nothing (the stage judges no lateness).
+                (None, Some(f)) if repartitioned => {
+                    let newest = time.watermark;
+                    time.watermark = i64::MIN;
+                    let pushed = self.builder.push(input.payload, &mut time);
+                    if pushed.is_ok() {
+                        let clock = state.sources.entry(f.partition).or_insert(SourceClock {
+                            watermark: i64::MIN,
+                            heard_ms: now_ms,
+                        });
+                        clock.watermark = clock.watermark.max(time.watermark);
+                        clock.heard_ms = now_ms;
+                    }
+                    time.watermark = newest.max(time.watermark);
+                    pushed
+                }
+                (None, _) => self.builder.push(input.payload, &mut time),
             };
             match result {
                 Ok(()) => {
@@ -2670,6 +2723,87 @@ condition: requests >= 1000
             .collect()
     }
 
+    /// The repartition stage expires by the slowest input partition still sending: a range
+    /// forwarded from an input partition three hours behind another keeps its window while
+    /// that partition sends, and goes once it has been quiet for [`SOURCE_IDLE_MS`] while
+    /// the other sends on.
+    #[test]
+    fn the_repartition_stage_expires_keys_by_its_slowest_sending_input_partition() {
+        const RANGE: &str = "ip_prefix(ip, 24, 48)";
+        let behind: Vec<Vec<u8>> = (0..3)
+            .map(|i| ev(T0 + i, &format!("slow-{i}"), "198.51.100.7", ""))
+            .collect();
+        let ahead = |from: i64| -> Vec<Vec<u8>> {
+            (0..3)
+                .map(|i| ev(T0 + 3 * 3_600_000 + from + i, "fast", "203.0.113.9", ""))
+                .collect()
+        };
+        // Frames from input partition 0 (behind) and 1 (three hours ahead), both in
+        // repartition partition 0.
+        fn frames<'a>(events: &[(i32, &'a Vec<u8>)], first: i64) -> Vec<Input<'a>> {
+            events
+                .iter()
+                .zip(first..)
+                .map(|(&(source, payload), offset)| Input {
+                    partition: 0,
+                    offset,
+                    key: None,
+                    payload,
+                    forwarded: Some(Forwarded {
+                        entity: RANGE,
+                        partition: source,
+                        offset,
+                    }),
+                })
+                .collect()
+        }
+        // The wall clock of the run: after every event, so that none is from the future.
+        const WALL: i64 = T0 + 4 * 3_600_000;
+        let mut second = staged(Stage::Repartitioned {
+            input_entity: input_entity(),
+        });
+        let rule = second
+            .plan()
+            .rules
+            .iter()
+            .position(|r| r.compiled.rule.id == "t.hydra")
+            .expect("t.hydra");
+        let first = ahead(0);
+        let batch: Vec<(i32, &Vec<u8>)> = behind
+            .iter()
+            .map(|e| (0, e))
+            .chain(first.iter().map(|e| (1, e)))
+            .collect();
+        let mut out = Output::default();
+        second
+            .process(&frames(&batch, 0), WALL, &mut out)
+            .expect("process");
+        assert_eq!((out.stats.events, out.stats.too_old), (6, 0));
+        let held = |p: &mut Processor, range: &str| p.peek(rule, range).map(|w| w.events);
+
+        // Both input partitions sent within the last minute: the slow one's range stays.
+        second.expire_idle(WALL);
+        assert_eq!(held(&mut second, "198.51.100.0/24"), Some(3));
+        assert_eq!(held(&mut second, "203.0.113.0/24"), Some(3));
+
+        // Neither has sent for two minutes: nothing is in flight to judge by, and the stage
+        // keeps what it has (by the newest event time alone, the slow range would go).
+        second.expire_idle(WALL + 2 * SOURCE_IDLE_MS);
+        assert_eq!(held(&mut second, "198.51.100.0/24"), Some(3));
+
+        // Then only the fast partition sends again: the slow one no longer holds expiry back,
+        // and its range, three hours older than the fast one's events, expires.
+        let later = WALL + 3 * SOURCE_IDLE_MS;
+        let second_batch = ahead(1_000);
+        let batch: Vec<(i32, &Vec<u8>)> = second_batch.iter().map(|e| (1, e)).collect();
+        second
+            .process(&frames(&batch, 6), later, &mut Output::default())
+            .expect("process");
+        second.expire_idle(later);
+        assert_eq!(held(&mut second, "198.51.100.0/24"), None);
+        assert_eq!(held(&mut second, "203.0.113.0/24"), Some(6));
+    }
+
     #[test]
     fn a_range_split_across_input_partitions_fires_once_its_events_are_repartitioned() {
         let events = hydra_by_account();
@@ -3148,7 +3282,7 @@ condition: requests >= 1000
         let inputs = Input::sequence(0, 1, later.iter().map(Vec::as_slice));
         p.process(&inputs, T0 + 3 * 3_600_000, &mut Output::default())
             .expect("process");
-        p.expire_idle();
+        p.expire_idle(T0 + 3 * 3_600_000);
         assert!(p.live_keys() <= 100, "{} keys left", p.live_keys());
         let mut done = None;
         for _ in 0..10_000 {

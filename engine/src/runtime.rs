@@ -1092,7 +1092,7 @@ fn run_loop(
                 None => {}
             }
         }
-        expiry.run(|| processor.expire_idle());
+        expiry.run(|| processor.expire_idle(now_ms()));
         state_stats.run(|| metrics.state(run.scope(), &processor.table_stats()));
         if last_tick.elapsed() >= TICK_INTERVAL {
             metrics.consumer_lag(&run.topic, &source.consumer_lag());

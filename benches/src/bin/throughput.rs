@@ -239,7 +239,7 @@ fn main() {
     // And the expiry walk it makes every 10 s or more (at the end of the hour no key has
     // expired yet: the walk's cost alone).
     let walked = Instant::now();
-    processor.expire_idle();
+    processor.expire_idle(T0 + SPAN_MS);
     let expire_secs = walked.elapsed().as_secs_f64();
     let keys: u64 = stats.iter().map(|s| s.keys).sum();
     let state: u64 = stats.iter().map(|s| s.bytes).sum();
