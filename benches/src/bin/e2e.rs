@@ -551,14 +551,14 @@ impl Engine {
     }
 }
 
-/// The sum of every sample of metric family `name` (all label sets, or the one `name` spells
-/// out, `family{label="value"}`) in a `/metrics` scrape.
 /// The input stage's batches and the time in them: its loop is the one whose CPU the table
 /// reports (the process's main thread); with `--repartition` the repartition stage's batches
 /// are a series of their own.
 const INPUT_BATCH_SECONDS: &str = "cordon_batch_duration_seconds_sum{stage=\"input\"}";
 const INPUT_BATCHES: &str = "cordon_batch_duration_seconds_count{stage=\"input\"}";
 
+/// The sum of every sample of metric family `name` (all label sets, or the one `name` spells
+/// out, `family{label="value"}`) in a `/metrics` scrape.
 fn sum_of(scrape: &str, name: &str) -> f64 {
     scrape
         .lines()
