@@ -435,6 +435,11 @@ impl EventBatchBuilder {
         self.times.is_empty()
     }
 
+    /// The event time of the row appended last, if a row is pending.
+    pub fn last_time(&self) -> Option<i64> {
+        self.times.last().copied()
+    }
+
     /// Decodes one message and appends it as a row, or says why it was refused. On success the
     /// partition's watermark moves forward.
     pub fn push(&mut self, payload: &[u8], time: &mut TimeCheck) -> Result<(), Rejection> {

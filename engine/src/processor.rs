@@ -1284,29 +1284,23 @@ impl Processor {
             } else {
                 None
             };
-            let result = match (refused, input.forwarded) {
-                (Some(r), _) => Err(r),
-                // Each input partition's clock: the event's time is what its check leaves
-                // behind from a clock reset to nothing (the stage judges no lateness).
-                (None, Some(f)) if repartitioned => {
-                    let newest = time.watermark;
-                    time.watermark = i64::MIN;
-                    let pushed = self.builder.push(input.payload, &mut time);
-                    if pushed.is_ok() {
-                        let clock = state.sources.entry(f.partition).or_insert(SourceClock {
-                            watermark: i64::MIN,
-                            heard_ms: now_ms,
-                        });
-                        clock.watermark = clock.watermark.max(time.watermark);
-                        clock.heard_ms = now_ms;
-                    }
-                    time.watermark = newest.max(time.watermark);
-                    pushed
-                }
-                (None, _) => self.builder.push(input.payload, &mut time),
+            let result = match refused {
+                Some(r) => Err(r),
+                None => self.builder.push(input.payload, &mut time),
             };
             match result {
                 Ok(()) => {
+                    // The input partition it was forwarded from heard, at the event's time.
+                    if let (true, Some(f), Some(ts)) =
+                        (repartitioned, input.forwarded, self.builder.last_time())
+                    {
+                        let clock = state.sources.entry(f.partition).or_insert(SourceClock {
+                            watermark: ts,
+                            heard_ms: now_ms,
+                        });
+                        clock.watermark = clock.watermark.max(ts);
+                        clock.heard_ms = now_ms;
+                    }
                     if forwarding {
                         accepted.push(pos);
                     }
