@@ -180,6 +180,21 @@ fn histogram(
     Ok(h)
 }
 
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> Result<HistogramVec, prometheus::Error> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
 impl Metrics {
     /// Registers every series in a registry of its own, with the labels known in advance at
     /// zero. Fails only on a bug (an invalid or duplicate name).
@@ -285,18 +300,13 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
-            batch_duration: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "cordon_batch_duration_seconds",
-                        "Time to process one micro-batch and write its output: decode, evaluate, and wait for the broker to acknowledge its alerts and dead letters; by the stage that read the batch (`input`, or `repartition` for the repartition topic's).",
-                    )
-                    .buckets(BATCH_DURATION_BUCKETS.to_vec()),
-                    &["stage"],
-                )?;
-                r.register(Box::new(h.clone()))?;
-                h
-            },
+            batch_duration: histogram_vec(
+                &r,
+                "cordon_batch_duration_seconds",
+                "Time to process one micro-batch and write its output: decode, evaluate, and wait for the broker to acknowledge its alerts and dead letters; by the stage that read the batch (`input`, or `repartition` for the repartition topic's).",
+                BATCH_DURATION_BUCKETS,
+                &["stage"],
+            )?,
             checkpoint_duration: histogram(
                 &r,
                 "cordon_checkpoint_duration_seconds",
