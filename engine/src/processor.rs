@@ -1291,8 +1291,9 @@ impl Processor {
             match result {
                 Ok(()) => {
                     // The input partition it was forwarded from heard, at the event's time.
-                    if let (true, Some(f), Some(ts)) =
-                        (repartitioned, input.forwarded, self.builder.last_time())
+                    if repartitioned
+                        && let Some(f) = input.forwarded
+                        && let Some(ts) = self.builder.last_time()
                     {
                         let clock = state.sources.entry(f.partition).or_insert(SourceClock {
                             watermark: ts,
